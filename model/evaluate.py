@@ -1,0 +1,80 @@
+"""BLEU and chrF (sacreBLEU) of a trained model on a data split or any TSV, greedy or beam search.
+
+    python -m model.evaluate checkpoints/en-de --split test --beam 4
+    python -m model.evaluate checkpoints/en-de --tsv my_pairs.tsv --src-column 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+
+from model.checkpoint import load_model
+from model.search import translate_ids
+from model.tokenizer import BOS_ID, EOS_ID, read_tsv_pairs
+from service.decoding import SearchOptions
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    return {
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+    }
+
+
+def evaluate(directory: Path, tsv: Path, src_column: int, beam_size: int, length_penalty: float, limit: int | None) -> dict:
+    model, tokenizer, config = load_model(directory)
+    pairs = read_tsv_pairs(tsv)[:limit]
+    sources = [ids + [EOS_ID] for ids in tokenizer.encode([p[src_column] for p in pairs])]
+    references = [p[1 - src_column] for p in pairs]
+    options = SearchOptions(bos_id=BOS_ID, eos_id=EOS_ID, beam_size=beam_size, length_penalty=length_penalty)
+    started = time.perf_counter()
+    results = translate_ids(model, sources, options, batch_size=32)
+    seconds = time.perf_counter() - started
+    hypotheses = tokenizer.decode([r.hypotheses[0].tokens for r in results])
+    return {
+        "model": str(directory),
+        "data": str(tsv),
+        "sentences": len(pairs),
+        "search": "greedy" if beam_size == 1 else f"beam {beam_size}, length penalty {length_penalty}",
+        **{k: round(v, 2) for k, v in corpus_scores(hypotheses, references).items()},
+        "seconds": round(seconds, 1),
+        "examples": [{"source": p[src_column], "reference": r, "hypothesis": h} for p, r, h in list(zip(pairs, references, hypotheses))[:5]],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Score a trained model with sacreBLEU BLEU and chrF.")
+    parser.add_argument("model_dir", type=Path, help="directory with config.json, model.safetensors, spm.model")
+    parser.add_argument("--split", default="test", help="split name under --data (ignored with --tsv)")
+    parser.add_argument("--data", type=Path, help="data directory (default: data/<src>-<tgt>, en<TAB>de columns)")
+    parser.add_argument("--tsv", type=Path, help="any TSV of source<TAB>target (see --src-column)")
+    parser.add_argument("--src-column", type=int, help="0 or 1; default from the model's source language")
+    parser.add_argument("--beam", type=int, default=1)
+    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--limit", type=int, help="only the first N pairs")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = json.loads((args.model_dir / "config.json").read_text())
+    if args.tsv:
+        tsv, src_column = args.tsv, 0 if args.src_column is None else args.src_column
+    else:
+        tsv = (args.data or Path(config["train"]["data"])) / f"{args.split}.tsv"
+        src_column = 0 if config["src_lang"] == "en" else 1  # our data TSVs are en<TAB>de
+    result = evaluate(args.model_dir, tsv, src_column, args.beam, args.length_penalty, args.limit)
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Train the Transformer on a data directory written by `model.data`.
+
+Label-smoothed cross-entropy, AdamW with linear warm-up then inverse-square-root decay (it needs
+no planned end, so a run can be extended session after session), batches built from a token
+budget out of sentences of similar length, bf16 autocast on CPUs that support it, gradient
+clipping, validation loss and BLEU at intervals, and checkpoints that resume exactly where an
+interrupted run stopped (model, optimiser, step, epoch, position in the epoch, random state).
+
+Outputs under --out (e.g. checkpoints/en-de):
+  last.pt                  resumable training state
+  model.safetensors        best weights by validation BLEU (what export reads)
+  config.json, spm.model   the model config and its tokenizer
+  train_log.jsonl          one JSON line per validation: the learning curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from model.evaluate import corpus_scores
+from model.checkpoint import model_weights
+from model.search import translate_ids
+from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
+from model.transformer import Transformer, TransformerConfig
+from service.decoding import SearchOptions
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    n_encoder_layers: int = 4
+    n_decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    batch_tokens: int = 6000  # padded source + target tokens per batch
+    lr: float = 1e-3
+    warmup_steps: int = 1500
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    max_len: int = 128  # longer training pairs are dropped (tokens per side)
+    max_steps: int = 60_000
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
+    eval_every: int = 1000
+    eval_sentences: int = 400  # validation sentences decoded for BLEU
+    seed: int = 1234
+    bf16: str = "auto"  # "auto", "on" or "off"
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_split(path: Path, tokenizer: Tokenizer, src_col: int, max_len: int) -> list[tuple[list[int], list[int], str]]:
+    """→ (source ids + EOS, target ids, target text) for pairs whose sides fit in `max_len` tokens."""
+    pairs = read_tsv_pairs(path)
+    sources = tokenizer.encode([p[src_col] for p in pairs])
+    targets = tokenizer.encode([p[1 - src_col] for p in pairs])
+    return [
+        (s + [EOS_ID], t, pair[1 - src_col])
+        for s, t, pair in zip(sources, targets, pairs)
+        if 0 < len(s) < max_len and 0 < len(t) < max_len
+    ]
+
+
+def token_budget_batches(examples: list, batch_tokens: int, rng: random.Random) -> list[list[int]]:
+    """Group examples of similar length so that padded tokens per batch stay under the budget."""
+    # Sorting on a noisy length keeps batches homogeneous but different from one epoch to the next.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + len(examples[i][1]) + rng.random() * 2)
+    batches, current, longest_src, longest_tgt = [], [], 0, 0
+    for i in order:
+        src, tgt = examples[i][:2]
+        s, t = max(longest_src, len(src)), max(longest_tgt, len(tgt) + 1)
+        if current and (s + t) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, s, t = [], len(src), len(tgt) + 1
+        current.append(i)
+        longest_src, longest_tgt = s, t
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: list, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """→ src [B, S], decoder input [B, T] (BOS + target), labels [B, T] (target + EOS)."""
+    batch = [examples[i][:2] for i in indices]
+    src_len = max(len(s) for s, _ in batch)
+    tgt_len = max(len(t) for _, t in batch) + 1
+    src = torch.full((len(batch), src_len), PAD_ID, dtype=torch.long)
+    tgt_in = torch.full((len(batch), tgt_len), PAD_ID, dtype=torch.long)
+    labels = torch.full((len(batch), tgt_len), PAD_ID, dtype=torch.long)
+    for row, (s, t) in enumerate(batch):
+        src[row, : len(s)] = torch.tensor(s)
+        tgt_in[row, : len(t) + 1] = torch.tensor([BOS_ID] + t)
+        labels[row, : len(t) + 1] = torch.tensor(t + [EOS_ID])
+    return src, tgt_in, labels
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    step = max(step, 1)
+    return config.lr * min(step / config.warmup_steps, math.sqrt(config.warmup_steps / step))
+
+
+def sequence_loss(model: Transformer, batch, label_smoothing: float) -> tuple[torch.Tensor, int]:
+    src, tgt_in, labels = batch
+    logits = model(src, tgt_in)  # [B, T, V]
+    loss = F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=PAD_ID, label_smoothing=label_smoothing
+    )
+    return loss, int((labels != PAD_ID).sum())
+
+
+@torch.no_grad()
+def validate(model: Transformer, valid: list, tokenizer: Tokenizer, config: TrainConfig, autocast) -> dict:
+    model.eval()
+    rng = random.Random(0)
+    total, tokens = 0.0, 0
+    for indices in token_budget_batches(valid, config.batch_tokens, rng):
+        with autocast():
+            loss, n = sequence_loss(model, collate(valid, indices), 0.0)
+        total, tokens = total + loss.item() * n, tokens + n
+    count = min(config.eval_sentences, len(valid))
+    options = SearchOptions(bos_id=BOS_ID, eos_id=EOS_ID, max_length=config.max_len * 2)
+    results = translate_ids(model, [example[0] for example in valid[:count]], options)
+    hypotheses = tokenizer.decode([r.hypotheses[0].tokens for r in results])
+    model.train()
+    return {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 20)), **corpus_scores(hypotheses, [example[2] for example in valid[:count]])}
+
+
+def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+    tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
+
+
+def save_weights(out: Path, model: Transformer) -> None:
+    tmp = out / "model.safetensors.tmp"
+    save_file(model_weights(model), str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+
+
+def prepare_tokenizer(config: TrainConfig, out: Path) -> Tokenizer:
+    spm_path = out / "spm.model"
+    if not spm_path.exists():
+        train_tokenizer(Path(config.data) / "train.tsv", out / "spm", config.vocab_size, seed=config.seed)
+    return Tokenizer(spm_path)
+
+
+def train(config: TrainConfig) -> None:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    tokenizer = prepare_tokenizer(config, out)
+    data = Path(config.data)
+    src_col = 0 if config.src_lang == "en" else 1  # data TSVs are en<TAB>de
+    train_set = load_split(data / "train.tsv", tokenizer, src_col, config.max_len)
+    valid = load_split(data / "valid.tsv", tokenizer, src_col, config.max_len)
+
+    model_config = TransformerConfig(
+        vocab_size=tokenizer.vocab_size, d_model=config.d_model, n_heads=config.n_heads, d_ff=config.d_ff,
+        n_encoder_layers=config.n_encoder_layers, n_decoder_layers=config.n_decoder_layers, dropout=config.dropout,
+    )
+    if (out / "config.json").exists():
+        model_config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"])
+    model = Transformer(model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": -1.0, "train_seconds": 0.0, "tokens_seen": 0}
+    if (out / "last.pt").exists():
+        checkpoint = torch.load(out / "last.pt", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = {k: checkpoint[k] for k in state}
+        torch.set_rng_state(checkpoint["torch_rng"])
+        print(f"resumed at step {state['step']} (epoch {state['epoch']}, best BLEU {state['best_bleu']:.2f})")
+    (out / "config.json").write_text(
+        json.dumps({"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
+                    "tgt_lang": config.tgt_lang, "parameters": model.num_parameters()}, indent=2)
+    )
+    print(f"{model.num_parameters() / 1e6:.2f}M parameters, {len(train_set)} training pairs, {len(valid)} validation pairs")
+
+    use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and cpu_supports_bf16())
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    stop = {"signal": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
+    started, session_start_seconds = time.time(), state["train_seconds"]
+
+    def checkpoint_now() -> None:
+        state["train_seconds"] = session_start_seconds + time.time() - started
+        save_checkpoint(out / "last.pt", model, optimizer, {**state, "torch_rng": torch.get_rng_state()})
+
+    model.train()
+    progress = tqdm(total=config.max_steps, initial=state["step"], dynamic_ncols=True, mininterval=5)
+    window_tokens, window_start = 0, time.time()
+    while state["step"] < config.max_steps and not stop["signal"]:
+        batches = token_budget_batches(train_set, config.batch_tokens, random.Random(config.seed + state["epoch"]))
+        for indices in batches[state["batch_in_epoch"] :]:
+            step = state["step"] + 1
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            batch = collate(train_set, indices)
+            with autocast():
+                loss, n_tokens = sequence_loss(model, batch, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            optimizer.step()
+            state.update(step=step, batch_in_epoch=state["batch_in_epoch"] + 1, tokens_seen=state["tokens_seen"] + n_tokens)
+            window_tokens += int(batch[0].ne(PAD_ID).sum()) + n_tokens
+            progress.update(1)
+            if step % 20 == 0:
+                rate = window_tokens / max(time.time() - window_start, 1e-6)
+                progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(step, config):.1e}")
+                window_tokens, window_start = 0, time.time()
+            out_of_time = config.max_minutes and time.time() - started > config.max_minutes * 60
+            if step % config.eval_every == 0 or out_of_time or stop["signal"] or step >= config.max_steps:
+                metrics = validate(model, valid, tokenizer, config, autocast)
+                checkpoint_now()
+                metrics.update(step=step, epoch=state["epoch"], train_loss=loss.item(), lr=learning_rate(step, config),
+                               train_hours=state["train_seconds"] / 3600, tokens_seen=state["tokens_seen"])
+                with open(out / "train_log.jsonl", "a") as log:
+                    log.write(json.dumps(metrics) + "\n")
+                tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+                if metrics["bleu"] > state["best_bleu"]:
+                    state["best_bleu"] = metrics["bleu"]
+                    save_weights(out, model)
+                    checkpoint_now()
+                if out_of_time:
+                    stop["signal"] = True
+            if stop["signal"] or step >= config.max_steps:
+                break
+        else:
+            state.update(epoch=state["epoch"] + 1, batch_in_epoch=0)
+    checkpoint_now()
+    progress.close()
+    print(f"stopped at step {state['step']}; best validation BLEU {state['best_bleu']:.2f}; weights in {out / 'model.safetensors'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for field in fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is MISSING:
+            parser.add_argument(flag, required=True)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
+    train(TrainConfig(**vars(parser.parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()

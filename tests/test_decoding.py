@@ -1,0 +1,70 @@
+"""Greedy and beam search (service/decoding.py) driven by the PyTorch reference model."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.search import TorchStepModel, translate_ids
+from model.transformer import Transformer, TransformerConfig
+from service.decoding import SearchOptions, pad_batch, search
+
+BOS, EOS = 2, 3
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    torch.manual_seed(1)
+    config = TransformerConfig(vocab_size=50, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=2, d_ff=64, dropout=0.0)
+    model = Transformer(config).eval()
+    with torch.no_grad():  # make EOS likely enough that sentences end at different steps
+        model.output_bias[EOS] = 2.0
+    return model
+
+
+SOURCES = [[5, 6, 7, 8, EOS], [9, 10, EOS], [11, 12, 13, 14, 15, 16, 17, EOS], [20, EOS]]
+
+
+def reference_greedy(model: Transformer, source: list[int], limit: int) -> list[int]:
+    """Unbatched, uncached greedy decoding: the plainest possible statement of the algorithm."""
+    src = torch.tensor([source])
+    out = [BOS]
+    with torch.no_grad():
+        for _ in range(limit):
+            token = int(model(src, torch.tensor([out]))[0, -1].argmax())
+            if token == EOS:
+                break
+            out.append(token)
+    return out[1:]
+
+
+def test_batched_cached_greedy_equals_plain_greedy(model):
+    options = SearchOptions(bos_id=BOS, eos_id=EOS, max_length_ratio=1.0, max_length_offset=4)
+    results = search(TorchStepModel(model), pad_batch(SOURCES, 0), 0, options)
+    for source, result in zip(SOURCES, results):
+        assert result.hypotheses[0].tokens == reference_greedy(model, source, len(source) + 4)
+
+
+def test_outputs_never_exceed_the_length_limit(model):
+    options = SearchOptions(bos_id=BOS, eos_id=EOS, beam_size=3, max_length_ratio=0.5, max_length_offset=1)
+    for source, result in zip(SOURCES, search(TorchStepModel(model), pad_batch(SOURCES, 0), 0, options)):
+        limit = int(np.ceil(len(source) * 0.5)) + 1
+        assert all(len(h.tokens) < limit for h in result.hypotheses)
+
+
+def test_beam_returns_n_best_sorted_and_finds_at_least_greedy_probability(model):
+    greedy = search(TorchStepModel(model), pad_batch(SOURCES, 0), 0, SearchOptions(bos_id=BOS, eos_id=EOS))
+    options = SearchOptions(bos_id=BOS, eos_id=EOS, beam_size=4, n_best=3, length_penalty=0.0)
+    beams = search(TorchStepModel(model), pad_batch(SOURCES, 0), 0, options)
+    for g, b in zip(greedy, beams):
+        scores = [h.score for h in b.hypotheses]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in b.hypotheses}) == 3
+        # with no length normalisation the beam's best log-probability is at least greedy's
+        assert scores[0] >= g.hypotheses[0].score - 1e-4
+
+
+def test_batch_composition_does_not_change_results(model):
+    options = SearchOptions(bos_id=BOS, eos_id=EOS, beam_size=4)
+    together = translate_ids(model, SOURCES, options, batch_size=4)
+    alone = [translate_ids(model, [s], options)[0] for s in SOURCES]
+    assert [r.hypotheses[0].tokens for r in together] == [r.hypotheses[0].tokens for r in alone]
