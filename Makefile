@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 CONSTRAINTS := requirements/constraints.txt
-HOST ?= 0.0.0.0
+HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .PHONY: run test bench install-serve install-dev train-en-de train-de-en data clean

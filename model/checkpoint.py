@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from model.tokenizer import Tokenizer
 from model.transformer import Transformer, TransformerConfig
@@ -32,3 +32,48 @@ def load_model(directory: Path | str) -> tuple[Transformer, Tokenizer, dict]:
     if set(missing) - set(TIED_KEYS) or unexpected:
         raise ValueError(f"{directory}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     return model.eval(), Tokenizer(directory / "spm.model"), config
+
+
+# Resumable training state, as files that git can hold (each under 50 MiB for a model of our size):
+# resume/weights.safetensors (fp32; the same bytes as model.safetensors while the last step is also
+# the best, so git stores them once), resume/adam_m.safetensors and adam_v.safetensors (AdamW
+# moments, fp32, so a resumed run continues exactly), resume/state.json (counters, RNG state).
+def save_training_state(directory: Path, model: Transformer, optimizer: torch.optim.Optimizer, counters: dict) -> None:
+    resume = Path(directory) / "resume"
+    resume.mkdir(parents=True, exist_ok=True)
+    names = [name for name, _ in model.named_parameters()]  # the optimizer's parameter order
+    moments = optimizer.state_dict()["state"]
+    files = {
+        "weights.safetensors": model_weights(model),
+        "adam_m.safetensors": {names[i]: s["exp_avg"].contiguous() for i, s in moments.items()},
+        "adam_v.safetensors": {names[i]: s["exp_avg_sq"].contiguous() for i, s in moments.items()},
+    }
+    for filename, tensors in files.items():
+        save_file(tensors, str(resume / (filename + ".tmp")), metadata={"format": "pt"})
+    adam_steps = {names[i]: float(s["step"]) for i, s in moments.items()}
+    state = {**counters, "adam_steps": adam_steps, "torch_rng": torch.get_rng_state().tolist()}
+    (resume / "state.json.tmp").write_text(json.dumps(state))
+    # Rename last, state.json after the tensors: an interruption leaves the previous state whole.
+    for filename in [*files, "state.json"]:
+        (resume / (filename + ".tmp")).replace(resume / filename)
+
+
+def load_training_state(directory: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> dict | None:
+    """Restore model, optimizer and RNG from `directory/resume`; → the saved counters, or None."""
+    resume = Path(directory) / "resume"
+    if not (resume / "state.json").exists():
+        return None
+    state = json.loads((resume / "state.json").read_text())
+    model.load_state_dict(load_file(str(resume / "weights.safetensors")), strict=False)
+    names = [name for name, _ in model.named_parameters()]
+    adam_m, adam_v = load_file(str(resume / "adam_m.safetensors")), load_file(str(resume / "adam_v.safetensors"))
+    optimizer_state = optimizer.state_dict()
+    optimizer_state["state"] = {
+        i: {"step": torch.tensor(state["adam_steps"][name]), "exp_avg": adam_m[name], "exp_avg_sq": adam_v[name]}
+        for i, name in enumerate(names)
+        if name in adam_m
+    }
+    optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    state.pop("adam_steps")
+    return state

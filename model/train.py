@@ -7,7 +7,7 @@ clipping, validation loss and BLEU at intervals, and checkpoints that resume exa
 interrupted run stopped (model, optimiser, step, epoch, position in the epoch, random state).
 
 Outputs under --out (e.g. checkpoints/en-de):
-  last.pt                  resumable training state
+  resume/                  resumable training state (see model/checkpoint.py)
   model.safetensors        best weights by validation BLEU (what export reads)
   config.json, spm.model   the model config and its tokenizer
   train_log.jsonl          one JSON line per validation: the learning curve
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.evaluate import corpus_scores
-from model.checkpoint import model_weights
+from model.checkpoint import load_training_state, model_weights, save_training_state
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
 from model.transformer import Transformer, TransformerConfig
@@ -152,12 +152,6 @@ def validate(model: Transformer, valid: list, tokenizer: Tokenizer, config: Trai
     return {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 20)), **corpus_scores(hypotheses, [example[2] for example in valid[:count]])}
 
 
-def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
-    tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
-
-
 def save_weights(out: Path, model: Transformer) -> None:
     tmp = out / "model.safetensors.tmp"
     save_file(model_weights(model), str(tmp), metadata={"format": "pt"})
@@ -195,12 +189,9 @@ def train(config: TrainConfig) -> None:
     model = Transformer(model_config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": -1.0, "train_seconds": 0.0, "tokens_seen": 0}
-    if (out / "last.pt").exists():
-        checkpoint = torch.load(out / "last.pt", weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        state = {k: checkpoint[k] for k in state}
-        torch.set_rng_state(checkpoint["torch_rng"])
+    resumed = load_training_state(out, model, optimizer)
+    if resumed is not None:
+        state = {k: resumed[k] for k in state}
         print(f"resumed at step {state['step']} (epoch {state['epoch']}, best BLEU {state['best_bleu']:.2f})")
     (out / "config.json").write_text(
         json.dumps({"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
@@ -216,7 +207,7 @@ def train(config: TrainConfig) -> None:
 
     def checkpoint_now() -> None:
         state["train_seconds"] = session_start_seconds + time.time() - started
-        save_checkpoint(out / "last.pt", model, optimizer, {**state, "torch_rng": torch.get_rng_state()})
+        save_training_state(out, model, optimizer, state)
 
     model.train()
     progress = tqdm(total=config.max_steps, initial=state["step"], dynamic_ncols=True, mininterval=5)
