@@ -16,6 +16,7 @@ import torch
 
 from model.checkpoint import load_model
 from model.search import translate_ids
+from model.data import source_column
 from model.tokenizer import BOS_ID, EOS_ID, read_tsv_pairs
 from service.decoding import SearchOptions
 
@@ -67,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tsv:
         tsv, src_column = args.tsv, 0 if args.src_column is None else args.src_column
     else:
-        tsv = (args.data or Path(config["train"]["data"])) / f"{args.split}.tsv"
-        src_column = 0 if config["src_lang"] == "en" else 1  # our data TSVs are en<TAB>de
+        data = args.data or Path(config["train"]["data"])
+        tsv, src_column = data / f"{args.split}.tsv", source_column(data, config["src_lang"], config["tgt_lang"])
     result = evaluate(args.model_dir, tsv, src_column, args.beam, args.length_penalty, args.limit)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from model.checkpoint import load_config  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
+from model.data import source_column  # noqa: E402
 
 LANGUAGE_NAMES = {"en": "English", "de": "German"}
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = load_config(args.model_dir)
     data = args.data or Path(config["train"]["data"])
-    src_column = 0 if config["src_lang"] == "en" else 1
+    src_column = source_column(data, config["src_lang"], config["tgt_lang"])
     scores = [evaluate(args.model_dir, data / "test.tsv", src_column, beam, 1.0, args.limit) for beam in (1, 4)]
     (args.model_dir / "test_scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
     print(write_card(args.model_dir, data, scores))

@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.evaluate import corpus_scores
+from model.data import source_column
 from model.checkpoint import load_training_state, model_weights, save_training_state
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
@@ -176,7 +177,7 @@ def train(config: TrainConfig) -> None:
 
     tokenizer = prepare_tokenizer(config, out)
     data = Path(config.data)
-    src_col = 0 if config.src_lang == "en" else 1  # data TSVs are en<TAB>de
+    src_col = source_column(data, config.src_lang, config.tgt_lang)
     train_set = load_split(data / "train.tsv", tokenizer, src_col, config.max_len)
     valid = load_split(data / "valid.tsv", tokenizer, src_col, config.max_len)
 
