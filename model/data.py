@@ -32,7 +32,7 @@ TEST_BUCKETS = range(0, 75)  # of 1000: ~7.5% of the LibreOffice help pairs (the
 VALID_BUCKETS = range(75, 88)  # ~1.3% of every source
 TEST_SOURCE = "libreoffice-help"
 MAX_CHARS, MAX_WORDS, MAX_RATIO = 400, 100, 3.0
-PLACEHOLDER = re.compile(r"%(\d+\$)?[-+ #0]*\d*(\.\d+)?[sdiuxXfgecp%]|%\([a-z_]+\)[sd]|%\d+|\{\d*\}|\$\(?[A-Z_]+\)?|\$\{[^}]*\}")
+PLACEHOLDER = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[sdiuxXfgecp%]|%\([a-z_]+\)[sd]|%\d+|\{\d*\}|\$\(?[A-Z_]+\)?|\$\{[^}]*\}")
 MARKUP = re.compile(r"</?[a-zA-Z][^>]*>")
 
 
