@@ -16,7 +16,7 @@ TIED_KEYS = ("encoder.embedding.weight", "decoder.embedding.weight")
 
 
 def model_weights(model: Transformer) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().contiguous() for k, v in model.state_dict().items() if k not in TIED_KEYS}
+    return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items() if k not in TIED_KEYS}
 
 
 def load_config(directory: Path) -> dict:
@@ -45,8 +45,8 @@ def save_training_state(directory: Path, model: Transformer, optimizer: torch.op
     moments = optimizer.state_dict()["state"]
     files = {
         "weights.safetensors": model_weights(model),
-        "adam_m.safetensors": {names[i]: s["exp_avg"].contiguous() for i, s in moments.items()},
-        "adam_v.safetensors": {names[i]: s["exp_avg_sq"].contiguous() for i, s in moments.items()},
+        "adam_m.safetensors": {names[i]: s["exp_avg"].cpu().contiguous() for i, s in moments.items()},
+        "adam_v.safetensors": {names[i]: s["exp_avg_sq"].cpu().contiguous() for i, s in moments.items()},
     }
     for filename, tensors in files.items():
         save_file(tensors, str(resume / (filename + ".tmp")), metadata={"format": "pt"})

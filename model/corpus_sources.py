@@ -1,6 +1,7 @@
 """Readers for the parallel text inside Debian packages: LibreOffice help, the Ding dictionary, gettext catalogs.
 
 Each reader yields raw (English, German) pairs; normalising, filtering and splitting happen in `model.data`.
+Readers only undo the quirks of their own format (markup, dictionary notation, keyboard accelerators).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
-# The gettext packages the recipe reads: a fixed list, so that the corpus is reproducible.
+# The gettext packages the recipe reads: a fixed list, so that the corpus is reproducible. Each one was checked
+# to exist in Debian bookworm and to ship German catalogs.
 GETTEXT_PACKAGES = (
     "libreoffice-l10n-de", "coreutils", "tar", "grep", "sed", "findutils", "diffutils", "dpkg", "apt", "bash",
     "gettext", "wget", "util-linux-locales", "gnupg-l10n", "e2fsprogs", "nano", "man-db", "evince", "gedit",
@@ -23,8 +24,9 @@ GETTEXT_PACKAGES = (
 )
 HELP_PACKAGES = ("libreoffice-help-en-us", "libreoffice-help-de")
 DING_PACKAGE = "trans-de-en"
-LICENCES = {"libreoffice-help-en-us": "MPL-2.0", "libreoffice-help-de": "MPL-2.0", "libreoffice-l10n-de": "MPL-2.0",
-            "trans-de-en": "GPL-2+"}
+HELP_DIRS = ("usr/share/libreoffice/help/en-US", "usr/share/libreoffice/help/de")
+DING_FILE = "usr/share/trans/de-en"
+CATALOG_PATTERNS = ("usr/share/locale/de/LC_MESSAGES/*.mo", "usr/lib/libreoffice/program/resource/de/LC_MESSAGES/*.mo")
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,13 @@ def fetch_package(name: str, cache: Path) -> Package:
     if not found:
         subprocess.run(["apt-get", "download", name], cwd=debs, check=True, capture_output=True)
         found = sorted(debs.glob(f"{name}_*.deb"))
-    deb = found[-1]
+    if len(found) > 1:  # an older download next to a newer one: refuse to guess which the corpus should use
+        raise RuntimeError(f"several cached versions of {name}: {[p.name for p in found]}; delete all but one")
+    deb = found[0]
     version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True).stdout.strip()
     root = cache / "unpacked" / name
+    if (root / ".done").exists() and (root / ".done").read_text() != version:
+        raise RuntimeError(f"{root} was unpacked from another version of {name}; delete it")
     if not (root / ".done").exists():
         root.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
@@ -53,13 +59,27 @@ def fetch_package(name: str, cache: Path) -> Package:
 
 
 def package_licence(package: Package) -> str:
-    if package.name in LICENCES:
-        return LICENCES[package.name]
-    copyright_file = next(iter(sorted(package.root.glob("usr/share/doc/*/copyright"))), None)
-    if copyright_file is None:
+    """The licence of the package's main files, read from its Debian copyright file."""
+    copyright_file = package.root / "usr/share/doc" / package.name / "copyright"
+    if not copyright_file.exists():
         return "see the package's copyright file"
-    licences = sorted(set(re.findall(r"^License:\s*(\S+)", copyright_file.read_text(errors="replace"), re.M)))
-    return ", ".join(licences[:4]) or "see the package's copyright file"
+    text = copyright_file.read_text(errors="replace")
+    if text.startswith("Format:"):  # machine-readable (DEP-5): the `Files: *` stanza names the main licence
+        for stanza in re.split(r"\n\s*\n", text):
+            if re.search(r"^Files:\s*\*\s*$", stanza, re.M) and (found := re.search(r"^License:\s*(\S.*)$", stanza, re.M)):
+                return found.group(1).strip()
+    named = sorted({ref.rstrip(".") for ref in re.findall(r"/usr/share/common-licenses/([\w.+-]+)", text)})
+    if named:
+        return ", ".join(named) + f" (named in usr/share/doc/{package.name}/copyright)"
+    return f"see usr/share/doc/{package.name}/copyright"
+
+
+# A space before punctuation is what is left where an icon or a dictionary note was removed.
+GAP_BEFORE_PUNCTUATION = re.compile(r"\s+([.,;:!](?:\s|$))")
+
+
+def close_gaps(text: str) -> str:
+    return GAP_BEFORE_PUNCTUATION.sub(r"\1", " ".join(text.split())).strip()
 
 
 class HelpParagraphs(HTMLParser):
@@ -73,7 +93,7 @@ class HelpParagraphs(HTMLParser):
     VOID = {"br", "img", "meta", "link", "input", "hr", "area", "base", "col", "embed", "source", "wbr"}
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+        super().__init__(convert_charrefs=True)  # entities are unescaped by the parser
         self.paragraphs: dict[str, str] = {}
         self.stack: list[tuple[str, str | None, bool]] = []  # (tag, paragraph id, hides its text)
         self.buffers: dict[str, list[str]] = {}
@@ -111,12 +131,24 @@ def read_help_page(path: Path) -> dict[str, str]:
     return parser.paragraphs
 
 
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-ZÄÖÜ0-9])")
+SENTENCE_END = re.compile(r"[.!?]\s+(?=[A-ZÄÖÜ0-9\"„“(])")
+# A period after one of these ends an abbreviation, not a sentence ("z. B. Format", "e.g. Writer").
+ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "vs.", "approx.", "no.", "fig.", "dr.", "mr.", "mrs.", "z.b.", "bzw.", "ggf.",
+                 "usw.", "vgl.", "ca.", "nr.", "d.h.", "u.a.", "bspw.", "evtl.", "inkl.", "max.", "min.", "abb.", "s."}
 
 
 def split_sentences(text: str) -> list[str]:
-    """A deliberately simple splitter: end punctuation, whitespace, then a capital or digit."""
-    return [s for s in SENTENCE_END.split(text) if s]
+    """A deliberately simple splitter: `.`, `!` or `?`, whitespace, then a capital, digit or opening quote —
+    except after a single letter ("z. B.") or a listed abbreviation."""
+    sentences, start = [], 0
+    for end in SENTENCE_END.finditer(text):
+        last_word = text[start:end.start() + 1].split()[-1].lower()
+        if len(last_word) <= 2 or last_word in ABBREVIATIONS:
+            continue
+        sentences.append(text[start:end.start() + 1].strip())
+        start = end.end()
+    sentences.append(text[start:].strip())
+    return [s for s in sentences if s]
 
 
 def help_pairs(en_root: Path, de_root: Path) -> Iterator[tuple[str, str]]:
@@ -130,7 +162,7 @@ def help_pairs(en_root: Path, de_root: Path) -> Iterator[tuple[str, str]]:
             de_text = german.get(paragraph_id)
             if de_text is None:
                 continue
-            en_text, de_text = " ".join(en_text.split()), " ".join(de_text.split())
+            en_text, de_text = close_gaps(en_text), close_gaps(de_text)
             en_sentences, de_sentences = split_sentences(en_text), split_sentences(de_text)
             if len(en_sentences) == len(de_sentences) > 1:
                 yield from zip(en_sentences, de_sentences)
@@ -138,7 +170,21 @@ def help_pairs(en_root: Path, de_root: Path) -> Iterator[tuple[str, str]]:
                 yield en_text, de_text
 
 
-DING_NOTES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\([^)]*\)|<[^>]*>")
+DING_NOTES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\([^)]*\)|<[^>]*>|(?<!\S)/[^/\s][^/]*/(?!\S)")  # incl. /abbreviations/
+# Dictionary shorthand written out, so that the phrases read like real text.
+DING_SHORTHAND = (
+    (re.compile(r"\bsth\.(?=\s|$|[,;])"), "something"), (re.compile(r"\bsb\.’s\b|\bsb\.'s\b"), "somebody's"),
+    (re.compile(r"\bsb\.(?=\s|$|[,;])"), "somebody"), (re.compile(r"\betw\.(?=\s|$|[,;])"), "etwas"),
+    (re.compile(r"\bjdn\.(?=\s|$|[,;])"), "jemanden"), (re.compile(r"\bjdm\.(?=\s|$|[,;])"), "jemandem"),
+    (re.compile(r"\bjds\.(?=\s|$|[,;])"), "jemandes"), (re.compile(r"\bjd\.(?=\s|$|[,;])"), "jemand"),
+)
+
+
+def clean_ding_piece(piece: str) -> str:
+    text = DING_NOTES.sub(" ", piece.split(";")[0])
+    for pattern, replacement in DING_SHORTHAND:
+        text = pattern.sub(replacement, text)
+    return close_gaps(text)
 
 
 def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
@@ -152,13 +198,22 @@ def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
             if len(german_parts) != len(english_parts):
                 continue
             for de, en in zip(german_parts, english_parts):
-                de = " ".join(DING_NOTES.sub(" ", de.split(";")[0]).split())
-                en = " ".join(DING_NOTES.sub(" ", en.split(";")[0]).split())
+                de, en = clean_ding_piece(de), clean_ding_piece(en)
                 if len(en.split()) >= min_words and len(de.split()) >= min_words:
                     yield en, de
 
 
-ACCELERATOR = re.compile(r"~|_(?=\w)|&(?=\w)")
+# `~` (LibreOffice), `_` (GTK) and `&` (Qt) mark the accelerator letter; `&name;` is an entity, not a marker.
+ACCELERATOR = r"(?:[~_]|&(?!\w+;))"
+ACCELERATOR_TOKEN = re.compile(rf"\S*{ACCELERATOR}\w\S*")
+
+
+def strip_accelerators(text: str, other: str) -> str:
+    """Remove accelerator markers, but keep a token found verbatim on the other side (`max_depth`, `~/.config`):
+    identifiers are copied by translators, accelerators move (`_Open` → `Ö_ffnen`)."""
+    other_tokens = set(other.split())
+    return ACCELERATOR_TOKEN.sub(
+        lambda m: m.group(0) if m.group(0) in other_tokens else re.sub(ACCELERATOR + r"(?=\w)", "", m.group(0)), text)
 
 
 def gettext_pairs(mo_files: list[Path]) -> Iterator[tuple[str, str]]:
@@ -169,13 +224,14 @@ def gettext_pairs(mo_files: list[Path]) -> Iterator[tuple[str, str]]:
                 catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
         except (OSError, UnicodeDecodeError, ValueError):  # a corrupt catalog is skipped, not fatal
             continue
-        for key, value in catalog.items():
+        for key, value in catalog.items():  # the order of the .mo file (sorted by msgid), so deterministic
             if not isinstance(key, str) or not key or not isinstance(value, str):
                 continue  # header or plural tuple
             english = key.split("\x04", 1)[-1]  # drop the msgctxt prefix
-            yield ACCELERATOR.sub("", english), ACCELERATOR.sub("", value)
+            english, german = strip_accelerators(english, value), strip_accelerators(value, english)
+            # LibreOffice's UI fills in its name at run time; the help text already says "LibreOffice".
+            yield english.replace("%PRODUCTNAME", "LibreOffice"), german.replace("%PRODUCTNAME", "LibreOffice")
 
 
 def gettext_catalogs(package: Package) -> list[Path]:
-    patterns = ("usr/share/locale/de/LC_MESSAGES/*.mo", "usr/lib/libreoffice/program/resource/de/LC_MESSAGES/*.mo")
-    return sorted(p for pattern in patterns for p in package.root.glob(pattern))
+    return sorted(p for pattern in CATALOG_PATTERNS for p in package.root.glob(pattern))

@@ -5,10 +5,10 @@
     python -m model.data user --src corpus.en --tgt corpus.de --src-lang en --tgt-lang de --out data/my-en-de
 
 Every pair is normalised (NFC, whitespace), filtered, deduplicated on both sides (the first source in
-priority order wins) and assigned to a split by a hash of its first-column sentence, so a rerun gives
-byte-identical files and a sentence in the test split never reappears in training. The output directory
-holds train.tsv, valid.tsv, test.tsv (first column<TAB>second column), columns.json naming their
-languages, and DATA_CARD.md.
+priority order wins) and assigned to a split by a hash of its first-column (English) sentence, so a rerun
+gives byte-identical files and en→de and de→en share one split. The output directory holds train.tsv,
+valid.tsv, test.tsv (first column<TAB>second column, no header), columns.json naming their languages,
+and DATA_CARD.md.
 """
 
 from __future__ import annotations
@@ -17,26 +17,35 @@ import argparse
 import hashlib
 import json
 import re
+import sys
+import time
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
 from model.corpus_sources import (
-    DING_PACKAGE, GETTEXT_PACKAGES, HELP_PACKAGES, Package, ding_pairs, fetch_package, gettext_catalogs, gettext_pairs,
-    help_pairs, package_licence,
+    DING_FILE, DING_PACKAGE, GETTEXT_PACKAGES, HELP_DIRS, HELP_PACKAGES, Package, ding_pairs, fetch_package,
+    gettext_catalogs, gettext_pairs, help_pairs, package_licence, split_sentences,
 )
 
 SPLITS = ("train", "valid", "test")
-TEST_BUCKETS = range(0, 75)  # of 1000: ~7.5% of the LibreOffice help pairs (the test split is help text only)
-VALID_BUCKETS = range(75, 88)  # ~1.3% of every source
-TEST_SOURCE = "libreoffice-help"
-MAX_CHARS, MAX_WORDS, MAX_RATIO = 400, 100, 3.0
+HELP, GETTEXT, DING, USER = "libreoffice-help", "gettext", "ding", "user"  # read in this order = dedupe priority
+# Buckets of sha256(English) mod 1000. The test buckets are reserved: only test-grade LibreOffice help sentences
+# are taken from them, every other pair that falls there is dropped, so no source trains on them.
+TEST_BUCKETS = range(0, 90)
+VALID_BUCKETS = range(90, 98)
+MAX_CHARS, MAX_WORDS, MAX_RATIO, RATIO_ALLOWANCE, MIN_WORDS = 400, 100, 3.0, 12, 2
 PLACEHOLDER = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[sdiuxXfgecp%]|%\([a-z_]+\)[sd]|%\d+|\{\d*\}|\$\(?[A-Z_]+\)?|\$\{[^}]*\}")
 MARKUP = re.compile(r"</?[a-zA-Z][^>]*>")
+COMMAND_LINE_HELP = re.compile(r"^(?:-{1,2}[A-Za-z]|usage:)", re.I)  # `--verbose  explain what is done`
+CONJUGATION = re.compile(r"\b(?:I/)?he/she\b|\ber/sie\b")  # Ding verb tables: "he/she has/had led"
 
 
 def normalise(text: str) -> str:
+    """NFC, no-break spaces to spaces, all whitespace (tabs, newlines) collapsed: a TSV field can't break."""
     return " ".join(unicodedata.normalize("NFC", text).replace("\u00a0", " ").split())
 
 
@@ -44,127 +53,208 @@ def letters(text: str) -> int:
     return sum(ch.isalpha() for ch in PLACEHOLDER.sub("", text))
 
 
-def rejection(first: str, second: str) -> str | None:
-    """The name of the first filter a pair fails, or None if it is kept."""
-    if not first or not second:
-        return "empty side"
-    if first.casefold() == second.casefold():
-        return "identical sides"
-    if max(len(first), len(second)) > MAX_CHARS or max(len(first.split()), len(second.split())) > MAX_WORDS:
-        return f"longer than {MAX_CHARS} characters or {MAX_WORDS} words"
-    if max(len(first), len(second)) > 12 and max(len(first), len(second)) > MAX_RATIO * min(len(first), len(second)):
-        return f"length ratio over {MAX_RATIO}"
-    if letters(first) < 2 or letters(second) < 2:
-        return "only numbers, punctuation or placeholders"
-    if MARKUP.search(first) or MARKUP.search(second):
-        return "markup left in the text"
-    if Counter(PLACEHOLDER.findall(first)) != Counter(PLACEHOLDER.findall(second)):
-        return "placeholders differ between sides"
-    return None
+def rejection(en: str, de: str) -> str | None:
+    """The name of the first filter a normalised pair fails, or None if it is kept."""
+    longer, shorter = max(len(en), len(de)), min(len(en), len(de))
+    checks = (
+        ("empty side", not en or not de),
+        ("identical sides", en.casefold() == de.casefold()),
+        (f"longer than {MAX_CHARS} characters or {MAX_WORDS} words",
+         longer > MAX_CHARS or max(len(en.split()), len(de.split())) > MAX_WORDS),
+        (f"length ratio over {MAX_RATIO}", longer > RATIO_ALLOWANCE and longer > MAX_RATIO * shorter),
+        ("only numbers, punctuation or placeholders", letters(en) < 2 or letters(de) < 2),
+        ("markup left in the text", bool(MARKUP.search(en) or MARKUP.search(de))),
+        ("placeholders differ between sides", Counter(PLACEHOLDER.findall(en)) != Counter(PLACEHOLDER.findall(de))),
+        (f"fewer than {MIN_WORDS} words", len(en.split()) < MIN_WORDS),
+        ("command-line option help", bool(COMMAND_LINE_HELP.match(en) or COMMAND_LINE_HELP.match(de))),
+        ("verb conjugation table", bool(CONJUGATION.search(en) or CONJUGATION.search(de))),
+    )
+    return next((name for name, failed in checks if failed), None)
 
 
 def bucket(sentence: str) -> int:
     return int(hashlib.sha256(sentence.encode("utf-8")).hexdigest()[:8], 16) % 1000
 
 
-def split_of(first: str, source: str) -> str:
-    b = bucket(first)
-    if b in TEST_BUCKETS and source == TEST_SOURCE:
-        return "test"
-    return "valid" if b in VALID_BUCKETS else "train"
+def is_test_grade(en: str, de: str) -> bool:
+    """A real sentence on each side: 4+ words, one sentence ending in . ! or ?, mostly letters, no placeholders."""
+    return (len(en.split()) >= 4 and en[-1] in ".!?" and de[-1] in ".!?"
+            and len(split_sentences(en)) == 1 and len(split_sentences(de)) == 1
+            and letters(en) >= 0.7 * len(en.replace(" ", "")) and not PLACEHOLDER.search(en + de))
 
 
-class CorpusBuilder:
-    """Feeds (source name, pairs) in priority order; keeps counts for the data card."""
+def near_key(sentence: str) -> str:
+    """Letters only, case-folded: "Click OK." and "click OK" are the same sentence for leakage purposes."""
+    return "".join(ch for ch in sentence.casefold() if ch.isalpha())
+
+
+class Corpus:
+    """Takes (source name, pairs) in priority order, filters and dedupes them, then splits; counts everything."""
 
     def __init__(self) -> None:
-        self.seen_first: set[str] = set()
-        self.seen_second: set[str] = set()
-        self.splits: dict[str, list[tuple[str, str]]] = {name: [] for name in SPLITS}
+        self.pairs: list[tuple[str, str, str]] = []  # (en, de, source) that passed the filters
+        self.seen_en: set[str] = set()
+        self.seen_de: set[str] = set()
         self.raw: Counter = Counter()
-        self.rejected: dict[str, Counter] = defaultdict(Counter)
-        self.kept: dict[str, Counter] = defaultdict(Counter)  # source → split → pairs
+        self.removed: dict[str, Counter] = defaultdict(Counter)  # source → filter → pairs
+        self.splits: dict[str, list[tuple[str, str, str]]] = {}
 
     def add(self, source: str, pairs: Iterable[tuple[str, str]]) -> None:
-        for first, second in pairs:
+        for en, de in tqdm(pairs, desc=source, unit=" pairs", disable=None, leave=False):
             self.raw[source] += 1
-            first, second = normalise(first), normalise(second)
-            reason = rejection(first, second)
-            if reason is None and (first in self.seen_first or second in self.seen_second):
+            en, de = normalise(en), normalise(de)
+            reason = rejection(en, de)
+            # Deduping the German side too keeps a test sentence's German out of training for de→en.
+            if reason is None and (en in self.seen_en or de in self.seen_de):
                 reason = "duplicate (either side seen before)"
             if reason:
-                self.rejected[source][reason] += 1
+                self.removed[source][reason] += 1
                 continue
-            self.seen_first.add(first)
-            self.seen_second.add(second)
-            split = split_of(first, source)
-            self.splits[split].append((first, second))
-            self.kept[source][split] += 1
+            self.seen_en.add(en)
+            self.seen_de.add(de)
+            self.pairs.append((en, de, source))
 
-    def write(self, out: Path, columns: tuple[str, str]) -> None:
+    def split(self, test_sources: set[str], test_grade_only: bool = True) -> None:
+        splits: dict[str, list[tuple[str, str, str]]] = {name: [] for name in SPLITS}
+        for en, de, source in self.pairs:
+            b = bucket(en)
+            if b in TEST_BUCKETS:
+                if source in test_sources and (not test_grade_only or is_test_grade(en, de)):
+                    splits["test"].append((en, de, source))
+                else:
+                    self.removed[source]["test bucket, not test material (reserved, dropped)"] += 1
+            else:
+                splits["valid" if b in VALID_BUCKETS else "train"].append((en, de, source))
+        # The exact-string dedupe misses "Click OK." vs "click OK"; keep those out of train and valid as well.
+        test_keys = {near_key(side) for en, de, _ in splits["test"] for side in (en, de)}
+        for name in ("train", "valid"):
+            kept = [p for p in splits[name] if near_key(p[0]) not in test_keys and near_key(p[1]) not in test_keys]
+            for _, _, source in set(splits[name]) - set(kept):
+                self.removed[source]["near-duplicate of a test pair"] += 1
+            splits[name] = kept
+        self.splits = splits
+
+    def write(self, out: Path, columns: tuple[str, str]) -> dict[str, str]:
+        """Write the splits sorted by hash (deterministic, and not grouped by source); return their sha256."""
         out.mkdir(parents=True, exist_ok=True)
+        digests = {}
         for name, pairs in self.splits.items():
-            pairs.sort(key=lambda p: (hashlib.sha256(p[0].encode()).hexdigest(), p[1]))
-            (out / f"{name}.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+            ordered = sorted(pairs, key=lambda p: (hashlib.sha256(p[0].encode()).hexdigest(), p[1]))
+            data = "".join(f"{en}\t{de}\n" for en, de, _ in ordered).encode("utf-8")
+            (out / f"{name}.tsv").write_bytes(data)
+            digests[name] = hashlib.sha256(data).hexdigest()
         (out / "columns.json").write_text(json.dumps({"columns": list(columns)}) + "\n")
+        return digests
 
     def card_tables(self) -> list[str]:
-        lines = ["## Pairs per source", "", "| source | raw pairs | kept | train | valid | test |", "|---|---|---|---|---|---|"]
-        for source in self.raw:
-            kept = self.kept[source]
-            lines.append(f"| {source} | {self.raw[source]:,} | {sum(kept.values()):,} | {kept['train']:,} | {kept['valid']:,} | {kept['test']:,} |")
-        totals = {name: len(pairs) for name, pairs in self.splits.items()}
-        lines.append(f"| **all** | {sum(self.raw.values()):,} | {sum(totals.values()):,} | {totals['train']:,} | {totals['valid']:,} | {totals['test']:,} |")
-        lines += ["", "## Pairs removed, by filter (in the order applied)", "", "| source | filter | pairs |", "|---|---|---|"]
-        for source, reasons in self.rejected.items():
-            lines += [f"| {source} | {reason} | {count:,} |" for reason, count in reasons.most_common()]
+        sources = list(self.raw)
+        per_split = {s: Counter(name for name, pairs in self.splits.items() for p in pairs if p[2] == s) for s in sources}
+        lines = ["## Pairs per source", "", "| source | raw pairs | after filters and dedupe | train | valid | test |",
+                 "|---|---|---|---|---|---|"]
+        for s in sources:
+            kept = sum(1 for p in self.pairs if p[2] == s)
+            lines.append(f"| {s} | {self.raw[s]:,} | {kept:,} | {per_split[s]['train']:,} | {per_split[s]['valid']:,} | {per_split[s]['test']:,} |")
+        sizes = {name: len(pairs) for name, pairs in self.splits.items()}
+        lines.append(f"| **all** | {sum(self.raw.values()):,} | {len(self.pairs):,} | {sizes['train']:,} | {sizes['valid']:,} | {sizes['test']:,} |")
+        lines += ["", "## Pairs removed by each filter, in the order applied (pairs left afterwards)", "",
+                  "| filter | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+        left = dict(self.raw)
+        lines.append("| raw | " + " | ".join(f"{left[s]:,}" for s in sources) + " |")
+        order = [name for name in FILTER_ORDER if any(self.removed[s][name] for s in sources)]
+        for name in order:
+            cells = []
+            for s in sources:
+                left[s] -= self.removed[s][name]
+                cells.append(f"−{self.removed[s][name]:,} ({left[s]:,})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return lines
 
 
-SPLIT_RULES = [
-    "## Filters and splits",
-    "",
-    "- Normalisation: Unicode NFC, no-break spaces to spaces, whitespace collapsed.",
-    f"- Removed: an empty side; identical sides; over {MAX_CHARS} characters or {MAX_WORDS} words; a character-length "
-    f"ratio over {MAX_RATIO} (when the longer side exceeds 12 characters); fewer than two letters outside placeholders; "
-    "leftover markup; printf/brace/shell placeholders that differ between the sides (identical ones are kept, so the "
-    "model learns to copy them).",
-    "- Deduplication on both sides: a pair whose first or second sentence was already taken is dropped; sources are "
-    "read in priority order (LibreOffice help, gettext catalogs, Ding), so the cleanest source wins.",
-    f"- Split by `sha256(first column)[:8] mod 1000`: buckets {TEST_BUCKETS.start}-{TEST_BUCKETS.stop - 1} of the "
-    f"LibreOffice help → test; buckets {VALID_BUCKETS.start}-{VALID_BUCKETS.stop - 1} of every source → valid; the rest → train. "
-    "The hash depends only on the sentence, so a rebuild gives the same split and en→de and de→en share it.",
+FILTER_ORDER = [
+    "empty side", "identical sides", f"longer than {MAX_CHARS} characters or {MAX_WORDS} words",
+    f"length ratio over {MAX_RATIO}", "only numbers, punctuation or placeholders", "markup left in the text",
+    "placeholders differ between sides", f"fewer than {MIN_WORDS} words", "command-line option help",
+    "verb conjugation table", "duplicate (either side seen before)",
+    "test bucket, not test material (reserved, dropped)", "near-duplicate of a test pair",
 ]
+
+RULES = f"""## Extraction, filters and splits
+
+- LibreOffice help: `<p>`/`<h*>` elements with the same `par_id…`/`hd_id…` id in the same page of each language,
+  tags stripped (the Linux/default variant of platform-specific text kept), entities unescaped, a space left
+  before punctuation by a removed icon closed up. A paragraph is split into sentences (`.`/`!`/`?`, space, then a
+  capital, digit or quote; not after a single letter or an abbreviation such as "e.g.", "z. B.") only when both
+  sides give the same number of sentences; otherwise it stays one pair.
+- gettext: msgid → msgstr of the German `.mo` catalogs; header and plural entries skipped, msgctxt prefix
+  dropped; accelerator markers (`~`, `_`, `&` before a letter) removed unless the token occurs verbatim on
+  the other side (an identifier such as `max_depth`); `%PRODUCTNAME` written out as "LibreOffice".
+- Ding: `de | de2 :: en | en2` sub-entries paired one to one; `{{…}}`, `[…]`, `(…)`, `<…>` and `/abbr./` notes
+  stripped; the first `;` alternative kept; "sth."/"sb."/"etw."/"jdn."/"jdm."/"jds."/"jd." written out; pieces
+  of 3+ words on both sides kept.
+- Normalisation: Unicode NFC, no-break spaces to spaces, whitespace (tabs and newlines included) collapsed.
+- Removed: an empty side; identical sides (case-insensitive); over {MAX_CHARS} characters or {MAX_WORDS} words; a
+  character-length ratio over {MAX_RATIO} (when the longer side exceeds {RATIO_ALLOWANCE} characters); fewer than two
+  letters outside placeholders; leftover markup; printf/brace/shell placeholders (`%s`, `%1$d`, `{{0}}`, `$(ARG1)`)
+  whose multiset differs between the sides (identical ones are kept, so the model learns to copy them); an
+  English side of fewer than {MIN_WORDS} words (single-word UI labels and function names); command-line option help
+  (a side starting with `-x`/`--xyz` or `Usage:`); Ding verb-conjugation rows (`he/she has/had …`).
+- Deduplication on both sides: a pair whose English or German sentence was already taken is dropped; sources
+  are read in priority order (LibreOffice help, gettext catalogs, Ding), so the cleanest source wins.
+- Split by `int(sha256(English)[:8], 16) % 1000`: buckets {TEST_BUCKETS.start}–{TEST_BUCKETS.stop - 1} are reserved for
+  test and hold only LibreOffice help pairs of real sentences (4+ words, one sentence a side ending in `.`, `!` or `?`,
+  mostly letters, no placeholders); every other pair in those buckets is dropped, not trained on. Buckets
+  {VALID_BUCKETS.start}–{VALID_BUCKETS.stop - 1} of every source → valid; the rest → train. Train and valid pairs whose English or
+  German matches a test sentence up to case, digits and punctuation are dropped too. The hash depends only on
+  the sentence, so a rebuild gives the same split and en→de and de→en share it.
+- Each file is sorted by the hash of its first column, so a rebuild from the same packages is byte-identical.
+"""
+
+
+def read_debian_sources(cache: Path) -> Iterator[tuple[str, list[Package], Iterable[tuple[str, str]]]]:
+    """(source, its packages, its pairs) in priority order; packages are fetched as they are reached."""
+    help_en, help_de = (fetch_package(name, cache) for name in HELP_PACKAGES)
+    yield HELP, [help_en, help_de], help_pairs(help_en.root / HELP_DIRS[0], help_de.root / HELP_DIRS[1])
+    for name in GETTEXT_PACKAGES:
+        package = fetch_package(name, cache)
+        yield GETTEXT, [package], gettext_pairs(gettext_catalogs(package))
+    ding = fetch_package(DING_PACKAGE, cache)
+    yield DING, [ding], ding_pairs(ding.root / DING_FILE)
 
 
 def build_debian(out: Path, cache: Path) -> None:
-    builder, packages = CorpusBuilder(), []
-    help_en, help_de = (fetch_package(name, cache) for name in HELP_PACKAGES)
-    packages += [help_en, help_de]
-    print("reading LibreOffice help …")
-    builder.add(TEST_SOURCE, help_pairs(help_en.root / "usr/share/libreoffice/help/en-US", help_de.root / "usr/share/libreoffice/help/de"))
-    print("reading gettext catalogs …")
-    for name in GETTEXT_PACKAGES:
-        package = fetch_package(name, cache)
-        packages.append(package)
-        builder.add("gettext", gettext_pairs(gettext_catalogs(package)))
-    print("reading the Ding dictionary …")
-    ding = fetch_package(DING_PACKAGE, cache)
-    packages.append(ding)
-    builder.add("ding", ding_pairs(ding.root / "usr/share/trans/de-en"))
-    builder.write(out, ("en", "de"))
-    write_card(out, builder, packages, "python -m model.data debian --out " + str(out))
+    corpus, packages = Corpus(), []
+    for source, source_packages, pairs in read_debian_sources(cache):
+        packages += source_packages
+        corpus.add(source, pairs)
+    corpus.split({HELP})
+    digests = corpus.write(out, ("en", "de"))
+    write_card(out, corpus, packages, f"python -m model.data debian --out {out} --cache {cache}", digests)
 
 
-def write_card(out: Path, builder: CorpusBuilder, packages: list[Package], command: str) -> None:
-    lines = ["# Data card", "", f"Built by `{command}` (see `model/data.py`); columns: {json.loads((out / 'columns.json').read_text())['columns']}.", ""]
-    if packages:
-        lines += ["## Debian packages (fetched with `apt-get download`, unpacked with `dpkg-deb -x`, never installed)", "",
-                  "| package | version | licence |", "|---|---|---|"]
-        lines += [f"| {p.name} | {p.version} | {package_licence(p)} |" for p in packages]
-        lines.append("")
-    lines += builder.card_tables() + [""] + SPLIT_RULES
-    (out / "DATA_CARD.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def package_section(packages: list[Package]) -> list[str]:
+    lines = ["## Debian packages (fetched with `apt-get download`, unpacked with `dpkg-deb -x`, never installed)", "",
+             "| package | version | licence (Debian copyright file) |", "|---|---|---|"]
+    lines += [f"| {p.name} | {p.version} | {package_licence(p)} |" for p in packages]
+    return lines + ["", "The LibreOffice help is MPL-2.0 and the Ding dictionary GPL-2+; each gettext catalog carries its "
+                    "package's licence. Derived pairs keep the licence of their source.", ""]
+
+
+def reproduce_section(command: str, digests: dict[str, str], debian: bool) -> list[str]:
+    lines = ["## How to reproduce", "", "From the repository root:", "", "```sh", command, "```", ""]
+    if debian:
+        lines += ["The recipe runs `apt-get download NAME` (Debian bookworm sources) into `data/cache/debs/` unless a "
+                  "`.deb` is already there. If the archive has moved on, put the versions listed above into the cache "
+                  "first (`apt-get download NAME=VERSION`, or snapshot.debian.org); the same packages give byte-identical "
+                  "files:", ""]
+    return lines + ["| file | sha256 |", "|---|---|"] + [f"| {n}.tsv | `{d}` |" for n, d in digests.items()] + [""]
+
+
+def write_card(out: Path, corpus: Corpus, packages: list[Package], command: str, digests: dict[str, str]) -> None:
+    columns = json.loads((out / "columns.json").read_text())["columns"]
+    lines = ["# Data card", "", f"Built by `model/data.py`. Columns of every TSV: {columns[0]}<TAB>{columns[1]}.", ""]
+    lines += package_section(packages) if packages else ["Source: user-supplied parallel data ('user').", ""]
+    lines += corpus.card_tables() + [""] + RULES.splitlines() + [""] + reproduce_section(command, digests, bool(packages))
+    (out / "DATA_CARD.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def source_column(data: Path, src_lang: str, tgt_lang: str) -> int:
@@ -176,34 +266,33 @@ def source_column(data: Path, src_lang: str, tgt_lang: str) -> int:
     return columns.index(src_lang)
 
 
-def read_user_pairs(tsv: Path | None, src: Path | None, tgt: Path | None) -> Iterable[tuple[str, str]]:
+def read_user_pairs(tsv: Path | None, src: Path | None, tgt: Path | None) -> Iterator[tuple[str, str]]:
+    """A TSV (first two columns; a line without a tab counts as an empty side) or two line-aligned files."""
     if tsv is not None:
         with open(tsv, encoding="utf-8", errors="replace") as f:
             for line in f:
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) >= 2:
-                    yield parts[0], parts[1]
+                parts = line.rstrip("\r\n").split("\t")
+                yield parts[0], parts[1] if len(parts) > 1 else ""
         return
     assert src is not None and tgt is not None
     with open(src, encoding="utf-8", errors="replace") as a, open(tgt, encoding="utf-8", errors="replace") as b:
-        for first, second in zip(a, b, strict=True):
-            yield first, second
+        try:
+            yield from zip(a, b, strict=True)
+        except ValueError as error:
+            raise SystemExit(f"{src} and {tgt} have different numbers of lines") from error
 
 
 def build_user(out: Path, pairs: Iterable[tuple[str, str]], columns: tuple[str, str], command: str) -> None:
-    builder = CorpusBuilder()
-    builder.add("user", pairs)
-    # A user corpus has one source, so its test split is drawn from it.
-    builder.splits["test"] += [p for p in builder.splits["train"] if bucket(p[0]) in TEST_BUCKETS]
-    builder.splits["train"] = [p for p in builder.splits["train"] if bucket(p[0]) not in TEST_BUCKETS]
-    builder.kept["user"]["test"] = len(builder.splits["test"])
-    builder.kept["user"]["train"] = len(builder.splits["train"])
-    builder.write(out, columns)
-    write_card(out, builder, [], command)
+    corpus = Corpus()
+    corpus.add(USER, pairs)
+    corpus.split({USER}, test_grade_only=False)  # one source, so the test split is drawn from all of it
+    digests = corpus.write(out, columns)
+    write_card(out, corpus, [], command, digests)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m model.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     debian = commands.add_parser("debian", help="build the en–de corpus from Debian packages")
     debian.add_argument("--out", type=Path, default=Path("data/en-de"))
@@ -215,15 +304,18 @@ def main(argv: list[str] | None = None) -> None:
     user.add_argument("--src-lang", required=True)
     user.add_argument("--tgt-lang", required=True)
     user.add_argument("--out", type=Path, required=True)
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    started = time.monotonic()
     if args.command == "debian":
         build_debian(args.out, args.cache)
     else:
         if (args.tsv is None) == (args.src is None or args.tgt is None):
             parser.error("give either --tsv, or both --src and --tgt")
-        command = "python -m model.data user " + " ".join(argv or [])
+        command = "python -m model.data " + " ".join(argv)
         build_user(args.out, read_user_pairs(args.tsv, args.src, args.tgt), (args.src_lang, args.tgt_lang), command)
     print((args.out / "DATA_CARD.md").read_text())
+    print(f"built {args.out} in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

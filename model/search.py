@@ -21,22 +21,26 @@ class TorchDecoderState:
 class TorchStepModel:
     def __init__(self, model: Transformer):
         self.model = model.eval()
+        self.device = next(model.parameters()).device
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
 
     @torch.inference_mode()
     def encode(self, src_ids: np.ndarray) -> TorchDecoderState:
-        memory, memory_mask = self.model.encoder(torch.from_numpy(src_ids))
+        memory, memory_mask = self.model.encoder(self.tensor(src_ids))
         return TorchDecoderState(self.model.decoder.cross_attention_cache(memory), memory_mask, None)
 
     @torch.inference_mode()
     def step(self, state: TorchDecoderState, tokens: np.ndarray) -> tuple[np.ndarray, TorchDecoderState]:
         log_probs, present = self.model.decode_step(
-            torch.from_numpy(tokens)[:, None], state.cross_kv, state.memory_mask, state.past_kv
+            self.tensor(tokens)[:, None], state.cross_kv, state.memory_mask, state.past_kv
         )
-        return log_probs.numpy(), TorchDecoderState(state.cross_kv, state.memory_mask, present)
+        return log_probs.cpu().numpy(), TorchDecoderState(state.cross_kv, state.memory_mask, present)
 
     @torch.inference_mode()
     def select(self, state: TorchDecoderState, rows: np.ndarray, sources_changed: bool) -> TorchDecoderState:
-        index = torch.from_numpy(rows)
+        index = self.tensor(rows)
 
         def pick(kv: list[KeyValue] | None) -> list[KeyValue] | None:
             return None if kv is None else [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]

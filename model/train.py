@@ -64,8 +64,9 @@ class TrainConfig:
     eval_every: int = 1000
     eval_sentences: int = 400  # validation sentences decoded for BLEU
     seed: int = 1234
-    bf16: str = "auto"  # "auto", "on" or "off"
+    bf16: str = "auto"  # "auto" (on for CUDA and CPUs with native bf16), "on" or "off"
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    device: str = "cpu"  # "cpu" or "cuda" (a lent GPU continues the same run from the same checkpoint)
 
 
 def cpu_supports_bf16() -> bool:
@@ -129,21 +130,21 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 def sequence_loss(model: Transformer, batch, label_smoothing: float) -> tuple[torch.Tensor, int]:
     src, tgt_in, labels = batch
-    logits = model(src, tgt_in)  # [B, T, V]
-    loss = F.cross_entropy(
-        logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=PAD_ID, label_smoothing=label_smoothing
-    )
-    return loss, int((labels != PAD_ID).sum())
+    real = labels != PAD_ID  # [B, T]
+    logits = model(src, tgt_in, positions=real)  # [N, V], real target positions only
+    loss = F.cross_entropy(logits.float(), labels[real], label_smoothing=label_smoothing)
+    return loss, int(real.sum())
 
 
 @torch.no_grad()
 def validate(model: Transformer, valid: list, tokenizer: Tokenizer, config: TrainConfig, autocast) -> dict:
     model.eval()
+    device = next(model.parameters()).device
     rng = random.Random(0)
     total, tokens = 0.0, 0
     for indices in token_budget_batches(valid, config.batch_tokens, rng):
         with autocast():
-            loss, n = sequence_loss(model, collate(valid, indices), 0.0)
+            loss, n = sequence_loss(model, tuple(t.to(device) for t in collate(valid, indices)), 0.0)
         total, tokens = total + loss.item() * n, tokens + n
     count = min(config.eval_sentences, len(valid))
     options = SearchOptions(bos_id=BOS_ID, eos_id=EOS_ID, max_length=config.max_len * 2)
@@ -187,7 +188,8 @@ def train(config: TrainConfig) -> None:
     )
     if (out / "config.json").exists():
         model_config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"])
-    model = Transformer(model_config)
+    device = torch.device(config.device)
+    model = Transformer(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": -1.0, "train_seconds": 0.0, "tokens_seen": 0}
     resumed = load_training_state(out, model, optimizer)
@@ -200,8 +202,8 @@ def train(config: TrainConfig) -> None:
     )
     print(f"{model.num_parameters() / 1e6:.2f}M parameters, {len(train_set)} training pairs, {len(valid)} validation pairs")
 
-    use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and cpu_supports_bf16())
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     stop = {"signal": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     started, session_start_seconds = time.time(), state["train_seconds"]
@@ -219,7 +221,7 @@ def train(config: TrainConfig) -> None:
             step = state["step"] + 1
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
-            batch = collate(train_set, indices)
+            batch = tuple(t.to(device, non_blocking=True) for t in collate(train_set, indices))
             with autocast():
                 loss, n_tokens = sequence_loss(model, batch, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -33,7 +33,9 @@ class TransformerConfig:
     n_encoder_layers: int = 4
     n_decoder_layers: int = 3  # a shallower decoder: the per-token loop is what costs at inference
     d_ff: int = 1024
-    dropout: float = 0.1
+    dropout: float = 0.1  # on embeddings and residual branches
+    attention_dropout: float = 0.0  # on attention weights; off by default: CPU random masks of [B, H, T, S] cost more than they help
+    activation_dropout: float = 0.0  # inside the feed-forward, likewise
     max_positions: int = 1024
     activation: str = "relu"  # "relu" or "gelu"
     layer_norm_eps: float = 1e-5
@@ -86,7 +88,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, config.d_model)
         self.v_proj = nn.Linear(config.d_model, config.d_model)
         self.out_proj = nn.Linear(config.d_model, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.attention_dropout)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -116,7 +118,7 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(config.d_model, config.d_ff)
         self.down = nn.Linear(config.d_ff, config.d_model)
         self.activation = F.gelu if config.activation == "gelu" else F.relu
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.activation_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.dropout(self.activation(self.up(x))))
@@ -244,11 +246,15 @@ class Transformer(nn.Module):
         """[..., D] → [..., V] through the tied embedding matrix."""
         return F.linear(hidden, self.embedding.weight, self.output_bias)
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: src [B, S], tgt_in [B, T] (starts with BOS) → logits [B, T, V]."""
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher forcing: src [B, S], tgt_in [B, T] (starts with BOS) → logits [B, T, V].
+
+        With `positions` (a bool mask [B, T]) only those positions are projected → logits [N, V]: training
+        skips the vocabulary projection of padding, the largest matrix product in the model.
+        """
         memory, memory_mask = self.encoder(src)
         hidden, _ = self.decoder(tgt_in, self.decoder.cross_attention_cache(memory), memory_mask)
-        return self.logits(hidden)
+        return self.logits(hidden if positions is None else hidden[positions])
 
     def decode_step(
         self,

@@ -6,3 +6,41 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # Two cores: keep each test process from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small random model with a SentencePiece tokenizer, saved like a trained checkpoint."""
+    from tests.tiny_model import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_graphs(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The checkpoint's fp32 graphs, exported once (the slow part) and shared by every package test."""
+    from export.package import export_graphs
+    from model.checkpoint import load_model
+
+    directory = tmp_path_factory.mktemp("fp32_graphs")
+    export_graphs(load_model(tiny_checkpoint)[0], directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_packages(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> dict[str, Path]:
+    """fp32 and int8 packages of the tiny model, parity-checked against PyTorch on its test split."""
+    from export.package import build_package
+    from export.parity import check_parity
+    from model.checkpoint import load_model
+
+    model = load_model(tiny_checkpoint)[0]
+    packages = {}
+    for precision in ("fp32", "int8"):
+        out = tmp_path_factory.mktemp(f"package_{precision}")
+        build_package(tiny_checkpoint, out, precision, max_source_tokens=64, fp32_dir=tiny_fp32_graphs)
+        check_parity(model, out, tiny_checkpoint.parent / "data" / "test.tsv", sample_size=40)
+        packages[precision] = out
+    return packages

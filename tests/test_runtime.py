@@ -1,0 +1,191 @@
+"""The ONNX Runtime inference core: package validation, providers, translation and embeddings."""
+
+import json
+import logging
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from model.checkpoint import load_model
+from model.search import TorchStepModel
+from service.decoding import SearchOptions, pad_batch, search
+from service.package import PackageError, load_package
+from service.runtime import OnnxStepModel, Translator
+from service.sessions import RuntimeOptions
+
+ONE_THREAD = RuntimeOptions(intra_op_threads=1)
+SENTENCES = ["The house sees the small cat.", "Click on the button.", "Menu.",
+             "Choose the new green window and open the file on the table and the menu."]
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_packages) -> Translator:
+    return Translator(tiny_packages["fp32"], ONE_THREAD)
+
+
+@pytest.fixture(scope="module")
+def torch_model(tiny_checkpoint):
+    return load_model(tiny_checkpoint)[0]
+
+
+@pytest.fixture()
+def package_copy(tiny_packages, tmp_path):
+    copy = tmp_path / "package"
+    shutil.copytree(tiny_packages["int8"], copy)
+    return copy
+
+
+# --- package validation ---------------------------------------------------------------------------
+def test_valid_package_loads(package_copy):
+    manifest = load_package(package_copy, expect_pair=("en", "de"))
+    assert (manifest.name, manifest.model.n_decoder_layers, manifest.special_ids.eos) == ("en-de", 2, 3)
+
+
+def test_missing_file_is_refused(package_copy):
+    (package_copy / "decoder.onnx").unlink()
+    with pytest.raises(PackageError, match="decoder.onnx is missing"):
+        Translator(package_copy, ONE_THREAD)
+
+
+def test_truncated_file_is_refused(package_copy):
+    data = (package_copy / "encoder.onnx").read_bytes()
+    (package_copy / "encoder.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackageError, match="encoder.onnx is corrupted"):
+        Translator(package_copy, ONE_THREAD)
+
+
+def test_wrong_pair_is_refused(package_copy):
+    with pytest.raises(PackageError, match="translates en-de, expected de-en"):
+        Translator(package_copy, ONE_THREAD, expect_pair=("de", "en"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"target_language": "en"}, "same"),
+    ({"source_language": "english"}, "not a language code"),
+    ({"precision": "int4"}, "precision"),
+    ({"special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 2}}, "distinct"),
+    ({"unexpected": 1}, "unexpected"),
+])
+def test_inconsistent_manifest_is_refused(package_copy, change, message):
+    path = package_copy / "package.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(PackageError, match=message if message != "unexpected" else "Extra inputs"):
+        load_package(package_copy)
+
+
+# --- providers --------------------------------------------------------------------------------------
+def test_runs_on_the_cpu_provider(fp32):
+    assert fp32.provider == "CPUExecutionProvider"
+    assert fp32.decoder_session.get_providers()[0] == "CPUExecutionProvider"
+    assert (fp32.name, fp32.source_language, fp32.target_language, fp32.precision) == ("en-de", "en", "de", "fp32")
+
+
+def test_missing_cuda_falls_back_loudly_or_fails_when_strict(tiny_packages, caplog):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    wanted = RuntimeOptions(providers=("CUDAExecutionProvider", "CPUExecutionProvider"), intra_op_threads=1)
+    with caplog.at_level(logging.WARNING):
+        translator = Translator(tiny_packages["fp32"], wanted)
+    assert translator.provider == "CPUExecutionProvider"
+    assert "CUDAExecutionProvider was requested" in caplog.text and "runs on CPUExecutionProvider" in caplog.text
+    with pytest.raises(RuntimeError, match="CUDAExecutionProvider was requested first"):
+        Translator(tiny_packages["fp32"], RuntimeOptions(providers=wanted.providers, strict_providers=True))
+
+
+# --- translation --------------------------------------------------------------------------------------
+def test_tokenize_appends_eos_and_detokenize_inverts(fp32):
+    ids = fp32.tokenize(SENTENCES)
+    assert all(row[-1] == 3 and 3 not in row[:-1] for row in ids)
+    assert fp32.detokenize([row[:-1] for row in ids]) == SENTENCES
+
+
+@pytest.mark.parametrize("beam_size, n_best", [(1, 1), (4, 3)])
+def test_onnx_search_equals_pytorch_search(fp32, torch_model, beam_size, n_best):
+    options = SearchOptions(bos_id=2, eos_id=3, beam_size=beam_size, n_best=n_best)
+    batch = pad_batch(fp32.tokenize(SENTENCES), 0)
+    expected = search(TorchStepModel(torch_model), batch, 0, options)
+    got = fp32.translate_ids(fp32.tokenize(SENTENCES), options)
+    for e, g in zip(expected, got):
+        assert [h.tokens for h in g.hypotheses] == [h.tokens for h in e.hypotheses]
+        assert np.allclose([h.score for h in g.hypotheses], [h.score for h in e.hypotheses], atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_fp32_results_do_not_depend_on_batch_composition(fp32, batch_size):
+    options = fp32.search_options(beam_size=2)
+    ids = fp32.tokenize(SENTENCES)
+    alone = [fp32.translate_ids([row], options)[0].hypotheses[0].tokens for row in ids]
+    batched = []
+    for start in range(0, len(ids), batch_size):
+        batched += [r.hypotheses[0].tokens for r in fp32.translate_ids(ids[start : start + batch_size], options)]
+    assert batched == alone
+
+
+def test_io_binding_path_equals_numpy_path(tiny_packages, fp32):
+    bound = Translator(tiny_packages["fp32"], RuntimeOptions(intra_op_threads=1, io_binding=True))
+    assert bound.io_binding and not isinstance(bound.step_model, OnnxStepModel)
+    for beam_size in (1, 3):
+        options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
+        ids = fp32.tokenize(SENTENCES)
+        expected = [[h.tokens for h in r.hypotheses] for r in fp32.translate_ids(ids, options)]
+        assert [[h.tokens for h in r.hypotheses] for r in bound.translate_ids(ids, options)] == expected
+
+
+def test_translate_returns_n_best_texts(tiny_packages):
+    int8 = Translator(tiny_packages["int8"], ONE_THREAD)
+    results = int8.translate(SENTENCES[:2], beam_size=3, n_best=2, max_length=6)
+    assert [len(r) for r in results] == [2, 2]
+    assert all(len(t.tokens) < 6 and isinstance(t.text, str) for r in results for t in r)
+    assert results[0][0].score >= results[0][1].score
+
+
+def test_too_long_or_empty_sources_are_refused(fp32):
+    options = fp32.search_options()
+    with pytest.raises(ValueError, match="at most 64"):
+        fp32.translate_ids([[5] * 64 + [3]], options)
+    with pytest.raises(ValueError, match="no tokens"):
+        fp32.translate_ids([[]], options)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        fp32.translate_ids([[5, 96, 3]], options)
+
+
+def test_concurrent_calls_give_the_sequential_results(fp32):
+    options = fp32.search_options(beam_size=2)
+    ids = fp32.tokenize(SENTENCES)
+    expected = [[r.hypotheses[0].tokens for r in fp32.translate_ids([row], options)] for row in ids]
+    results: dict[int, list] = {}
+
+    def work(i: int) -> None:
+        results[i] = [r.hypotheses[0].tokens for r in fp32.translate_ids([ids[i]], options)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ids))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(ids))] == expected
+
+
+# --- embeddings -------------------------------------------------------------------------------------
+def test_encode_gives_unit_norm_mean_pooled_embeddings(fp32, torch_model):
+    import torch
+
+    ids = fp32.tokenize(SENTENCES)
+    embeddings, states = fp32.encode_ids(ids)
+    assert embeddings.shape == (len(SENTENCES), 32)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert [s.shape for s in states] == [(len(row), 32) for row in ids]
+    with torch.no_grad():  # padding must not leak into the mean: one sentence alone, through PyTorch
+        memory, _ = torch_model.encoder(torch.tensor([ids[0]]))
+    mean = memory[0].mean(0).numpy()
+    assert np.allclose(embeddings[0], mean / np.linalg.norm(mean), atol=1e-5)
+    assert np.allclose(states[0], memory[0].numpy(), atol=1e-4)
+
+
+def test_warmup_runs(fp32):
+    fp32.warmup(batch_size=2)
