@@ -42,12 +42,15 @@ def fetch_package(name: str, cache: Path) -> Package:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{name}_*.deb"))
     if not found:
-        subprocess.run(["apt-get", "download", name], cwd=debs, check=True, capture_output=True)
+        result = subprocess.run(["apt-get", "download", name], cwd=debs, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"apt-get download {name} failed: {result.stderr.strip()}")
         found = sorted(debs.glob(f"{name}_*.deb"))
     if len(found) > 1:  # an older download next to a newer one: refuse to guess which the corpus should use
         raise RuntimeError(f"several cached versions of {name}: {[p.name for p in found]}; delete all but one")
     deb = found[0]
-    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True)
+    version = version.stdout.strip()
     root = cache / "unpacked" / name
     if (root / ".done").exists() and (root / ".done").read_text() != version:
         raise RuntimeError(f"{root} was unpacked from another version of {name}; delete it")
@@ -66,8 +69,9 @@ def package_licence(package: Package) -> str:
     text = copyright_file.read_text(errors="replace")
     if text.startswith("Format:"):  # machine-readable (DEP-5): the `Files: *` stanza names the main licence
         for stanza in re.split(r"\n\s*\n", text):
-            if re.search(r"^Files:\s*\*\s*$", stanza, re.M) and (found := re.search(r"^License:\s*(\S.*)$", stanza, re.M)):
-                return found.group(1).strip()
+            licence = re.search(r"^License:\s*(\S.*)$", stanza, re.M)
+            if licence and re.search(r"^Files:\s*\*\s*$", stanza, re.M):
+                return licence.group(1).strip()
     named = sorted({ref.rstrip(".") for ref in re.findall(r"/usr/share/common-licenses/([\w.+-]+)", text)})
     if named:
         return ", ".join(named) + f" (named in usr/share/doc/{package.name}/copyright)"
@@ -91,6 +95,7 @@ class HelpParagraphs(HTMLParser):
 
     PARAGRAPH_ID = re.compile(r"^(par|hd)_id")
     VOID = {"br", "img", "meta", "link", "input", "hr", "area", "base", "col", "embed", "source", "wbr"}
+    BREAKS = {"br", "p", "div", "li", "ul", "ol", "table", "tr", "td", "th", "pre"}  # their edges separate words
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)  # entities are unescaped by the parser
@@ -99,6 +104,8 @@ class HelpParagraphs(HTMLParser):
         self.buffers: dict[str, list[str]] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.BREAKS:
+            self.handle_data(" ")
         if tag in self.VOID:
             return
         attributes = dict(attrs)
@@ -110,6 +117,10 @@ class HelpParagraphs(HTMLParser):
         self.stack.append((tag, paragraph, hides))
 
     def handle_endtag(self, tag: str) -> None:
+        if tag in self.BREAKS:
+            self.handle_data(" ")
+        if all(open_tag != tag for open_tag, _, _ in self.stack):
+            return  # a stray end tag must not close the paragraphs around it
         while self.stack:  # tolerate unclosed inner tags
             open_tag, paragraph, _ = self.stack.pop()
             if paragraph:
@@ -172,19 +183,14 @@ def help_pairs(en_root: Path, de_root: Path) -> Iterator[tuple[str, str]]:
 
 DING_NOTES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\([^)]*\)|<[^>]*>|(?<!\S)/[^/\s][^/]*/(?!\S)")  # incl. /abbreviations/
 # Dictionary shorthand written out, so that the phrases read like real text.
-DING_SHORTHAND = (
-    (re.compile(r"\bsth\.(?=\s|$|[,;])"), "something"), (re.compile(r"\bsb\.’s\b|\bsb\.'s\b"), "somebody's"),
-    (re.compile(r"\bsb\.(?=\s|$|[,;])"), "somebody"), (re.compile(r"\betw\.(?=\s|$|[,;])"), "etwas"),
-    (re.compile(r"\bjdn\.(?=\s|$|[,;])"), "jemanden"), (re.compile(r"\bjdm\.(?=\s|$|[,;])"), "jemandem"),
-    (re.compile(r"\bjds\.(?=\s|$|[,;])"), "jemandes"), (re.compile(r"\bjd\.(?=\s|$|[,;])"), "jemand"),
-)
+DING_SHORTHAND = {"sth": "something", "sb": "somebody", "etw": "etwas", "jdn": "jemanden", "jdm": "jemandem",
+                  "jds": "jemandes", "jd": "jemand"}
+SHORTHAND = re.compile(r"\b(" + "|".join(DING_SHORTHAND) + r")\.(?=[\s,;/’']|$)")
 
 
 def clean_ding_piece(piece: str) -> str:
-    text = DING_NOTES.sub(" ", piece.split(";")[0])
-    for pattern, replacement in DING_SHORTHAND:
-        text = pattern.sub(replacement, text)
-    return close_gaps(text)
+    text = DING_NOTES.sub(" ", piece).split(";")[0]  # notes first: a note may hold a ";"
+    return close_gaps(SHORTHAND.sub(lambda m: DING_SHORTHAND[m.group(1)], text))
 
 
 def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
@@ -199,6 +205,8 @@ def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
                 continue
             for de, en in zip(german_parts, english_parts):
                 de, en = clean_ding_piece(de), clean_ding_piece(en)
+                if "~" in de + en:  # "eugenicist ~ eugenics": a list of related words, not a phrase
+                    continue
                 if len(en.split()) >= min_words and len(de.split()) >= min_words:
                     yield en, de
 

@@ -33,15 +33,27 @@ from model.corpus_sources import (
 
 SPLITS = ("train", "valid", "test")
 HELP, GETTEXT, DING, USER = "libreoffice-help", "gettext", "ding", "user"  # read in this order = dedupe priority
-# Buckets of sha256(English) mod 1000. The test buckets are reserved: only test-grade LibreOffice help sentences
-# are taken from them, every other pair that falls there is dropped, so no source trains on them.
+# Buckets of sha256(English) mod 1000. Test-grade LibreOffice help sentences in the test buckets form the test
+# split; every other pair there trains (dedupe and the near-duplicate filter keep test sentences out of training).
 TEST_BUCKETS = range(0, 90)
 VALID_BUCKETS = range(90, 98)
 MAX_CHARS, MAX_WORDS, MAX_RATIO, RATIO_ALLOWANCE, MIN_WORDS = 400, 100, 3.0, 12, 2
-PLACEHOLDER = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[sdiuxXfgecp%]|%\([a-z_]+\)[sd]|%\d+|\{\d*\}|\$\(?[A-Z_]+\)?|\$\{[^}]*\}")
+PLACEHOLDER = re.compile(  # printf (%s, %1$d, %(name)s), Qt (%1), brace ({0}), LibreOffice/shell ($(ARG1), ${VAR})
+    r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[sdiuxXfgecp%]|%\([a-z_]+\)[sd]|%\d+|\{\d*\}|\$\(?[A-Z_]+\)?|\$\{[^}]*\}")
 MARKUP = re.compile(r"</?[a-zA-Z][^>]*>")
-COMMAND_LINE_HELP = re.compile(r"^(?:-{1,2}[A-Za-z]|usage:)", re.I)  # `--verbose  explain what is done`
+CLI_HELP = "command-line help (options, usage, console tables)"
+# `--verbose  explain what is done`, `Usage: …`, and console tables (`| clear . . . . clear the playlist`)
+COMMAND_LINE_HELP = re.compile(r"^(?:-{1,2}[A-Za-z]|usage:|\|)|\.(?: \.){3}", re.I)
 CONJUGATION = re.compile(r"\b(?:I/)?he/she\b|\ber/sie\b")  # Ding verb tables: "he/she has/had led"
+DUPLICATE = "duplicate (either side seen before)"
+NEAR_DUPLICATE = "near-duplicate of a test pair"
+# The card lists removals in the order the filters run (`rejection`, then dedupe, then `Corpus.split`).
+FILTER_ORDER = [
+    "empty side", "identical sides", f"longer than {MAX_CHARS} characters or {MAX_WORDS} words",
+    f"length ratio over {MAX_RATIO}", "only numbers, punctuation or placeholders", "markup left in the text",
+    "placeholders differ between sides", f"fewer than {MIN_WORDS} words", CLI_HELP,
+    "verb conjugation table", DUPLICATE, NEAR_DUPLICATE,
+]
 
 
 def normalise(text: str) -> str:
@@ -66,7 +78,7 @@ def rejection(en: str, de: str) -> str | None:
         ("markup left in the text", bool(MARKUP.search(en) or MARKUP.search(de))),
         ("placeholders differ between sides", Counter(PLACEHOLDER.findall(en)) != Counter(PLACEHOLDER.findall(de))),
         (f"fewer than {MIN_WORDS} words", len(en.split()) < MIN_WORDS),
-        ("command-line option help", bool(COMMAND_LINE_HELP.match(en) or COMMAND_LINE_HELP.match(de))),
+        (CLI_HELP, bool(COMMAND_LINE_HELP.search(en) or COMMAND_LINE_HELP.search(de))),
         ("verb conjugation table", bool(CONJUGATION.search(en) or CONJUGATION.search(de))),
     )
     return next((name for name, failed in checks if failed), None)
@@ -77,15 +89,17 @@ def bucket(sentence: str) -> int:
 
 
 def is_test_grade(en: str, de: str) -> bool:
-    """A real sentence on each side: 4+ words, one sentence ending in . ! or ?, mostly letters, no placeholders."""
-    return (len(en.split()) >= 4 and en[-1] in ".!?" and de[-1] in ".!?"
+    """A real sentence on each side: 4+ words, one sentence ending in . ! or ?, mostly letters, no placeholders,
+    and a German length typical of a translation (0.7–1.9× the English; outside it the help's German is often an
+    outdated text under the same paragraph id)."""
+    return (len(en.split()) >= 4 and en[-1] in ".!?" and de[-1] in ".!?" and 0.7 <= len(de) / len(en) <= 1.9
             and len(split_sentences(en)) == 1 and len(split_sentences(de)) == 1
             and letters(en) >= 0.7 * len(en.replace(" ", "")) and not PLACEHOLDER.search(en + de))
 
 
 def near_key(sentence: str) -> str:
-    """Letters only, case-folded: "Click OK." and "click OK" are the same sentence for leakage purposes."""
-    return "".join(ch for ch in sentence.casefold() if ch.isalpha())
+    """Letters and digits, case-folded: "Click OK." and "click OK" are the same sentence for leakage purposes."""
+    return "".join(ch for ch in sentence.casefold() if ch.isalnum())
 
 
 class Corpus:
@@ -106,7 +120,7 @@ class Corpus:
             reason = rejection(en, de)
             # Deduping the German side too keeps a test sentence's German out of training for de→en.
             if reason is None and (en in self.seen_en or de in self.seen_de):
-                reason = "duplicate (either side seen before)"
+                reason = DUPLICATE
             if reason:
                 self.removed[source][reason] += 1
                 continue
@@ -115,14 +129,13 @@ class Corpus:
             self.pairs.append((en, de, source))
 
     def split(self, test_sources: set[str], test_grade_only: bool = True) -> None:
+        """Assign each kept pair to train/valid/test by the bucket of its first column (see SPLIT_DEBIAN)."""
         splits: dict[str, list[tuple[str, str, str]]] = {name: [] for name in SPLITS}
         for en, de, source in self.pairs:
             b = bucket(en)
             if b in TEST_BUCKETS:
-                if source in test_sources and (not test_grade_only or is_test_grade(en, de)):
-                    splits["test"].append((en, de, source))
-                else:
-                    self.removed[source]["test bucket, not test material (reserved, dropped)"] += 1
+                is_test = source in test_sources and (not test_grade_only or is_test_grade(en, de))
+                splits["test" if is_test else "train"].append((en, de, source))
             else:
                 splits["valid" if b in VALID_BUCKETS else "train"].append((en, de, source))
         # The exact-string dedupe misses "Click OK." vs "click OK"; keep those out of train and valid as well.
@@ -130,7 +143,7 @@ class Corpus:
         for name in ("train", "valid"):
             kept = [p for p in splits[name] if near_key(p[0]) not in test_keys and near_key(p[1]) not in test_keys]
             for _, _, source in set(splits[name]) - set(kept):
-                self.removed[source]["near-duplicate of a test pair"] += 1
+                self.removed[source][NEAR_DUPLICATE] += 1
             splits[name] = kept
         self.splits = splits
 
@@ -148,19 +161,21 @@ class Corpus:
 
     def card_tables(self) -> list[str]:
         sources = list(self.raw)
-        per_split = {s: Counter(name for name, pairs in self.splits.items() for p in pairs if p[2] == s) for s in sources}
+        kept = Counter(p[2] for p in self.pairs)
+        in_split = {name: Counter(p[2] for p in pairs) for name, pairs in self.splits.items()}
         lines = ["## Pairs per source", "", "| source | raw pairs | after filters and dedupe | train | valid | test |",
                  "|---|---|---|---|---|---|"]
         for s in sources:
-            kept = sum(1 for p in self.pairs if p[2] == s)
-            lines.append(f"| {s} | {self.raw[s]:,} | {kept:,} | {per_split[s]['train']:,} | {per_split[s]['valid']:,} | {per_split[s]['test']:,} |")
-        sizes = {name: len(pairs) for name, pairs in self.splits.items()}
-        lines.append(f"| **all** | {sum(self.raw.values()):,} | {len(self.pairs):,} | {sizes['train']:,} | {sizes['valid']:,} | {sizes['test']:,} |")
+            counts = [self.raw[s], kept[s]] + [in_split[name][s] for name in SPLITS]
+            lines.append(f"| {s} | " + " | ".join(f"{n:,}" for n in counts) + " |")
+        totals = [sum(self.raw.values()), len(self.pairs)] + [len(self.splits[name]) for name in SPLITS]
+        lines.append("| **all** | " + " | ".join(f"{n:,}" for n in totals) + " |")
         lines += ["", "## Pairs removed by each filter, in the order applied (pairs left afterwards)", "",
                   "| filter | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
         left = dict(self.raw)
         lines.append("| raw | " + " | ".join(f"{left[s]:,}" for s in sources) + " |")
-        order = [name for name in FILTER_ORDER if any(self.removed[s][name] for s in sources)]
+        names = FILTER_ORDER + sorted({n for s in sources for n in self.removed[s]} - set(FILTER_ORDER))
+        order = [name for name in names if any(self.removed[s][name] for s in sources)]
         for name in order:
             cells = []
             for s in sources:
@@ -170,15 +185,7 @@ class Corpus:
         return lines
 
 
-FILTER_ORDER = [
-    "empty side", "identical sides", f"longer than {MAX_CHARS} characters or {MAX_WORDS} words",
-    f"length ratio over {MAX_RATIO}", "only numbers, punctuation or placeholders", "markup left in the text",
-    "placeholders differ between sides", f"fewer than {MIN_WORDS} words", "command-line option help",
-    "verb conjugation table", "duplicate (either side seen before)",
-    "test bucket, not test material (reserved, dropped)", "near-duplicate of a test pair",
-]
-
-RULES = f"""## Extraction, filters and splits
+EXTRACTION = """## Extraction
 
 - LibreOffice help: `<p>`/`<h*>` elements with the same `par_id…`/`hd_id…` id in the same page of each language,
   tags stripped (the Linux/default variant of platform-specific text kept), entities unescaped, a space left
@@ -188,26 +195,42 @@ RULES = f"""## Extraction, filters and splits
 - gettext: msgid → msgstr of the German `.mo` catalogs; header and plural entries skipped, msgctxt prefix
   dropped; accelerator markers (`~`, `_`, `&` before a letter) removed unless the token occurs verbatim on
   the other side (an identifier such as `max_depth`); `%PRODUCTNAME` written out as "LibreOffice".
-- Ding: `de | de2 :: en | en2` sub-entries paired one to one; `{{…}}`, `[…]`, `(…)`, `<…>` and `/abbr./` notes
+- Ding: `de | de2 :: en | en2` sub-entries paired one to one; `{…}`, `[…]`, `(…)`, `<…>` and `/abbr./` notes
   stripped; the first `;` alternative kept; "sth."/"sb."/"etw."/"jdn."/"jdm."/"jds."/"jd." written out; pieces
-  of 3+ words on both sides kept.
+  of 3+ words on both sides kept; lists of related words (`a ~ b`) skipped.
+"""
+
+FILTERS = f"""## Normalisation and filters (first column = English for the Debian corpus)
+
 - Normalisation: Unicode NFC, no-break spaces to spaces, whitespace (tabs and newlines included) collapsed.
 - Removed: an empty side; identical sides (case-insensitive); over {MAX_CHARS} characters or {MAX_WORDS} words; a
   character-length ratio over {MAX_RATIO} (when the longer side exceeds {RATIO_ALLOWANCE} characters); fewer than two
   letters outside placeholders; leftover markup; printf/brace/shell placeholders (`%s`, `%1$d`, `{{0}}`, `$(ARG1)`)
-  whose multiset differs between the sides (identical ones are kept, so the model learns to copy them); an
-  English side of fewer than {MIN_WORDS} words (single-word UI labels and function names); command-line option help
-  (a side starting with `-x`/`--xyz` or `Usage:`); Ding verb-conjugation rows (`he/she has/had …`).
-- Deduplication on both sides: a pair whose English or German sentence was already taken is dropped; sources
-  are read in priority order (LibreOffice help, gettext catalogs, Ding), so the cleanest source wins.
-- Split by `int(sha256(English)[:8], 16) % 1000`: buckets {TEST_BUCKETS.start}–{TEST_BUCKETS.stop - 1} are reserved for
-  test and hold only LibreOffice help pairs of real sentences (4+ words, one sentence a side ending in `.`, `!` or `?`,
-  mostly letters, no placeholders); every other pair in those buckets is dropped, not trained on. Buckets
-  {VALID_BUCKETS.start}–{VALID_BUCKETS.stop - 1} of every source → valid; the rest → train. Train and valid pairs whose English or
-  German matches a test sentence up to case, digits and punctuation are dropped too. The hash depends only on
-  the sentence, so a rebuild gives the same split and en→de and de→en share it.
-- Each file is sorted by the hash of its first column, so a rebuild from the same packages is byte-identical.
+  whose multiset differs between the sides (identical ones are kept, so the model learns to copy them); a first
+  column of fewer than {MIN_WORDS} words (single-word UI labels and function names); command-line help (a side
+  starting with `-x`/`--xyz`, `Usage:` or `|`, or with `. . . .` leaders); verb-conjugation rows
+  (`he/she has/had …`).
+- Deduplication on both sides: a pair whose first- or second-column sentence was already taken is dropped (so
+  neither direction sees a test sentence in training); sources are read in priority order (LibreOffice help,
+  gettext catalogs, Ding), so the cleanest source wins.
 """
+
+SPLIT_RULE = f"""- Bucket = `int(sha256(first column)[:8], 16) % 1000`. The hash depends only on the sentence, so a
+  rebuild gives the same split, and en→de and de→en models share it.
+- Buckets {VALID_BUCKETS.start}–{VALID_BUCKETS.stop - 1} → valid; the rest → train, except as above. Train and
+  valid pairs whose either side matches a test sentence up to case, spaces and punctuation are dropped too.
+- Each file is sorted by the hash of its first column, so a rebuild from the same input is byte-identical.
+"""
+SPLIT_DEBIAN = f"""## Splits
+
+- Buckets {TEST_BUCKETS.start}–{TEST_BUCKETS.stop - 1}: LibreOffice help pairs of real sentences (4+ words, one
+  sentence a side ending in `.`, `!` or `?`, mostly letters, no placeholders, German 0.7–1.9× the English length)
+  → test; every other pair in those buckets (headings, UI strings, gettext, Ding) → train.
+""" + SPLIT_RULE
+SPLIT_USER = f"""## Splits
+
+- Buckets {TEST_BUCKETS.start}–{TEST_BUCKETS.stop - 1} → test (every pair there: the data has one source).
+""" + SPLIT_RULE
 
 
 def read_debian_sources(cache: Path) -> Iterator[tuple[str, list[Package], Iterable[tuple[str, str]]]]:
@@ -235,17 +258,17 @@ def package_section(packages: list[Package]) -> list[str]:
     lines = ["## Debian packages (fetched with `apt-get download`, unpacked with `dpkg-deb -x`, never installed)", "",
              "| package | version | licence (Debian copyright file) |", "|---|---|---|"]
     lines += [f"| {p.name} | {p.version} | {package_licence(p)} |" for p in packages]
-    return lines + ["", "The LibreOffice help is MPL-2.0 and the Ding dictionary GPL-2+; each gettext catalog carries its "
-                    "package's licence. Derived pairs keep the licence of their source.", ""]
+    return lines + ["", "The LibreOffice help is MPL-2.0 and the Ding dictionary GPL-2+; each gettext catalog carries "
+                    "its package's licence. Derived pairs keep the licence of their source.", ""]
 
 
 def reproduce_section(command: str, digests: dict[str, str], debian: bool) -> list[str]:
     lines = ["## How to reproduce", "", "From the repository root:", "", "```sh", command, "```", ""]
     if debian:
-        lines += ["The recipe runs `apt-get download NAME` (Debian bookworm sources) into `data/cache/debs/` unless a "
-                  "`.deb` is already there. If the archive has moved on, put the versions listed above into the cache "
-                  "first (`apt-get download NAME=VERSION`, or snapshot.debian.org); the same packages give byte-identical "
-                  "files:", ""]
+        lines += ["The recipe runs `apt-get download NAME` (Debian bookworm sources) into `<cache>/debs/` unless a "
+                  "`.deb` is already there. If the archive has moved on, put the versions listed above into the "
+                  "cache first (`apt-get download NAME=VERSION`, or snapshot.debian.org); the same packages give "
+                  "byte-identical files:", ""]
     return lines + ["| file | sha256 |", "|---|---|"] + [f"| {n}.tsv | `{d}` |" for n, d in digests.items()] + [""]
 
 
@@ -253,7 +276,9 @@ def write_card(out: Path, corpus: Corpus, packages: list[Package], command: str,
     columns = json.loads((out / "columns.json").read_text())["columns"]
     lines = ["# Data card", "", f"Built by `model/data.py`. Columns of every TSV: {columns[0]}<TAB>{columns[1]}.", ""]
     lines += package_section(packages) if packages else ["Source: user-supplied parallel data ('user').", ""]
-    lines += corpus.card_tables() + [""] + RULES.splitlines() + [""] + reproduce_section(command, digests, bool(packages))
+    rules = EXTRACTION + "\n" + FILTERS + "\n" + SPLIT_DEBIAN if packages else FILTERS + "\n" + SPLIT_USER
+    lines += corpus.card_tables() + [""] + rules.splitlines() + [""]
+    lines += reproduce_section(command, digests, debian=bool(packages))
     (out / "DATA_CARD.md").write_text("\n".join(lines), encoding="utf-8")
 
 
