@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test bench install-serve install-dev train-en-de train-de-en data clean
+.PHONY: run test bench bench-http install-serve install-dev system-tools train-en-de train-de-en data clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,23 @@ install-dev: $(VENV)/.dev-installed
 run: install-serve
 	$(VENV)/bin/translator serve --host $(HOST) --port $(PORT)
 
-test: install-dev
+# promtool (Prometheus config/rules checks and a real Prometheus for the dashboard test), nginx (load balancer
+# config check) and msgfmt (.mo fixtures) come from Debian; installed when missing and we are root.
+system-tools:
+	@if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null || ! command -v msgfmt >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx-light gettext >/dev/null; \
+	  else echo "note: install prometheus, nginx-light and gettext for the deploy tests (they skip otherwise)"; fi; \
+	fi
+
+test: install-dev system-tools
 	$(PY) -m pytest -q
 
 bench: install-dev
 	$(PY) -m bench.engines
+
+bench-http: install-dev
+	$(PY) -m bench.http_load
 
 data: install-dev
 	$(PY) -m model.data debian --out data/en-de

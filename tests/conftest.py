@@ -34,13 +34,11 @@ def tiny_packages(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> dict[s
     """fp32 and int8 packages of the tiny model, parity-checked against PyTorch on its test split."""
     from export.package import build_package
     from export.parity import check_parity
-    from model.checkpoint import load_model
 
-    model = load_model(tiny_checkpoint)[0]
     packages = {}
     for precision in ("fp32", "int8"):
         out = tmp_path_factory.mktemp(f"package_{precision}")
-        build_package(tiny_checkpoint, out, precision, max_source_tokens=64, fp32_dir=tiny_fp32_graphs)
+        model, _, _ = build_package(tiny_checkpoint, out, precision, max_source_tokens=64, fp32_dir=tiny_fp32_graphs)
         check_parity(model, out, tiny_checkpoint.parent / "data" / "test.tsv", sample_size=40)
         packages[precision] = out
     return packages

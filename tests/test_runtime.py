@@ -61,6 +61,15 @@ def test_wrong_pair_is_refused(package_copy):
         Translator(package_copy, ONE_THREAD, expect_pair=("de", "en"))
 
 
+def test_graph_names_must_match_the_manifest(package_copy):
+    path = package_copy / "package.json"
+    manifest = json.loads(path.read_text())
+    manifest["graphs"]["decoder"]["outputs"][0] = "logits"  # the graph calls it log_probs
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match="decoder.onnx has inputs"):
+        Translator(package_copy, ONE_THREAD)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"target_language": "en"}, "same"),
     ({"source_language": "english"}, "not a language code"),
@@ -134,6 +143,24 @@ def test_io_binding_path_equals_numpy_path(tiny_packages, fp32):
         ids = fp32.tokenize(SENTENCES)
         expected = [[h.tokens for h in r.hypotheses] for r in fp32.translate_ids(ids, options)]
         assert [[h.tokens for h in r.hypotheses] for r in bound.translate_ids(ids, options)] == expected
+
+
+def test_embedded_gather_graphs_are_what_they_say():
+    from onnx import TensorProto, helper
+
+    from service.iobinding import GATHER_ROWS_GRAPHS
+
+    def gather_rows_model(dtype: int) -> bytes:
+        data = helper.make_tensor_value_info("data", dtype, None)
+        rows = helper.make_tensor_value_info("rows", TensorProto.INT64, ["M"])
+        kept = helper.make_tensor_value_info("kept", dtype, None)
+        node = helper.make_node("Gather", ["data", "rows"], ["kept"], axis=0)
+        graph = helper.make_graph([node], "gather_rows", [data, rows], [kept])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8, producer_name="translator")
+        return model.SerializeToString()
+
+    assert GATHER_ROWS_GRAPHS[np.dtype(np.float32)] == gather_rows_model(TensorProto.FLOAT)
+    assert GATHER_ROWS_GRAPHS[np.dtype(np.bool_)] == gather_rows_model(TensorProto.BOOL)
 
 
 def test_translate_returns_n_best_texts(tiny_packages):

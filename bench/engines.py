@@ -1,0 +1,165 @@
+"""Side-by-side benchmark on the same weights, machine and sentences (`make bench`):
+
+  pytorch       the reference model, eager, through service.decoding's search
+  ort-fp32      our ONNX Runtime engine, fp32 package
+  ort-int8      our ONNX Runtime engine, int8 package (the one we ship)
+  ct2-float32   CTranslate2 on our weights (bench/ct2_convert.py), float32
+  ct2-int8      the same, int8
+
+Greedy and beam 4, batch 1 and batch 32 (length-sorted batches, the same for every engine): target
+tokens/s, p50/p95 latency per batch, BLEU, peak RSS (each engine in its own process), agreement of
+greedy outputs with PyTorch, latency against source length; ratios ours/CTranslate2 and ours/PyTorch.
+
+    python -m bench.engines --limit 64 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENGINES = ("pytorch", "ort-fp32", "ort-int8", "ct2-float32", "ct2-int8")
+RATIOS = (("ort-int8", "ct2-int8"), ("ort-int8", "pytorch"), ("ort-fp32", "ct2-float32"), ("ort-fp32", "pytorch"))
+
+
+def prepare_ct2(checkpoint: Path, cache: Path, quantization: str) -> Path:
+    """Convert once per checkpoint: the converted directory remembers which weights it came from."""
+    from service.package import sha256_of
+
+    out = cache / f"{checkpoint.name}-{quantization}"
+    stamp = out / "source_sha256.txt"
+    weights_sha = sha256_of(checkpoint / "model.safetensors")
+    if not stamp.exists() or stamp.read_text().strip() != weights_sha:
+        from bench.ct2_convert import convert
+
+        convert(checkpoint, out, quantization)
+        stamp.write_text(weights_sha + "\n")
+    return out
+
+
+def load_test_set(data: Path, src_lang: str, tgt_lang: str, spm_path: Path, limit: int | None) -> tuple[list, list]:
+    import sentencepiece as spm
+
+    from model.data import source_column
+    from model.tokenizer import EOS_ID, read_tsv_pairs
+
+    pairs = read_tsv_pairs(data)[:limit]
+    column = source_column(data.parent, src_lang, tgt_lang)
+    processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+    sources = [ids + [EOS_ID] for ids in processor.encode([p[column] for p in pairs], out_type=int)]
+    return sources, [p[1 - column] for p in pairs]
+
+
+def run_worker(engine: str, config_path: Path, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "bench.workers", engine, str(config_path)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def ratios(results: dict[str, dict]) -> list[dict]:
+    rows = []
+    for ours, theirs in RATIOS:
+        if ours not in results or theirs not in results:
+            continue
+        for a, b in zip(results[ours]["settings"], results[theirs]["settings"]):
+            rows.append({"ratio": f"{ours}/{theirs}", "search": a["search"], "batch_size": a["batch_size"],
+                         "tokens_per_second": round(a["tokens_per_second"] / b["tokens_per_second"], 2)})
+    return rows
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def report(summary: dict) -> str:
+    results = summary["engines"]
+    main_rows = [{"engine": name, **setting, "peak_rss_mb": r["peak_rss_mb"], "greedy_same_as_pytorch": r.get("greedy_agreement", "")}
+                 for name, r in results.items() for setting in r["settings"]]
+    length_rows = []
+    for name, r in results.items():
+        length_rows.append({"engine": name, **{f"{row['source_tokens']} tok": f"{row['latency_ms']} ms ({row['output_tokens']})"
+                                               for row in r["latency_by_length"]}})
+    length_columns = ["engine", *(k for k in length_rows[0] if k != "engine")] if length_rows else []
+    return "\n\n".join([
+        f"{summary['sentences']} sentences of {summary['data']}, {summary['threads']} threads, {summary['machine']}",
+        table(main_rows, ["engine", "search", "batch_size", "tokens_per_second", "latency_p50_ms", "latency_p95_ms",
+                          "bleu", "peak_rss_mb", "greedy_same_as_pytorch"]),
+        "ratios of target tokens/s\n" + table(summary["ratios"], ["ratio", "search", "batch_size", "tokens_per_second"]),
+        "greedy latency, batch 1, by source length (output tokens)\n" + table(length_rows, length_columns),
+    ])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/en-de"))
+    parser.add_argument("--int8-package", type=Path, default=Path("models/en-de"))
+    parser.add_argument("--fp32-package", type=Path, default=Path("build/packages/en-de-fp32"))
+    parser.add_argument("--data", type=Path, help="TSV of pairs (default: the checkpoint's test split)")
+    parser.add_argument("--limit", type=int, help="only the first N test sentences")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--batch-sizes", default="1,32")
+    parser.add_argument("--beam-sizes", default="1,4")
+    parser.add_argument("--lengths", default="8,16,32,64,128,256", help="source lengths for the latency curve")
+    parser.add_argument("--ct2-cache", type=Path, default=Path("build/ct2"))
+    parser.add_argument("--out", type=Path, default=Path("results/bench_engines.json"))
+    args = parser.parse_args(argv)
+
+    config = json.loads((args.checkpoint / "config.json").read_text())
+    data = args.data or Path(config["train"]["data"]) / "test.tsv"
+    sources, references = load_test_set(data, config["src_lang"], config["tgt_lang"], args.checkpoint / "spm.model", args.limit)
+    engines = [e for e in args.engines.split(",") if e]
+    worker_config = {
+        "checkpoint": str(args.checkpoint), "spm": str(args.checkpoint / "spm.model"), "threads": args.threads,
+        "packages": {"fp32": str(args.fp32_package), "int8": str(args.int8_package)},
+        "ct2_models": {q: str(prepare_ct2(args.checkpoint, args.ct2_cache, q))
+                       for q in ("float32", "int8") if f"ct2-{q}" in engines},
+        "settings": [(int(beam), int(batch)) for beam in args.beam_sizes.split(",") for batch in args.batch_sizes.split(",")],
+        "lengths": [int(n) for n in args.lengths.split(",")],
+        "sources": sources, "references": references,
+    }
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        config_path = Path(scratch) / "config.json"
+        config_path.write_text(json.dumps(worker_config))
+        for engine in engines:
+            print(f"running {engine} ...", file=sys.stderr, flush=True)
+            results[engine] = run_worker(engine, config_path, args.threads)
+    if "pytorch" in results:
+        reference = results["pytorch"]["greedy_outputs"]
+        for r in results.values():
+            same = sum(a == b for a, b in zip(r["greedy_outputs"], reference))
+            r["greedy_agreement"] = f"{same}/{len(reference)}"
+    for r in results.values():
+        r.pop("greedy_outputs", None)
+    summary = {
+        "data": str(data), "sentences": len(sources), "threads": args.threads,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engines": results, "ratios": ratios(results),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    text = report(summary)
+    args.out.with_suffix(".txt").write_text(text + "\n")
+    print(text)
+    print(f"\nwritten: {args.out} and {args.out.with_suffix('.txt')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The native API: `POST /v1/translate` and `POST /v1/encode`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.deps import StateDep, unless_disconnected
+from service.api.errors import ErrorDetail, NativeRoute, error_responses
+from service.api.translation import encode_texts, translate_texts
+
+router = APIRouter(prefix="/v1", tags=["native"], route_class=NativeRoute)
+ERRORS = error_responses(ErrorDetail, 400, 413, 422, 500, 503)
+
+
+class TranslateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"text": ["Open the file.", "Click OK."], "source": "en", "target": "de", "beam_size": 4, "alternatives": 1}]})
+
+    text: str | list[str] = Field(description="One text or a list; a list is answered in its order.")
+    source: str = Field(description="Source language code, e.g. `en`.", examples=["en"])
+    target: str = Field(description="Target language code, e.g. `de`.", examples=["de"])
+    beam_size: int | None = Field(None, ge=1, description="Beam size (1 = greedy); default from TRANSLATOR_DEFAULT_BEAM_SIZE.")
+    alternatives: int = Field(0, ge=0, description="Extra translations per text, the beam's runners-up.")
+    max_length: int | None = Field(None, ge=1, description="Most tokens to generate per text.")
+
+
+class TranslationItem(BaseModel):
+    text: str = Field(description="The best translation.")
+    alternatives: list[str] = Field(description="Runner-up translations, best first (empty unless asked for).")
+    score: float | None = Field(description="Length-normalised log-probability of the best translation.")
+    source_tokens: int = Field(description="Source tokens the model read (including end of sentence).")
+    target_tokens: int = Field(description="Tokens generated for the best translation.")
+
+
+class TranslateResponse(BaseModel):
+    model: str = Field(description="The model package that translated, e.g. `en-de`.")
+    translations: list[TranslationItem] = Field(description="One per input text, in input order.")
+
+
+class EncodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"text": ["Open the file.", "Close the window."], "source": "en", "tokens": False}]})
+
+    text: str | list[str] = Field(description="One text or a list.")
+    source: str = Field(description="Language of the texts; the encoder of a model reading it is used.", examples=["en"])
+    tokens: bool = Field(False, description="Also return each token's encoder state.")
+
+
+class EncodedItem(BaseModel):
+    embedding: list[float] = Field(description="Mean of the encoder states over the text's tokens, L2-normalised.")
+    token_ids: list[int] = Field(description="The text's token ids (SentencePiece, ending with end of sentence).")
+    token_states: list[list[float]] | None = Field(None, description="Encoder state per token, when `tokens` is true.")
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    dimension: int = Field(description="Length of each embedding.")
+    items: list[EncodedItem] = Field(description="One per input text, in input order.")
+
+
+def as_list(text: str | list[str]) -> list[str]:
+    return [text] if isinstance(text, str) else text
+
+
+@router.post("/translate", response_model=TranslateResponse, responses=ERRORS, summary="Translate texts")
+async def translate(body: TranslateRequest, request: Request, state: StateDep) -> TranslateResponse:
+    translator, results = await unless_disconnected(request, translate_texts(
+        state, as_list(body.text), body.source, body.target,
+        beam_size=body.beam_size, alternatives=body.alternatives, max_length=body.max_length))
+    return TranslateResponse(model=translator.name, translations=[
+        TranslationItem(text=r.text, alternatives=r.alternatives, score=r.score, source_tokens=r.source_tokens,
+                        target_tokens=r.target_tokens) for r in results])
+
+
+@router.post("/encode", response_model=EncodeResponse, responses=ERRORS, response_model_exclude_none=True,
+             summary="Sentence embeddings from the encoder")
+async def encode(body: EncodeRequest, request: Request, state: StateDep) -> EncodeResponse:
+    translator, results = await unless_disconnected(request, encode_texts(state, as_list(body.text), body.source))
+    items = [EncodedItem(embedding=r.embedding.vector.tolist(), token_ids=r.token_ids,
+                         token_states=r.embedding.token_states.tolist() if body.tokens else None) for r in results]
+    return EncodeResponse(model=translator.name, dimension=len(items[0].embedding), items=items)

@@ -1,0 +1,143 @@
+"""The app factory: `create_app(settings)` → a FastAPI app that, while it starts, loads every model
+package (refusing to start on a broken one), starts the batcher, then warms up in the background
+(`/ready` answers 503 until done), and on shutdown drains the batch queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import health, libretranslate, native
+from service.api.deps import ServiceState
+from service.api.errors import BodyLimitMiddleware
+from service.batcher import Batcher, BatchPolicy
+from service.config import Settings
+from service.langid import detector_for
+from service.metrics import Metrics
+from service.package import PackageError
+from service.runtime import Translator
+
+log = logging.getLogger(__name__)
+PAIR_DIRECTORY = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
+
+
+def load_translators(settings: Settings) -> dict[str, Translator]:
+    """Every package under the models directory, by name; raises PackageError on the first broken one."""
+    directory = settings.models_dir
+    packages = sorted(path.parent for path in directory.glob("*/package.json")) if directory.is_dir() else []
+    if not packages:
+        raise PackageError(f"{directory}: no model packages (sub-directories with a package.json)")
+    translators: dict[str, Translator] = {}
+    for package in packages:
+        pair = PAIR_DIRECTORY.match(package.name)  # models/en-de must hold an en→de model
+        translator = Translator(package, settings.runtime_options(), expect_pair=pair.groups() if pair else None)
+        if translator.name in translators:
+            raise PackageError(f"{package}: a second package for {translator.name} (first: {translators[translator.name].directory})")
+        translators[translator.name] = translator
+    return translators
+
+
+def batch_policy(settings: Settings) -> BatchPolicy:
+    return BatchPolicy(
+        token_budget=settings.batch_token_budget, max_sentences=settings.max_batch_sentences,
+        max_wait_s=settings.max_wait_ms / 1000, length_buckets=tuple(settings.length_buckets),
+        queue_limit=settings.queue_limit, deadline_s=settings.request_deadline_s)
+
+
+async def prepare(state: ServiceState) -> None:
+    """Warm-up and loading the language identifier, side by side; then ready."""
+    detector = asyncio.create_task(asyncio.to_thread(detector_for, tuple(state.source_languages)))
+    try:
+        if state.settings.warmup:
+            started = time.perf_counter()
+            await state.batcher.warmup(batch_size=min(state.settings.max_batch_sentences, 8))
+            log.info("warm-up done in %.2f s", time.perf_counter() - started)
+        state.detector = await detector
+        if state.detector.unknown:
+            log.warning("language detection cannot recognise %s", ", ".join(state.detector.unknown))
+    except Exception:  # noqa: BLE001 - stay alive but unready: /ready keeps the load balancer away
+        log.exception("warm-up failed: the service stays unready")
+        return
+    finally:
+        detector.cancel()
+    state.ready = True
+    log.info("ready: %s", ", ".join(f"{t.name} on {t.provider}" for t in state.translators.values()))
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.service
+    if not state.translators:
+        state.translators = await asyncio.to_thread(load_translators, state.settings)
+    for translator in state.translators.values():
+        state.metrics.add_model(translator.name, translator.provider, translator.precision)
+    state.batcher = Batcher(state.translators, batch_policy(state.settings), state.metrics)
+    state.batcher.start()
+    preparing = asyncio.create_task(prepare(state))
+    try:
+        yield
+    finally:
+        state.ready = False
+        preparing.cancel()
+        await asyncio.gather(preparing, return_exceptions=True)
+        await state.batcher.drain(state.settings.shutdown_timeout_s)
+        log.info("drained")
+
+
+class RequestMetricsMiddleware:
+    """Request duration by route template (never the raw path) and status code."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500  # stays 500 if the app raises before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = scope.get("route")
+            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else "unmatched"
+            self.metrics.request_duration.labels(route=template, status=str(status)).observe(time.perf_counter() - started)
+
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None, translators: dict[str, Translator] | None = None) -> FastAPI:
+    """`translators`: already loaded models to serve instead of loading `settings.models_dir`
+    (one process serving several apps, as the tests and the tuner do)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    metrics.cuda_requested.set(1 if tuple(settings.providers[:1]) == ("CUDAExecutionProvider",) else 0)
+    app = FastAPI(
+        title="translator", version="0.1.0", lifespan=lifespan,
+        description="Self-hosted machine translation: native API (`/v1`), LibreTranslate-compatible routes, "
+                    "health, readiness and Prometheus metrics.",
+        exception_handlers={Exception: internal_error},
+    )
+    app.state.service = ServiceState(settings=settings, metrics=metrics, translators=dict(translators or {}))
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # added last: outermost, times everything
+    for module in (native, libretranslate, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,358 @@
+"""Cross-request batching: sentences from concurrent requests share one inference call.
+
+The batcher knows nothing about HTTP. A request hands it token id lists; each sentence waits in a
+group of sentences that may share a batch: the same model, the same task (translate or encode),
+the same search options (a beam-4 sentence never rides with a greedy one) and the same length
+bucket (so a 5-token sentence is not padded to 120). One scheduler task per model picks the group
+whose oldest sentence has waited longest and sends it as soon as it is full (token budget of padded
+tokens, or the sentence cap) or its oldest sentence has waited `max_wait`. Inference runs in one
+worker thread per model, off the event loop, so the server keeps accepting while a batch computes;
+while it does, the next batch fills up by itself.
+
+Backpressure: the queue holds at most `queue_limit` sentences and refuses more at once (QueueFull).
+A request whose deadline passes or whose caller goes away (its task is cancelled) takes its
+sentences out of the queue, so they do no work. On shutdown the batcher stops accepting and
+finishes what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from service.decoding import SearchOptions, SearchResult, StepModel
+from service.metrics import Metrics
+from service.runtime import Translator
+
+log = logging.getLogger(__name__)
+
+Task = Literal["translate", "encode"]
+
+
+class BatcherError(Exception):
+    """Base of the errors a caller of the batcher handles."""
+
+
+class QueueFull(BatcherError):
+    pass
+
+
+class DeadlineExceeded(BatcherError):
+    pass
+
+
+class ShuttingDown(BatcherError):
+    pass
+
+
+class InferenceFailed(BatcherError):
+    """The batch this request's sentences ran in failed; other batches are unaffected."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    token_budget: int = 2048  # padded tokens: sentences × longest sentence
+    max_sentences: int = 32
+    max_wait_s: float = 0.005
+    length_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128)
+    queue_limit: int = 512  # sentences waiting, all models together
+    deadline_s: float = 30.0
+
+    def bucket(self, length: int) -> int:
+        """Index of the first bucket whose upper edge holds `length`; past the last edge, one more bucket."""
+        return bisect.bisect_left(self.length_buckets, length)
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """Sentences that may share a batch."""
+
+    task: Task
+    options: SearchOptions | None  # None for encode
+    bucket: int
+
+
+@dataclass(eq=False)
+class Job:
+    ids: list[int]
+    group: GroupKey
+    future: asyncio.Future
+    enqueued: float  # time.monotonic()
+    deadline: float
+    queued: bool = True
+
+
+@dataclass
+class Embedding:
+    vector: np.ndarray  # [D], L2-normalised
+    token_states: np.ndarray  # [length, D]
+
+
+class StageClock:
+    """Wraps a StepModel to time the encoder pass and the decoder loop of one `translate_ids` call,
+    so stage timings reach Prometheus without the runtime knowing about it. One worker thread per
+    model calls it, and the Translator's lock serialises calls, so plain fields are enough."""
+
+    def __init__(self, inner: StepModel):
+        self.inner = inner
+        self.encode_seconds = 0.0
+        self.decode_seconds = 0.0
+
+    def reset(self) -> None:
+        self.encode_seconds = self.decode_seconds = 0.0
+
+    def encode(self, src_ids: np.ndarray) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.inner.encode(src_ids)
+        finally:
+            self.encode_seconds += time.perf_counter() - start
+
+    def step(self, state: Any, tokens: np.ndarray) -> tuple[np.ndarray, Any]:
+        start = time.perf_counter()
+        try:
+            return self.inner.step(state, tokens)
+        finally:
+            self.decode_seconds += time.perf_counter() - start
+
+    def select(self, state: Any, rows: np.ndarray, sources_changed: bool) -> Any:
+        start = time.perf_counter()
+        try:
+            return self.inner.select(state, rows, sources_changed)
+        finally:
+            self.decode_seconds += time.perf_counter() - start
+
+
+def install_stage_clock(translator: Translator) -> StageClock:
+    if not isinstance(translator.step_model, StageClock):
+        translator.step_model = StageClock(translator.step_model)
+    return translator.step_model
+
+
+@dataclass(eq=False)
+class Lane:
+    """One model: its waiting groups, its scheduler task and its single inference thread."""
+
+    translator: Translator
+    clock: StageClock
+    executor: ThreadPoolExecutor
+    groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+
+
+class Batcher:
+    def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics):
+        self.policy = policy
+        self.metrics = metrics
+        self.lanes = {
+            name: Lane(t, install_stage_clock(t), ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}"))
+            for name, t in translators.items()
+        }
+        self.depth = 0  # sentences waiting, all lanes
+        self.closing = False
+
+    # --- life cycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        for name, lane in self.lanes.items():
+            lane.task = asyncio.create_task(self._schedule(lane), name=f"batcher-{name}")
+
+    async def warmup(self, batch_size: int) -> None:
+        """Warm every model in its own inference thread: requests that arrive meanwhile queue behind it."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(lane.executor, lane.translator.warmup, batch_size)
+                               for lane in self.lanes.values()))
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, finish what is queued (up to `timeout` seconds), release the threads."""
+        self.closing = True
+        for lane in self.lanes.values():
+            lane.wakeup.set()
+        tasks = [lane.task for lane in self.lanes.values() if lane.task]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("drain timed out after %.1f s; failing the sentences still queued", timeout)
+                await asyncio.gather(*pending, return_exceptions=True)
+        for lane in self.lanes.values():
+            for jobs in lane.groups.values():
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ShuttingDown("the server is shutting down"))
+            lane.groups.clear()
+            lane.executor.shutdown(wait=False, cancel_futures=True)
+        self._set_depth(0)
+
+    # --- submitting ------------------------------------------------------------------------------
+    async def translate(self, model: str, sources: list[list[int]], options: SearchOptions) -> list[SearchResult]:
+        return await self._submit(model, "translate", options, sources)
+
+    async def encode(self, model: str, sources: list[list[int]]) -> list[Embedding]:
+        return await self._submit(model, "encode", None, sources)
+
+    async def _submit(self, model: str, task: Task, options: SearchOptions | None, sources: list[list[int]]) -> list:
+        if self.closing:
+            raise ShuttingDown("the server is shutting down")
+        lane = self.lanes[model]
+        if self.depth + len(sources) > self.policy.queue_limit:
+            raise QueueFull(f"{self.depth} sentences are waiting; the queue holds {self.policy.queue_limit}")
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        jobs = [Job(ids, GroupKey(task, options, self.policy.bucket(len(ids))), loop.create_future(), now,
+                    now + self.policy.deadline_s) for ids in sources]
+        for job in jobs:
+            lane.groups.setdefault(job.group, deque()).append(job)
+        self._set_depth(self.depth + len(jobs))
+        lane.wakeup.set()
+        try:
+            async with asyncio.timeout(self.policy.deadline_s):
+                return await asyncio.gather(*(job.future for job in jobs))
+        except TimeoutError:
+            raise DeadlineExceeded(f"not answered within the {self.policy.deadline_s:g} s deadline") from None
+        finally:  # answered, failed, timed out or cancelled: whatever still waits leaves the queue
+            self._withdraw(lane, jobs)
+
+    def _withdraw(self, lane: Lane, jobs: list[Job]) -> None:
+        removed = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.cancel()
+            if job.queued:
+                group = lane.groups[job.group]
+                group.remove(job)
+                if not group:
+                    del lane.groups[job.group]
+                job.queued = False
+                removed += 1
+        if removed:
+            self._set_depth(self.depth - removed)
+            lane.wakeup.set()  # the group the scheduler waits on may be gone
+
+    def _set_depth(self, depth: int) -> None:
+        self.depth = depth
+        self.metrics.queue_depth.set(depth)
+
+    # --- scheduling ------------------------------------------------------------------------------
+    async def _schedule(self, lane: Lane) -> None:
+        while True:
+            if not lane.groups:
+                if self.closing:
+                    return
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
+                continue
+            key = min(lane.groups, key=lambda k: lane.groups[k][0].enqueued)  # the longest-waiting sentence first
+            jobs = lane.groups[key]
+            wait = jobs[0].enqueued + self.policy.max_wait_s - time.monotonic()
+            if wait > 0 and not self.closing and not self._full(jobs):
+                lane.wakeup.clear()
+                try:  # a new sentence may fill the batch sooner; re-evaluate on every arrival
+                    async with asyncio.timeout(wait):
+                        await lane.wakeup.wait()
+                except TimeoutError:
+                    pass
+                continue
+            batch = self._take(lane, key)
+            if batch:
+                await self._run(lane, key, batch)
+
+    def _fitting(self, jobs: deque[Job]) -> tuple[int, int]:
+        """How many of the oldest jobs fit one batch, and the longest of them."""
+        count = longest = 0
+        for job in jobs:
+            longer = max(longest, len(job.ids))
+            if count and ((count + 1) * longer > self.policy.token_budget or count >= self.policy.max_sentences):
+                break
+            count, longest = count + 1, longer
+        return count, longest
+
+    def _full(self, jobs: deque[Job]) -> bool:
+        count, longest = self._fitting(jobs)
+        return (count < len(jobs) or count >= self.policy.max_sentences
+                or (count + 1) * longest > self.policy.token_budget)
+
+    def _take(self, lane: Lane, key: GroupKey) -> list[Job]:
+        jobs = lane.groups[key]
+        count, _ = self._fitting(jobs)
+        taken = [jobs.popleft() for _ in range(count)]
+        if not jobs:
+            del lane.groups[key]
+        self._set_depth(self.depth - len(taken))
+        now = time.monotonic()
+        batch = []
+        for job in taken:
+            job.queued = False
+            if job.future.done():
+                continue
+            if now > job.deadline:  # the caller's timer may not have fired yet while the loop was busy
+                job.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
+                continue
+            batch.append(job)
+        return batch
+
+    async def _run(self, lane: Lane, key: GroupKey, batch: list[Job]) -> None:
+        name, m = lane.translator.name, self.metrics
+        now = time.monotonic()
+        lengths = [len(job.ids) for job in batch]
+        padded = len(batch) * max(lengths)
+        for job, length in zip(batch, lengths):
+            m.queue_wait.observe(now - job.enqueued)
+            m.input_tokens.labels(model=name).observe(length)
+        m.batch_size.observe(len(batch))
+        m.batch_tokens.observe(padded)
+        m.padding_ratio.observe(1.0 - sum(lengths) / padded)
+        sources = [job.ids for job in batch]
+        loop = asyncio.get_running_loop()
+        # Stays ShuttingDown only if the batch is cancelled: a drain that ran out of time.
+        outcome: list[Any] | BaseException = ShuttingDown("the server stopped before this batch finished")
+        try:
+            if key.task == "translate":
+                outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options)
+            else:
+                outcome = await loop.run_in_executor(lane.executor, self._encode, lane, sources)
+        except Exception as error:  # noqa: BLE001 - whatever broke, only this batch's requests hear of it
+            log.exception("%s batch of %d sentences failed", name, len(batch))
+            outcome = error
+        finally:
+            self._answer(batch, outcome, name)
+
+    @staticmethod
+    def _answer(batch: list[Job], outcome: list[Any] | BaseException, name: str) -> None:
+        for i, job in enumerate(batch):
+            if job.future.done():  # its caller went away while the batch ran
+                continue
+            if isinstance(outcome, ShuttingDown):
+                job.future.set_exception(ShuttingDown(str(outcome)))
+            elif isinstance(outcome, BaseException):
+                job.future.set_exception(InferenceFailed(f"{name}: inference failed ({type(outcome).__name__})"))
+            else:
+                job.future.set_result(outcome[i])
+
+    # --- in the model's inference thread --------------------------------------------------------
+    def _translate(self, lane: Lane, sources: list[list[int]], options: SearchOptions) -> list[SearchResult]:
+        name, m = lane.translator.name, self.metrics
+        lane.clock.reset()
+        results = lane.translator.translate_ids(sources, options)
+        m.inference_duration.labels(model=name, stage="encode").observe(lane.clock.encode_seconds)
+        m.inference_duration.labels(model=name, stage="decode").observe(lane.clock.decode_seconds)
+        generated = [len(r.hypotheses[0].tokens) if r.hypotheses else 0 for r in results]
+        for count in generated:
+            m.output_tokens.labels(model=name).observe(count)
+        m.generated_tokens.labels(model=name).inc(sum(generated))
+        return results
+
+    def _encode(self, lane: Lane, sources: list[list[int]]) -> list[Embedding]:
+        start = time.perf_counter()
+        vectors, states = lane.translator.encode_ids(sources)
+        self.metrics.inference_duration.labels(model=lane.translator.name, stage="encode").observe(time.perf_counter() - start)
+        return [Embedding(vector, state) for vector, state in zip(vectors, states)]

@@ -1,0 +1,110 @@
+"""Every knob of the service, read from the environment (prefix `TRANSLATOR_`) by pydantic-settings.
+
+    TRANSLATOR_MAX_WAIT_MS=10 TRANSLATOR_LENGTH_BUCKETS=16,32,64 translator serve
+
+Lists take commas (`TRANSLATOR_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider`) or JSON.
+`HOST` and `PORT` are honoured as well as `TRANSLATOR_HOST`/`TRANSLATOR_PORT`, because container
+platforms set `PORT`. `docs/service.md` lists every field with the description written here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.sessions import RuntimeOptions
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+CommaInts = Annotated[tuple[int, ...], NoDecode]
+
+
+def split_list(value: object) -> object:
+    """"a,b" or '["a", "b"]' (environment) → a list; anything else is left to pydantic."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", extra="ignore", frozen=True)
+
+    # --- serving ---------------------------------------------------------------------------------
+    models_dir: Path = Field(Path("models"), description="Directory of model packages, one sub-directory per language pair (`models/en-de/`).")
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("TRANSLATOR_HOST", "HOST"),
+                      description="Address to listen on (`HOST` also works; the container image uses 0.0.0.0).")
+    port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("TRANSLATOR_PORT", "PORT"),
+                      description="TCP port to listen on (`PORT` also works).")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level of the service and uvicorn.")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description=(
+        "On SIGTERM: seconds to let in-flight requests finish (uvicorn's graceful shutdown) and then to drain the batch queue."))
+
+    # --- ONNX Runtime ------------------------------------------------------------------------------
+    providers: CommaList = Field(("CPUExecutionProvider",), description=(
+        "ONNX Runtime execution providers in order of preference; the CPU is always appended as the fallback."))
+    strict_providers: bool = Field(False, description="Refuse to start when the first provider cannot run a model, instead of falling back with a warning.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per model (0 = one per physical core).")
+    warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
+
+    # --- batching ----------------------------------------------------------------------------------
+    batch_token_budget: int = Field(2048, ge=1, description=(
+        "Most padded source tokens in one batch (sentences × longest sentence). A longer single sentence still runs alone."))
+    max_batch_sentences: int = Field(32, ge=1, description="Most sentences in one batch; 1 turns cross-request batching off.")
+    max_wait_ms: float = Field(5.0, ge=0, description=(
+        "How long the oldest waiting sentence may wait for others to fill its batch while the model is idle."))
+    length_buckets: CommaInts = Field((8, 16, 24, 32, 48, 64, 96, 128), description=(
+        "Upper edges (source tokens) of the length buckets: only sentences of one bucket share a batch, which keeps padding low. "
+        "Longer sentences form one last bucket."))
+    queue_limit: int = Field(512, ge=1, description=(
+        "Most sentences waiting for a batch across all models; beyond it requests are refused at once (429/503 + Retry-After)."))
+    request_deadline_s: float = Field(30.0, gt=0, description=(
+        "A request still unanswered after this many seconds is answered with an error and its waiting sentences leave the queue."))
+    retry_after_s: int = Field(1, ge=0, description="Value of the Retry-After header sent with overload errors.")
+
+    # --- input limits ------------------------------------------------------------------------------
+    max_text_chars: int = Field(2000, ge=1, description="Most characters in one text (a longer one is a 400 error).")
+    max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
+    max_body_bytes: int = Field(1 << 20, ge=1, description="Most bytes in a request body, enforced before parsing (413).")
+
+    # --- decoding ----------------------------------------------------------------------------------
+    default_beam_size: int = Field(4, ge=1, description="Beam size when a request names none (1 = greedy).")
+    max_beam_size: int = Field(8, ge=1, description="Largest beam size a request may ask for.")
+    max_alternatives: int = Field(4, ge=0, description="Most alternative translations a request may ask for.")
+    max_length_ratio: float = Field(1.5, gt=0, description="Output limit = ratio × source tokens + 10 (and at most a request's max_length).")
+    max_output_tokens: int = Field(512, ge=1, description="Largest max_length a request may ask for (the model's position table caps it too).")
+
+    # --- LibreTranslate compatibility --------------------------------------------------------------
+    api_keys: CommaList = Field((), description=(
+        "Keys accepted in the LibreTranslate `api_key` field; empty = no key needed. A wrong or missing key is a 403."))
+
+    @field_validator("providers", "api_keys", "length_buckets", mode="before")
+    @classmethod
+    def lists_from_environment(cls, value: object) -> object:
+        return split_list(value)
+
+    @field_validator("length_buckets")
+    @classmethod
+    def buckets_increase(cls, edges: tuple[int, ...]) -> tuple[int, ...]:
+        if any(edge < 1 for edge in edges) or list(edges) != sorted(set(edges)):
+            raise ValueError("length bucket edges must be positive and strictly increasing")
+        return edges
+
+    @model_validator(mode="after")
+    def limits_agree(self) -> "Settings":
+        if self.max_texts_per_request > self.queue_limit:
+            raise ValueError("max_texts_per_request exceeds queue_limit: a full request could never be queued")
+        if self.default_beam_size > self.max_beam_size:
+            raise ValueError("default_beam_size exceeds max_beam_size")
+        if self.max_alternatives + 1 > self.max_beam_size:
+            raise ValueError("max_alternatives + 1 exceeds max_beam_size: alternatives come from the beam")
+        return self
+
+    def runtime_options(self) -> RuntimeOptions:
+        return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,
+                              intra_op_threads=self.intra_op_threads)

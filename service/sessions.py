@@ -1,0 +1,100 @@
+"""ONNX Runtime sessions: execution providers from configuration, verified after creation.
+
+ONNX Runtime silently falls back to the CPU when CUDA libraries are missing (toolchain notes),
+so the provider that actually runs is read back from `session.get_providers()` and logged;
+with `strict_providers` a fallback is an error instead of a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    providers: tuple[str, ...] = (CPU,)  # in order of preference, e.g. ("CUDAExecutionProvider", "CPUExecutionProvider")
+    strict_providers: bool = False  # raise instead of falling back when the first provider cannot run
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per physical core)
+    inter_op_threads: int = 1  # the graphs are sequential chains: parallel execution only adds overhead
+    optimization_level: str = "all"
+    enable_cpu_mem_arena: bool = True
+    # Arena growth: "kNextPowerOfTwo" (fast, wasteful) or "kSameAsRequested" (no over-allocation with
+    # varying sequence lengths). Applies to the CUDA arena; the CPU arena is on/off above.
+    arena_extend_strategy: str = "kNextPowerOfTwo"
+    shrink_arena_after_run: bool = False  # give arena memory back after each decode (slower, flat RSS)
+    io_binding: bool | None = None  # keep caches on the device between steps; None = on for CUDA only
+    device_id: int = 0
+    cuda_options: dict = field(default_factory=dict)  # extra CUDA provider options (cudnn_conv_algo_search, ...)
+
+
+def resolve_providers(requested: tuple[str, ...] | list[str]) -> list[str]:
+    """The requested providers that this onnxruntime build has, in order, always ending with the CPU."""
+    available = ort.get_available_providers()
+    chosen = []
+    for name in requested:
+        if name in available:
+            chosen.append(name)
+        else:
+            log.warning("execution provider %s was requested but this onnxruntime build lacks it (has %s)", name, available)
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return chosen
+
+
+def provider_options(name: str, options: RuntimeOptions) -> dict:
+    if name == CUDA:
+        return {"device_id": options.device_id, "arena_extend_strategy": options.arena_extend_strategy, **options.cuda_options}
+    return {}
+
+
+def session_options(options: RuntimeOptions) -> ort.SessionOptions:
+    settings = ort.SessionOptions()
+    settings.intra_op_num_threads = options.intra_op_threads
+    settings.inter_op_num_threads = options.inter_op_threads
+    settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    settings.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization_level]
+    settings.enable_cpu_mem_arena = options.enable_cpu_mem_arena
+    return settings
+
+
+def run_options(options: RuntimeOptions, provider: str) -> ort.RunOptions:
+    settings = ort.RunOptions()
+    if options.shrink_arena_after_run:
+        device = f"gpu:{options.device_id}" if provider == CUDA else "cpu:0"
+        settings.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
+    return settings
+
+
+def create_session(model: Path | bytes, options: RuntimeOptions) -> tuple[ort.InferenceSession, str]:
+    """model: a file or serialized ONNX → the session and the provider that actually runs it
+    (the first of `session.get_providers()`)."""
+    providers = resolve_providers(options.providers)
+    session = ort.InferenceSession(
+        model if isinstance(model, bytes) else str(model),
+        session_options(options),
+        providers=[(p, provider_options(p, options)) for p in providers],
+    )
+    active = session.get_providers()[0]
+    wanted = options.providers[0] if options.providers else CPU
+    if active != wanted:
+        what = "an in-memory graph" if isinstance(model, bytes) else Path(model).name
+        message = f"{what}: {wanted} was requested first but {active} runs it"
+        if options.strict_providers:
+            raise RuntimeError(message)
+        log.warning("%s", message)
+    return session, active

@@ -1,0 +1,122 @@
+"""What tests/test_deploy.py and tests/test_deploy_integration.py share: the deploy files, the PromQL
+they contain, and the metric names the service exports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+PROMETHEUS = DEPLOY / "prometheus"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "translator.json"
+K8S = DEPLOY / "k8s"
+KUSTOMIZATIONS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu", "prometheus-adapter": K8S / "prometheus-adapter"}
+VENV_BIN = Path(sys.executable).parent
+
+# Metrics the rules use that the service does not export yet, and what they are waiting for. A test
+# that needs one of them is an expected failure while the metric is missing, and runs for real as soon
+# as the service exports it.
+PENDING_METRICS = {
+    "translator_cuda_requested": "the service does not export translator_cuda_requested yet (a gauge without labels: "
+                                 "1 when TRANSLATOR_PROVIDERS lists CUDAExecutionProvider first, else 0), which the "
+                                 "TranslatorCudaFallback alert joins with translator_model_info",
+}
+METRIC_NAME = re.compile(r"\b(translator_[a-z_]+|up)\b")
+
+
+def tool(name: str, why: str) -> str:
+    """The path of a command-line tool (the virtualenv's first), or skip the test saying what to install."""
+    found = shutil.which(name, path=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    if not found:
+        pytest.skip(f"{name} is not installed ({why})")
+    return found
+
+
+def run(command: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def load_yaml(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+# --- the service's metric names --------------------------------------------------------------------
+
+def exported_metric_names() -> set[str]:
+    """Every series name the service can expose: histogram families as _bucket/_sum/_count, counters with _total."""
+    from service.metrics import Metrics
+
+    suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",), "gauge": ("",)}
+    return {family.name + suffix for family in Metrics().registry.collect() for suffix in suffixes[family.type]}
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(METRIC_NAME.findall(expr))
+
+
+# --- PromQL in the alert rules -----------------------------------------------------------------------
+
+COMPARISON = re.compile(r"^(?P<signal>.*?)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<threshold>-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*$", re.DOTALL)
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"] if "alert" in rule]
+
+
+def signal_query(expr: str) -> str:
+    """`signal > threshold` → `signal > bool threshold`: 0 or 1 for every series of the signal, so that the
+    query returns data whether or not the alert would fire."""
+    match = COMPARISON.match(expr.strip())
+    if not match:
+        raise ValueError(f"not of the form `signal <op> threshold`: {expr}")
+    return f"{match['signal']} {match['op']} bool {match['threshold']}"
+
+
+# --- PromQL in the Grafana dashboard -----------------------------------------------------------------
+
+GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__range"}
+VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_targets() -> list[tuple[str, dict]]:
+    """(panel title, target) for every query of every panel."""
+    return [(panel["title"], target) for panel in dashboard()["panels"] for target in panel.get("targets", [])]
+
+
+def dashboard_variables() -> set[str]:
+    return {variable["name"] for variable in dashboard()["templating"]["list"]}
+
+
+def grafana_to_promql(expr: str, window: str) -> str:
+    """What Grafana sends with every variable at "All": `$__rate_interval` and friends → `window`, and a
+    template variable (only ever used as `label=~"$var"`) → its allValue `.*`."""
+    for builtin in GRAFANA_BUILTINS:
+        expr = expr.replace(f"${builtin}", window)
+    return VARIABLE.sub(".*", expr)
+
+
+# --- PromQL in prometheus-adapter's rules ------------------------------------------------------------
+
+def adapter_rules() -> list[dict]:
+    configmap = load_yaml(KUSTOMIZATIONS["prometheus-adapter"] / "rules.yaml")
+    return yaml.safe_load(configmap["data"]["config.yaml"])["rules"]
+
+
+def adapter_to_promql(rule: dict, label_matchers: str, group_by: str) -> str:
+    """The adapter's query template filled in as the adapter would for one pod (here: one target)."""
+    series = rule["seriesQuery"].split("{")[0].strip("'\" ")
+    return (rule["metricsQuery"].replace("<<.Series>>", series)
+            .replace("<<.LabelMatchers>>", label_matchers).replace("<<.GroupBy>>", group_by))

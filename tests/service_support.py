@@ -1,0 +1,167 @@
+"""Real servers for the service tests: `translator serve` in a subprocess, or uvicorn in a thread
+serving already loaded models (so a test can hold a model's lock and decide when inference runs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import create_app, load_translators
+from service.config import Settings
+from service.runtime import Translator
+
+ROOT = Path(__file__).resolve().parent.parent
+STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
+SHIPPED_MODELS = ROOT / "models"
+SHIPPED = (SHIPPED_MODELS / "en-de" / "package.json").is_file()
+needs_shipped_model = pytest.mark.skipif(not SHIPPED, reason="models/en-de is not there yet: known translations need the real model")
+FAST = {"TRANSLATOR_DEFAULT_BEAM_SIZE": "1", "TRANSLATOR_INTRA_OP_THREADS": "1"}  # tests share two cores
+
+
+@pytest.fixture(scope="session")
+def models_dir(request, tmp_path_factory) -> Path:
+    """The shipped models, or, until they exist, the tiny test model packaged as en-de."""
+    if SHIPPED:
+        return SHIPPED_MODELS
+    tiny = request.getfixturevalue("tiny_packages")["int8"]
+    directory = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny, directory / "en-de")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def translators(models_dir) -> dict[str, Translator]:
+    """Loaded once for every in-process server of the session."""
+    return load_translators(Settings(models_dir=models_dir, intra_op_threads=1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.TransportError):
+            if condition():
+                return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value from a Prometheus exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+class ServerProcess:
+    """`python -m service.cli serve` on a free port, configured through the environment."""
+
+    def __init__(self, models_dir: Path, log: Path, **environment: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **FAST, "PORT": str(self.port), "HOST": "127.0.0.1",
+               "TRANSLATOR_MODELS_DIR": str(models_dir), **environment}
+        self.log = open(log, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            return httpx.get(self.url + "/ready").status_code == 200
+
+        wait_until(ready, timeout, what="/ready")
+        return self
+
+    def output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text()
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.terminate()
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM → the exit status. uvicorn re-raises the signal once it has shut down gracefully,
+        so a clean stop reads as -SIGTERM (exit status 143 in a shell), like any process ended by it."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.log.close()
+
+
+class ThreadServer:
+    """uvicorn in a thread of the test process, serving `create_app(settings, translators)`."""
+
+    def __init__(self, settings: Settings, translators: dict[str, Translator]):
+        self.app = create_app(settings, translators)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ThreadServer":
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="uvicorn to start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics").text
+
+
+def settings_for(models_dir: Path, **overrides) -> Settings:
+    return Settings(models_dir=models_dir, default_beam_size=1, intra_op_threads=1, **overrides)
+
+
+@contextlib.contextmanager
+def serving(models_dir: Path, translators: dict[str, Translator], wait_ready: bool = True, **overrides) -> Iterator[ThreadServer]:
+    with ThreadServer(settings_for(models_dir, **overrides), translators) as server:
+        if wait_ready:
+            wait_until(lambda: httpx.get(server.url + "/ready").status_code == 200, what="/ready")
+        yield server
+
+
+@contextlib.contextmanager
+def inference_paused(translator: Translator) -> Iterator[None]:
+    """Hold the model's lock: a batch that reaches the model waits, so later sentences stay queued."""
+    translator.lock.acquire()
+    try:
+        yield
+    finally:
+        translator.lock.release()

@@ -1,0 +1,52 @@
+"""Settings from the environment, their validation, and their documentation."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from service.cli import DELEGATED, build_parser
+from service.config import Settings
+from tests.service_support import ROOT
+
+
+def test_environment_lists_and_platform_port(monkeypatch):
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.setenv("TRANSLATOR_LENGTH_BUCKETS", "16, 32,64")
+    monkeypatch.setenv("TRANSLATOR_PROVIDERS", '["CUDAExecutionProvider", "CPUExecutionProvider"]')
+    monkeypatch.setenv("TRANSLATOR_API_KEYS", "a,b")
+    settings = Settings()
+    assert (settings.port, settings.host) == (9123, "0.0.0.0")
+    assert settings.length_buckets == (16, 32, 64)
+    assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert settings.api_keys == ("a", "b")
+    monkeypatch.setenv("TRANSLATOR_PORT", "9124")  # the specific name wins
+    assert Settings().port == 9124
+    assert Settings(port=9000).port == 9000  # command-line flags win over both
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"length_buckets": (32, 16)}, "strictly increasing"),
+    ({"max_texts_per_request": 100, "queue_limit": 50}, "a full request could never be queued"),
+    ({"default_beam_size": 9, "max_beam_size": 8}, "default_beam_size exceeds"),
+    ({"max_alternatives": 8, "max_beam_size": 8}, "alternatives come from the beam"),
+    ({"max_batch_sentences": 0}, "greater than or equal to 1"),
+])
+def test_inconsistent_settings_are_refused(values, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings(**values)
+
+
+def test_every_setting_is_described_and_documented():
+    documentation = (ROOT / "docs" / "service.md").read_text()
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"{name} has no description"
+        assert f"`TRANSLATOR_{name.upper()}`" in documentation, f"{name} is missing from docs/service.md"
+
+
+def test_cli_serves_and_delegates_without_importing_the_training_side():
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--port", "8001", "--models-dir", "somewhere"])
+    assert (args.port, str(args.models_dir), args.handler.__name__) == (8001, "somewhere", "serve")
+    assert set(DELEGATED) == {"data", "train", "evaluate", "export"}
