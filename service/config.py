@@ -4,7 +4,7 @@
 
 Lists take commas (`TRANSLATOR_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider`) or JSON.
 `HOST` and `PORT` are honoured as well as `TRANSLATOR_HOST`/`TRANSLATOR_PORT`, because container
-platforms set `PORT`. `docs/service.md` lists every field with the description written here.
+platforms set `PORT`. `README.md` lists every field with the description written here.
 """
 
 from __future__ import annotations

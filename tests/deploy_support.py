@@ -22,14 +22,6 @@ K8S = DEPLOY / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu", "prometheus-adapter": K8S / "prometheus-adapter"}
 VENV_BIN = Path(sys.executable).parent
 
-# Metrics the rules use that the service does not export yet, and what they are waiting for. A test
-# that needs one of them is an expected failure while the metric is missing, and runs for real as soon
-# as the service exports it.
-PENDING_METRICS = {
-    "translator_cuda_requested": "the service does not export translator_cuda_requested yet (a gauge without labels: "
-                                 "1 when TRANSLATOR_PROVIDERS lists CUDAExecutionProvider first, else 0), which the "
-                                 "TranslatorCudaFallback alert joins with translator_model_info",
-}
 METRIC_NAME = re.compile(r"\b(translator_[a-z_]+|up)\b")
 
 
