@@ -62,6 +62,7 @@ class TrainConfig:
     max_steps: int = 60_000
     max_minutes: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
     eval_every: int = 1000
+    checkpoint_every: int = 100  # resume state only (no validation): a killed session loses at most this many steps
     eval_sentences: int = 400  # validation sentences decoded for BLEU
     seed: int = 1234
     bf16: str = "auto"  # "auto" (on for CUDA and CPUs with native bf16), "on" or "off"
@@ -250,6 +251,8 @@ def train(config: TrainConfig) -> None:
                     checkpoint_now()
                 if out_of_time:
                     stop["signal"] = True
+            elif step % config.checkpoint_every == 0:
+                checkpoint_now()
             if stop["signal"] or step >= config.max_steps:
                 break
         else:
