@@ -16,26 +16,37 @@ from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import health, libretranslate, native
+from service.api import health, libretranslate, native, openapi
 from service.api.deps import ServiceState
 from service.api.errors import BodyLimitMiddleware
+from service.api.security import Gate, KeysFileError, install_cors
 from service.batcher import Batcher, BatchPolicy
 from service.config import Settings
 from service.langid import detector_for
 from service.metrics import Metrics
 from service.package import PackageError
 from service.runtime import Translator
+from service.sessions import ProviderUnavailable
 
 log = logging.getLogger(__name__)
 PAIR_DIRECTORY = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
+# What refuses a start with a message instead of serving half-broken: a bad package, a provider that
+# strict mode requires but cannot run, an unreadable keys file.
+STARTUP_REFUSALS = (PackageError, ProviderUnavailable, KeysFileError)
 
 
 def load_translators(settings: Settings) -> dict[str, Translator]:
     """Every package under the models directory, by name; raises PackageError on the first broken one."""
     directory = settings.models_dir
-    packages = sorted(path.parent for path in directory.glob("*/package.json")) if directory.is_dir() else []
+    # Pair-named directories (models/de-en) and any other with a package.json; hidden ones (an export's
+    # staging directory) are not served.
+    packages = sorted(path for path in directory.iterdir() if path.is_dir() and not path.name.startswith(".")
+                      and (PAIR_DIRECTORY.match(path.name) or (path / "package.json").is_file())) if directory.is_dir() else []
     if not packages:
         raise PackageError(f"{directory}: no model packages (sub-directories with a package.json)")
+    for package in packages:  # models/de-en without its package.json is a package gone missing, not a stray folder
+        if not (package / "package.json").is_file():
+            raise PackageError(f"{package}: no package.json; the package is missing or incomplete")
     translators: dict[str, Translator] = {}
     for package in packages:
         pair = PAIR_DIRECTORY.match(package.name)  # models/en-de must hold an en→de model
@@ -135,9 +146,12 @@ def create_app(settings: Settings | None = None, translators: dict[str, Translat
                     "health, readiness and Prometheus metrics.",
         exception_handlers={Exception: internal_error},
     )
-    app.state.service = ServiceState(settings=settings, metrics=metrics, translators=dict(translators or {}))
+    gate = Gate.from_settings(settings)  # reads the keys file: raises KeysFileError before anything listens
+    app.state.service = ServiceState(settings=settings, metrics=metrics, translators=dict(translators or {}), gate=gate)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    install_cors(app, settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # added last: outermost, times everything
     for module in (native, libretranslate, health):
         app.include_router(module.router)
+    openapi.document(app, settings, keys_required=gate.keys.required)
     return app

@@ -28,17 +28,28 @@ STARTUP_FAILED = 3  # uvicorn's exit status when the app refuses to start
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
-    from service.app import create_app
+    from service.app import STARTUP_REFUSALS, create_app, load_translators
     from service.config import Settings
 
     overrides = {name: value for name, value in
                  (("host", args.host), ("port", args.port), ("models_dir", args.models_dir), ("log_level", args.log_level))
                  if value is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:  # field and problem only: an input value may be an API key
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        print(f"translator serve: invalid settings: {problems}", file=sys.stderr)
+        return STARTUP_FAILED
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # before anything listens: a broken package or keys file is one clear line, not a traceback
+        app = create_app(settings, load_translators(settings))
+    except STARTUP_REFUSALS as error:
+        logging.getLogger("service").error("refusing to start: %s", error)
+        return STARTUP_FAILED
     config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, lifespan="on",
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then the
         # app's shutdown drains whatever is still queued.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),

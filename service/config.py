@@ -13,13 +13,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.sessions import RuntimeOptions
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 CommaInts = Annotated[tuple[int, ...], NoDecode]
+CommaSecrets = Annotated[tuple[SecretStr, ...], NoDecode]  # shown as '**********' in any repr or log line
 
 
 def split_list(value: object) -> object:
@@ -79,11 +80,20 @@ class Settings(BaseSettings):
     max_length_ratio: float = Field(1.5, gt=0, description="Output limit = ratio × source tokens + 10 (and at most a request's max_length).")
     max_output_tokens: int = Field(512, ge=1, description="Largest max_length a request may ask for (the model's position table caps it too).")
 
-    # --- LibreTranslate compatibility --------------------------------------------------------------
-    api_keys: CommaList = Field((), description=(
-        "Keys accepted in the LibreTranslate `api_key` field; empty = no key needed. A wrong or missing key is a 403."))
+    # --- access -------------------------------------------------------------------------------------
+    api_keys: CommaSecrets = Field((), description=(
+        "API keys for the translation routes, sent as `Authorization: Bearer KEY`, `X-API-Key: KEY` or LibreTranslate's "
+        "`api_key` field; empty (and no keys file) = no key needed. Missing: 401 (LibreTranslate routes: 403); wrong: 403."))
+    api_keys_file: Path | None = Field(None, description=(
+        "A file of further API keys, one per line (`#` starts a comment), read at start-up; unreadable or empty refuses the start."))
+    rate_limit_per_s: float = Field(0.0, ge=0, description=(
+        "Requests per second each API key (without keys: each client address) may send to the translation routes; "
+        "0 = no limit. Over it: 429 with Retry-After."))
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once before the per-second rate applies (token bucket size).")
+    cors_origins: CommaList = Field((), description=(
+        "Origins whose web pages may call the API (CORS), e.g. `https://app.example.com`, or `*`; empty = no CORS headers."))
 
-    @field_validator("providers", "api_keys", "length_buckets", mode="before")
+    @field_validator("providers", "api_keys", "length_buckets", "cors_origins", mode="before")
     @classmethod
     def lists_from_environment(cls, value: object) -> object:
         return split_list(value)

@@ -20,7 +20,8 @@ BATCH_TOKENS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 PADDING_RATIO = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SENTENCE_TOKENS = (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
 
-REJECT_REASONS = ("queue_full", "deadline", "disconnected", "shutting_down", "invalid_request", "body_too_large", "forbidden")
+REJECT_REASONS = ("queue_full", "deadline", "disconnected", "shutting_down", "invalid_request", "body_too_large", "unauthorized",
+                  "forbidden", "rate_limited")
 STAGES = ("encode", "decode")
 
 

@@ -20,7 +20,7 @@ import sentencepiece as spm
 
 from service.decoding import SearchOptions, SearchResult, pad_batch, search
 from service.package import PackageError, PackageManifest, load_package
-from service.sessions import CUDA, RuntimeOptions, create_session, run_options
+from service.sessions import CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ class Translator:
         self.manifest = load_package(self.directory, expect_pair, require_parity=require_parity)
         self.options = options
         graphs = self.manifest.graphs
-        self.encoder_session, self.provider = create_session(self.directory / graphs.encoder.file, options)
-        self.decoder_session, decoder_provider = create_session(self.directory / graphs.decoder.file, options)
+        self.encoder_session, self.provider = self.open_graph(graphs.encoder.file, options)
+        self.decoder_session, decoder_provider = self.open_graph(graphs.decoder.file, options)
         if decoder_provider != self.provider:
             raise RuntimeError(f"{self.name}: encoder runs on {self.provider} but decoder on {decoder_provider}")
         self.check_graphs()
@@ -97,6 +97,16 @@ class Translator:
             "model package %s (%s) runs on %s, io binding %s, %s intra-op threads",
             self.name, self.precision, self.provider, "on" if self.io_binding else "off", options.intra_op_threads or "default",
         )
+
+    def open_graph(self, file: str, options: RuntimeOptions):
+        """A session for one of the package's graphs; a graph ONNX Runtime cannot load is a PackageError."""
+        try:
+            return create_session(self.directory / file, options)
+        except ProviderUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - ORT's load errors have no common base class
+            reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            raise PackageError(f"{self.directory}: ONNX Runtime cannot load {file}: {reason}") from error
 
     def make_step_model(self):
         if self.io_binding:

@@ -15,6 +15,11 @@ import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
+
+class ProviderUnavailable(RuntimeError):
+    """`strict_providers` is set and the first requested execution provider cannot run a model."""
+
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 OPTIMIZATION_LEVELS = {
@@ -95,6 +100,6 @@ def create_session(model: Path | bytes, options: RuntimeOptions) -> tuple[ort.In
         what = "an in-memory graph" if isinstance(model, bytes) else Path(model).name
         message = f"{what}: {wanted} was requested first but {active} runs it"
         if options.strict_providers:
-            raise RuntimeError(message)
+            raise ProviderUnavailable(message + " (TRANSLATOR_STRICT_PROVIDERS is set: refusing to fall back)")
         log.warning("%s", message)
     return session, active

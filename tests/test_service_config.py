@@ -15,12 +15,13 @@ def test_environment_lists_and_platform_port(monkeypatch):
     monkeypatch.setenv("HOST", "0.0.0.0")
     monkeypatch.setenv("TRANSLATOR_LENGTH_BUCKETS", "16, 32,64")
     monkeypatch.setenv("TRANSLATOR_PROVIDERS", '["CUDAExecutionProvider", "CPUExecutionProvider"]')
-    monkeypatch.setenv("TRANSLATOR_API_KEYS", "a,b")
+    monkeypatch.setenv("TRANSLATOR_API_KEYS", "key-one,key-two")
     settings = Settings()
     assert (settings.port, settings.host) == (9123, "0.0.0.0")
     assert settings.length_buckets == (16, 32, 64)
     assert settings.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
-    assert settings.api_keys == ("a", "b")
+    assert [key.get_secret_value() for key in settings.api_keys] == ["key-one", "key-two"]
+    assert "key-" not in repr(settings) and "key-" not in str(settings.api_keys)  # SecretStr: never in a log line
     monkeypatch.setenv("TRANSLATOR_PORT", "9124")  # the specific name wins
     assert Settings().port == 9124
     assert Settings(port=9000).port == 9000  # command-line flags win over both

@@ -10,6 +10,7 @@ from typing import Annotated, Awaitable, TypeVar
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
+from service.api.security import Gate, KeyRing
 from service.batcher import Batcher
 from service.config import Settings
 from service.langid import LanguageDetector
@@ -26,6 +27,7 @@ class ServiceState:
     translators: dict[str, Translator] = field(default_factory=dict)  # by name, "en-de"
     batcher: Batcher | None = None
     detector: LanguageDetector | None = None
+    gate: Gate = field(default_factory=lambda: Gate(KeyRing(()), None))  # API keys and rate limits (none by default)
     ready: bool = False  # models loaded, warmed up, language identification loaded
 
     def model_for(self, source: str, target: str) -> Translator | None:

@@ -24,8 +24,8 @@ from service.batcher import DeadlineExceeded, InferenceFailed, QueueFull, Shutti
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["invalid", "validation", "too_large", "forbidden", "overloaded", "deadline", "unavailable",
-               "disconnected", "internal"]
+Kind = Literal["invalid", "validation", "too_large", "unauthorized", "forbidden", "rate_limited", "overloaded", "deadline",
+               "unavailable", "disconnected", "internal"]
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away"; nobody reads the answer
 
 # kind → (native status, LibreTranslate status, rejection reason or None)
@@ -33,20 +33,23 @@ STATUS: dict[str, tuple[int, int, str | None]] = {
     "invalid": (400, 400, "invalid_request"),
     "validation": (422, 400, "invalid_request"),
     "too_large": (413, 413, "body_too_large"),
+    "unauthorized": (401, 403, "unauthorized"),
     "forbidden": (403, 403, "forbidden"),
+    "rate_limited": (429, 429, "rate_limited"),
     "overloaded": (503, 429, "queue_full"),
     "deadline": (503, 429, "deadline"),
     "unavailable": (503, 503, "shutting_down"),
     "disconnected": (CLIENT_CLOSED_REQUEST, CLIENT_CLOSED_REQUEST, "disconnected"),
     "internal": (500, 500, None),
 }
-RETRY_LATER = {"overloaded", "deadline", "unavailable"}
+RETRY_LATER = {"rate_limited", "overloaded", "deadline", "unavailable"}
 
 
 @dataclass
 class ApiError(Exception):
     kind: Kind
     message: str
+    retry_after: int | None = None  # seconds; None: the configured TRANSLATOR_RETRY_AFTER_S
 
     def __str__(self) -> str:
         return self.message
@@ -126,7 +129,11 @@ class ShapedErrorRoute(APIRoute):
                 status, reason = STATUS[error.kind][self.flavour], STATUS[error.kind][2]
                 if reason:
                     service.metrics.reject(reason)
-                headers = {"Retry-After": str(service.settings.retry_after_s)} if error.kind in RETRY_LATER else None
+                headers = {}
+                if error.kind in RETRY_LATER:
+                    headers["Retry-After"] = str(service.settings.retry_after_s if error.retry_after is None else error.retry_after)
+                if status == 401:
+                    headers["WWW-Authenticate"] = "Bearer"
                 return JSONResponse(self.body(error.message), status_code=status, headers=headers)
 
         return handle
@@ -197,6 +204,10 @@ async def check_body(request: Request, json_only: bool) -> None:
         raise ApiError("invalid", f"the request body is not valid UTF-8 (byte 0x{body[error.start]:02x} at position {error.start})") from None
 
 
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
 def error_responses(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the error statuses a route can answer."""
-    return {status: {"model": model} for status in statuses}
+    """OpenAPI `responses=` entries for the error statuses a route can answer (429 and 503 with Retry-After)."""
+    return {status: {"model": model, **({"headers": RETRY_AFTER_HEADER} if status in (429, 503) else {})}
+            for status in statuses}

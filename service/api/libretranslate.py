@@ -12,16 +12,18 @@ import json
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.api.deps import ServiceState, StateDep, unless_disconnected
 from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
 from service.api.html import split_html
+from service.api.openapi import KEY_GATED
+from service.api.security import presented_key
 from service.api.translation import Translated, check_texts, translate_texts
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
-ERRORS = error_responses(LibreTranslateError, 400, 403, 413, 429, 500)
+ERRORS = error_responses(LibreTranslateError, 400, 403, 413, 429, 500, 503)
 
 LANGUAGE_NAMES = {
     "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish",
@@ -73,8 +75,15 @@ def form_body(model: type[BaseModel]) -> dict[str, Any]:
         kind: {"schema": schema} for kind in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data")}}}
 
 
-async def read_fields(request: Request) -> dict[str, Any]:
-    """The body as a dict, whatever LibreTranslate encoding the client used; repeated form fields become lists."""
+async def read_fields(request: Request) -> tuple[dict[str, Any], bool]:
+    """The body as a dict, whatever LibreTranslate encoding the client used (repeated form fields become
+    lists), and whether it was JSON. Parsed once per request: the gate reads `api_key` from it first."""
+    if not hasattr(request.state, "fields"):
+        request.state.fields = await parse_body(request)
+    return request.state.fields
+
+
+async def parse_body(request: Request) -> tuple[dict[str, Any], bool]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await request.body()  # the size limit applies while reading
     if content_type == "application/json" or content_type.endswith("+json"):
@@ -84,7 +93,7 @@ async def read_fields(request: Request) -> dict[str, Any]:
             raise ApiError("invalid", f"invalid JSON at character {error.pos}: {error.msg}") from None
         if not isinstance(fields, dict):
             raise ApiError("invalid", "the JSON body must be an object")
-        return fields
+        return fields, True
     if content_type == "application/x-www-form-urlencoded":
         try:
             pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8", errors="strict")
@@ -98,12 +107,14 @@ async def read_fields(request: Request) -> dict[str, Any]:
     for key, value in pairs:
         fields[key] = [*fields[key], value] if isinstance(fields.get(key), list) else (
             [fields[key], value] if key in fields else value)
-    return fields
+    return fields, False
 
 
-def parse(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+def parse(model: type[BaseModel], body: tuple[dict[str, Any], bool]) -> Any:
+    """JSON values must have their declared types; form values are all strings, converted as LibreTranslate does."""
+    fields, is_json = body
     try:
-        return model.model_validate(fields)
+        return model.model_validate(fields, strict=is_json)
     except ValidationError as error:
         problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in error.errors()]
         missing = [str(e["loc"][0]) for e in error.errors() if e["type"] == "missing"]
@@ -112,9 +123,13 @@ def parse(model: type[BaseModel], fields: dict[str, Any]) -> Any:
         raise ApiError("invalid", "Invalid request: " + "; ".join(problems)) from None
 
 
-def check_api_key(state: ServiceState, api_key: str | None) -> None:
-    if state.settings.api_keys and api_key not in state.settings.api_keys:
-        raise ApiError("forbidden", "Invalid API key")
+async def libretranslate_gate(request: Request) -> None:
+    """Dependency of /translate and /detect: the key in the headers or, as LibreTranslate sends it, the body's `api_key`."""
+    key = presented_key(request)
+    if key is None:
+        body_key = (await read_fields(request))[0].get("api_key")
+        key = body_key if isinstance(body_key, str) and body_key else None
+    request.app.state.service.gate.admit(request, key, libretranslate=True)
 
 
 def detect(state: ServiceState, text: str, candidates: list[str]) -> DetectedLanguage:
@@ -156,10 +171,10 @@ async def translate_by_language(state: ServiceState, texts: list[str], sources: 
 
 
 @router.post("/translate", response_model=TranslateAnswer, response_model_exclude_none=True, responses=ERRORS,
-             openapi_extra=form_body(TranslateForm), summary="Translate (LibreTranslate-compatible)")
+             openapi_extra=form_body(TranslateForm) | KEY_GATED, dependencies=[Depends(libretranslate_gate)],
+             summary="Translate (LibreTranslate-compatible)")
 async def translate(request: Request, state: StateDep) -> TranslateAnswer:
     form = parse(TranslateForm, await read_fields(request))
-    check_api_key(state, form.api_key)
     texts = [form.q] if isinstance(form.q, str) else form.q
     check_texts(texts, state, "q")
     detected = None
@@ -188,11 +203,11 @@ async def languages(state: StateDep) -> list[Language]:
     return [Language(code=code, name=LANGUAGE_NAMES.get(code, code), targets=sorted(targets.get(code, []))) for code in codes]
 
 
-@router.post("/detect", response_model=list[DetectedLanguage], responses=ERRORS, openapi_extra=form_body(DetectForm),
-             summary="Detect the language of a text (LibreTranslate-compatible)")
+@router.post("/detect", response_model=list[DetectedLanguage], responses=ERRORS,
+             openapi_extra=form_body(DetectForm) | KEY_GATED,
+             dependencies=[Depends(libretranslate_gate)], summary="Detect the language of a text (LibreTranslate-compatible)")
 async def detect_language(request: Request, state: StateDep) -> list[DetectedLanguage]:
     form = parse(DetectForm, await read_fields(request))
-    check_api_key(state, form.api_key)
     check_texts([form.q], state, "q")
     if not state.detector:
         raise ApiError("unavailable", "language detection is still loading; retry shortly")

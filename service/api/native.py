@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import StateDep, unless_disconnected
 from service.api.errors import ErrorDetail, NativeRoute, error_responses
+from service.api.openapi import KEY_GATED
+from service.api.security import api_key_gate
 from service.api.translation import encode_texts, translate_texts
 
-router = APIRouter(prefix="/v1", tags=["native"], route_class=NativeRoute)
-ERRORS = error_responses(ErrorDetail, 400, 413, 422, 500, 503)
+router = APIRouter(prefix="/v1", tags=["native"], route_class=NativeRoute, dependencies=[Depends(api_key_gate)])
+ERRORS = error_responses(ErrorDetail, 400, 401, 403, 413, 422, 429, 500, 503)
+# JSON values must have the declared types (no "true" for a number, no 1 for a boolean): what the schema says.
+STRICT_JSON = ConfigDict(extra="forbid", strict=True)
 
 
 class TranslateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = STRICT_JSON | ConfigDict(json_schema_extra={"examples": [
         {"text": ["Open the file.", "Click OK."], "source": "en", "target": "de", "beam_size": 4, "alternatives": 1}]})
 
     text: str | list[str] = Field(description="One text or a list; a list is answered in its order.")
@@ -39,7 +43,7 @@ class TranslateResponse(BaseModel):
 
 
 class EncodeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = STRICT_JSON | ConfigDict(json_schema_extra={"examples": [
         {"text": ["Open the file.", "Close the window."], "source": "en", "tokens": False}]})
 
     text: str | list[str] = Field(description="One text or a list.")
@@ -63,7 +67,7 @@ def as_list(text: str | list[str]) -> list[str]:
     return [text] if isinstance(text, str) else text
 
 
-@router.post("/translate", response_model=TranslateResponse, responses=ERRORS, summary="Translate texts")
+@router.post("/translate", response_model=TranslateResponse, responses=ERRORS, openapi_extra=KEY_GATED, summary="Translate texts")
 async def translate(body: TranslateRequest, request: Request, state: StateDep) -> TranslateResponse:
     translator, results = await unless_disconnected(request, translate_texts(
         state, as_list(body.text), body.source, body.target,
@@ -74,7 +78,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, response_model_exclude_none=True,
-             summary="Sentence embeddings from the encoder")
+             openapi_extra=KEY_GATED, summary="Sentence embeddings from the encoder")
 async def encode(body: EncodeRequest, request: Request, state: StateDep) -> EncodeResponse:
     translator, results = await unless_disconnected(request, encode_texts(state, as_list(body.text), body.source))
     items = [EncodedItem(embedding=r.embedding.vector.tolist(), token_ids=r.token_ids,

@@ -38,6 +38,11 @@ def check_texts(texts: list[str], state: ServiceState, field: str = "text") -> N
             raise ApiError("invalid", f"{where} is empty")
         if len(text) > settings.max_text_chars:
             raise ApiError("invalid", f"{where} has {len(text)} characters; the limit is {settings.max_text_chars}")
+        try:  # JSON may spell a lone UTF-16 surrogate ("\ud800"): a string no UTF-8 tokenizer can take
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ApiError("invalid", f"{where} is not valid Unicode: a lone surrogate "
+                                      f"(U+{ord(text[error.start]):04X}) at character {error.start}") from None
 
 
 def model_for(state: ServiceState, source: str, target: str) -> Translator:

@@ -1,0 +1,139 @@
+"""Who may call the translation routes, and how often: API keys, per-key rate limits, CORS.
+
+Keys come from `TRANSLATOR_API_KEYS` and the file `TRANSLATOR_API_KEYS_FILE` (one per line). A request
+presents one as `Authorization: Bearer KEY` or `X-API-Key: KEY`; LibreTranslate clients may instead
+send the `api_key` field of their body. A presented key is compared with every configured key by
+`hmac.compare_digest`, with no early exit, so the time an answer takes says nothing about how close a
+guess was. Keys never reach a log line or a response: the settings hold them as SecretStr, and the
+errors say only that a key is missing or wrong.
+
+Rate limits are token buckets, one per key (or, when no keys are configured, one per client address),
+checked after the key: a refused request is a 429 with the Retry-After its bucket needs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api.errors import ApiError
+from service.config import Settings
+
+BEARER = "bearer "
+
+
+class KeysFileError(ValueError):
+    """TRANSLATOR_API_KEYS_FILE cannot be read; the message names the file, never its content."""
+
+
+def read_keys_file(path: Path) -> list[str]:
+    """One key per line; blank lines and lines starting with `#` are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise KeysFileError(f"API keys file {path}: cannot be read ({type(error).__name__})") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise KeysFileError(f"API keys file {path}: holds no key (an empty file would silently open the service)")
+    return keys
+
+
+class KeyRing:
+    def __init__(self, keys: Iterable[str]):
+        self._keys = tuple(dict.fromkeys(key.encode("utf-8") for key in keys if key))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "KeyRing":
+        keys = [secret.get_secret_value() for secret in settings.api_keys]
+        if settings.api_keys_file is not None:
+            keys += read_keys_file(settings.api_keys_file)
+        return cls(keys)
+
+    @property
+    def required(self) -> bool:
+        return bool(self._keys)
+
+    def identify(self, presented: str) -> int | None:
+        """The index of the matching key, or None. Every key is compared, whatever matched."""
+        candidate = presented.encode("utf-8", "surrogatepass")
+        found = None
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(candidate, key):
+                found = index
+        return found
+
+
+class RateLimiter:
+    """Token buckets: each client may send `burst` requests at once, then `rate` per second. Idle clients'
+    buckets are dropped past `max_clients`, least recently seen first (only full buckets are forgotten
+    early in practice: an idle bucket refills)."""
+
+    def __init__(self, rate: float, burst: int, max_clients: int = 10_000):
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self.buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # client → (tokens, when)
+
+    def take(self, client: Hashable, now: float | None = None) -> float:
+        """Spend one token → 0.0, or the seconds until one is available (nothing spent)."""
+        now = time.monotonic() if now is None else now
+        tokens, then = self.buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+        self.buckets[client] = (tokens - 1 if wait == 0 else tokens, now)
+        while len(self.buckets) > self.max_clients:
+            self.buckets.popitem(last=False)
+        return wait
+
+
+def presented_key(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    if authorization[: len(BEARER)].lower() == BEARER:
+        return authorization[len(BEARER):].strip() or None
+    return request.headers.get("x-api-key") or None
+
+
+class Gate:
+    """The service's admission check for translation routes: key, then rate."""
+
+    def __init__(self, keys: KeyRing, limiter: RateLimiter | None):
+        self.keys, self.limiter = keys, limiter
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Gate":
+        limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst) if settings.rate_limit_per_s > 0 else None
+        return cls(KeyRing.from_settings(settings), limiter)
+
+    def admit(self, request: Request, presented: str | None, libretranslate: bool = False) -> None:
+        client: Hashable = ("address", request.client.host if request.client else "")
+        if self.keys.required:
+            index = self.keys.identify(presented) if presented else None
+            if index is None and libretranslate:  # LibreTranslate answers both cases alike
+                raise ApiError("forbidden", "Invalid API key")
+            if presented is None:
+                raise ApiError("unauthorized", "an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`")
+            if index is None:
+                raise ApiError("forbidden", "invalid API key")
+            client = ("key", index)
+        if self.limiter:
+            wait = self.limiter.take(client)
+            if wait:
+                raise ApiError("rate_limited", "rate limit exceeded; retry later", retry_after=math.ceil(wait))
+
+
+async def api_key_gate(request: Request) -> None:
+    """Dependency of the native translation routes: the key in the headers."""
+    request.app.state.service.gate.admit(request, presented_key(request))
+
+
+def install_cors(app: FastAPI, settings: Settings) -> None:
+    """Browsers may call the API from the configured origins only (no CORS headers when there are none)."""
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["Retry-After"], max_age=600)
