@@ -40,6 +40,13 @@ system-tools:
 test: install-dev system-tools
 	$(PY) -m pytest -q
 
+# Fuzzing (docs/reliability.md): schemathesis on every route, at least 1,000 cases, and the text-path
+# property tests with more examples than `make test` runs. Counts: results/reliability/fuzz.json.
+.PHONY: fuzz soak
+fuzz: install-dev
+	FUZZ_EXAMPLES=100 FUZZ_MIN_CASES=1000 FUZZ_REPORT=results/reliability/fuzz.json TEXT_EXAMPLES=300 \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_api.py tests/test_text_properties.py
+
 bench: install-dev
 	$(PY) -m bench.engines
 

@@ -190,6 +190,7 @@ def test_body_limit_holds_for_chunked_bodies_without_content_length(models_dir, 
     ("/translate", {"data": {"q": "a", "source": "en", "target": "de", "format": "<script>"}}),
     ("/translate", {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}),
     ("/detect", {"content": b"q=%ff%fe", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
+    ("/detect", {"content": b"q=a", "headers": {"Content-Type": "multipart/form-data"}}),  # no boundary
 ])
 def test_hostile_bodies_get_a_4xx_that_reveals_nothing(default_server, path, kwargs):
     kwargs.setdefault("headers", {"Content-Type": "application/json"} if "content" in kwargs else {})

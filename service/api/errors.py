@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException  # what request.form() raises
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,11 +87,11 @@ def as_api_error(error: BaseException, body_limit: int) -> ApiError:
             return error
         case RequestValidationError():
             return describe_validation(error)
-        case HTTPException(status_code=413):
+        case StarletteHTTPException(status_code=413):
             return ApiError("too_large", f"the request body is larger than {body_limit} bytes")
-        case HTTPException(status_code=403):
+        case StarletteHTTPException(status_code=403):
             return ApiError("forbidden", str(error.detail))
-        case HTTPException() if 400 <= error.status_code < 500:
+        case StarletteHTTPException() if 400 <= error.status_code < 500:
             return ApiError("invalid", str(error.detail))
         case QueueFull():
             return ApiError("overloaded", f"too many requests waiting ({error}); retry later")
