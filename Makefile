@@ -7,7 +7,7 @@ CONSTRAINTS := requirements/constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test bench bench-http install-serve install-dev system-tools train-en-de train-de-en data clean
+.PHONY: run test bench bench-http tune install-serve install-dev system-tools train-en-de train-de-en data clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/.serve-installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
 
 # Everything: training (torch CPU), export, benchmark, tests.
 $(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
-	$(PIP) install -c $(CONSTRAINTS) -e ".[train,bench,test]"
+	$(PIP) install -c $(CONSTRAINTS) -e ".[train,bench,tune,test]"
 	touch $@ $(VENV)/.serve-installed
 
 install-serve: $(VENV)/.serve-installed
@@ -52,6 +52,14 @@ bench: install-dev
 
 bench-http: install-dev
 	$(PY) -m bench.http_load
+
+# Batching and length tuning of the shipped models (README "Tuning"): report.md, PNG plots, tuning.json and
+# recommended.env in $(TUNE_OUT). About 10 minutes on an idle machine; TUNE_ARGS=--quick checks the setup in one
+# or two, and any `translator tune` option goes there (e.g. TUNE_ARGS="--p95-ms 300 --concurrency 1,8,32").
+TUNE_OUT ?= results/tuning
+TUNE_ARGS ?=
+tune: install-dev
+	$(PY) -m tuning.tune --models-dir models --out $(TUNE_OUT) $(TUNE_ARGS)
 
 data: install-dev
 	$(PY) -m model.data debian --out data/en-de

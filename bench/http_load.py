@@ -13,135 +13,56 @@ the report adds the ratio to CTranslate2 int8 translating them offline in batche
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
-import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
+from tuning.corpus import SentencePicker, read_corpus
+from tuning.load import LoadResult, LoadSpec, load
+from tuning.server import LocalServer
 
-ROOT = Path(__file__).resolve().parent.parent
 MODES = {"on": None, "off": "1"}  # TRANSLATOR_MAX_BATCH_SENTENCES per mode (None: the configured default)
-SERVER_METRICS = ("translator_batch_size_sum", "translator_batch_size_count", "translator_padding_ratio_sum",
-                  "translator_padding_ratio_count", "translator_queue_wait_seconds_sum", "translator_queue_wait_seconds_count")
 
 
-def read_sentences(data: Path, source: str, limit: int | None) -> list[str]:
-    columns = json.loads((data.parent / "columns.json").read_text())["columns"]
-    column = columns.index(source)
-    lines = data.read_text(encoding="utf-8").splitlines()[:limit]
-    return [line.split("\t")[column] for line in lines if line.strip()]
-
-
-def server_counters(url: str) -> dict[str, float]:
-    text = httpx.get(url + "/metrics", timeout=30).text
-    values = {name: 0.0 for name in SERVER_METRICS}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in values:
-                values[sample.name] += sample.value
-    return values
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(models_dir: Path, threads: int, environment: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TRANSLATOR_INTRA_OP_THREADS": str(threads),
-           "TRANSLATOR_MODELS_DIR": str(models_dir), "TRANSLATOR_LOG_LEVEL": "warning",
-           "HOST": "127.0.0.1", "PORT": str(port), **environment}
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env,
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}; see {log}")
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"server not ready after 120 s; see {log}")
-
-
-async def load(url: str, sentences: list[str], clients: int, source: str, target: str, timeout: float) -> dict:
-    """`clients` loops, each sending the next unsent sentence alone and waiting for the answer."""
-    queue = list(reversed(sentences))
-    latencies: list[float] = []
-    target_tokens = errors = 0
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal target_tokens, errors
-        while queue:
-            sentence = queue.pop()
-            started = time.perf_counter()
-            response = await http.post("/v1/translate", json={"text": sentence, "source": source, "target": target})
-            latencies.append(time.perf_counter() - started)
-            if response.status_code == 200:
-                target_tokens += response.json()["translations"][0]["target_tokens"]
-            else:
-                errors += 1
-
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        seconds = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
+def row(result: LoadResult) -> dict:
+    """The columns this benchmark has always reported, from the load generator's result."""
+    server, latency = result.server, result.latency
     return {
-        "requests": len(latencies), "errors": errors, "seconds": round(seconds, 2), "target_tokens": target_tokens,
-        "tokens_per_second": round(target_tokens / seconds, 1), "requests_per_second": round(len(latencies) / seconds, 1),
-        "latency_p50_ms": round(float(np.percentile(ms, 50)), 1), "latency_p95_ms": round(float(np.percentile(ms, 95)), 1),
-        "latency_p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "requests": result.requests, "errors": result.errors + result.rejected, "seconds": round(result.elapsed_s, 2),
+        "target_tokens": result.target_tokens, "tokens_per_second": round(result.target_tokens_per_s, 1),
+        "requests_per_second": round(result.requests_per_s, 1),
+        "latency_p50_ms": latency.p50_ms if latency else None, "latency_p95_ms": latency.p95_ms if latency else None,
+        "latency_p99_ms": latency.p99_ms if latency else None,
+        "batches": server.batches if server else None,
+        "mean_batch_size": round(server.mean_batch_size or 0, 2) if server else None,
+        "mean_padding_ratio": round(server.mean_padding_ratio or 0, 3) if server else None,
+        "mean_queue_wait_ms": round(server.mean_queue_wait_ms or 0, 1) if server else None,
     }
 
 
-def batching_stats(before: dict[str, float], after: dict[str, float]) -> dict:
-    delta = {name: after[name] - before[name] for name in SERVER_METRICS}
-
-    def mean(name: str) -> float:
-        count = delta[f"{name}_count"]
-        return delta[f"{name}_sum"] / count if count else 0.0
-
-    return {"batches": int(delta["translator_batch_size_count"]), "mean_batch_size": round(mean("translator_batch_size"), 2),
-            "mean_padding_ratio": round(mean("translator_padding_ratio"), 3),
-            "mean_queue_wait_ms": round(1000 * mean("translator_queue_wait_seconds"), 1)}
-
-
 def run_mode(args: argparse.Namespace, mode: str, sentences: list[str]) -> dict:
-    environment = {"TRANSLATOR_DEFAULT_BEAM_SIZE": str(args.beam_size),
-                   "TRANSLATOR_QUEUE_LIMIT": str(max(512, args.clients * 2))}
+    """Each sentence once, in order, from `--clients` closed-loop clients (after one unmeasured round)."""
+    environment = {"TRANSLATOR_DEFAULT_BEAM_SIZE": str(args.beam_size), "TRANSLATOR_QUEUE_LIMIT": str(max(512, args.clients * 2)),
+                   "OMP_NUM_THREADS": str(args.threads), "TRANSLATOR_INTRA_OP_THREADS": str(args.threads)}
     if MODES[mode]:
         environment["TRANSLATOR_MAX_BATCH_SENTENCES"] = MODES[mode]
-    process = None
+    spec = dict(source=args.source, target=args.target, concurrency=args.clients, duration_s=None, timeout_s=args.timeout)
+    server = None
     url = args.url
     if not url:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        process, url = start_server(args.models_dir, args.threads, environment, args.out.with_name(f"http_load_{mode}.log"))
+        server = LocalServer(args.models_dir, environment, args.out.with_name(f"http_load_{mode}.log"))
     try:
-        asyncio.run(load(url, sentences[: args.clients], args.clients, args.source, args.target, args.timeout))  # warm caches
-        before = server_counters(url)
-        result = asyncio.run(load(url, sentences, args.clients, args.source, args.target, args.timeout))
-        return {"batching": mode, **result, **batching_stats(before, server_counters(url))}
+        url = server.wait_ready().url if server else url
+        load(LoadSpec(url=url, max_requests=args.clients, **spec), SentencePicker(sentences, "sequential"), progress=False)  # warm caches
+        result = load(LoadSpec(url=url, max_requests=len(sentences), **spec), SentencePicker(sentences, "sequential"),
+                      label=f"batching {mode}")
+        return {"batching": mode, **row(result)}
     finally:
-        if process:
-            process.send_signal(signal.SIGTERM)
-            process.wait(120)
+        if server:
+            server.stop(120)
 
 
 def ct2_reference(path: Path, beam_size: int) -> dict | None:
@@ -180,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/http_load.json"))
     args = parser.parse_args(argv)
 
-    sentences = read_sentences(args.data, args.source, args.limit)
+    sentences = read_corpus(args.data, args.source)[: args.limit]
     rows = []
     for mode in args.modes.split(","):
         print(f"batching {mode}: {len(sentences)} sentences, {args.clients} clients ...", file=sys.stderr, flush=True)

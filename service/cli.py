@@ -3,8 +3,10 @@
     translator serve [--host H] [--port P] [--models-dir DIR]    serve the model packages over HTTP
     translator data|train|evaluate|export ...                     the training side, delegated to
                                                                   model.data, model.train, model.evaluate, export
+    translator load|tune ...                                      load generator and batching/length tuner,
+                                                                  delegated to tuning.load, tuning.tune
 
-The training side is imported only when its command runs, so serving never imports torch.
+Delegated commands are imported only when they run, so serving never imports torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ DELEGATED = {
     "train": "model.train",
     "evaluate": "model.evaluate",
     "export": "export.__main__",
+    "load": "tuning.load",
+    "tune": "tuning.tune",
 }
 STARTUP_FAILED = 3  # uvicorn's exit status when the app refuses to start
 

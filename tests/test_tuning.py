@@ -1,0 +1,232 @@
+"""`translator load` and `translator tune` against real servers on 127.0.0.1, on short budgets: the load
+generator's counts against the server's own metrics, the sweep's report and plots, and the recommended
+env file configuring a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from dotenv import dotenv_values
+from matplotlib.image import imread
+
+from service.config import Settings
+from tests.service_support import ROOT, ServerProcess, metric, models_dir  # noqa: F401 - models_dir is a fixture
+from tuning import load as load_command
+from tuning import tune as tune_command
+from tuning.corpus import SentencePicker, WordCounter, parse_mix, read_corpus
+from tuning.lengths import LengthPoint, advise, texts_of_length
+from tuning.load import LoadSpec, load
+from tuning.report import TuningRun
+from tuning.sweep import DEFAULT_BUCKETS, BatchingSetting, LoadLevel, SweepGrid, SweepPoint, gain_over_defaults, pareto_frontier, recommend
+
+TEST_SPLIT = ROOT / "data/en-de/test.tsv"
+
+
+def delta(before: str, after: str, name: str, **labels: str) -> float:
+    return metric(after, name, **labels) - metric(before, name, **labels)
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):  # noqa: F811
+    with ServerProcess(models_dir, tmp_path_factory.mktemp("load") / "server.log") as running:
+        yield running.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    return read_corpus(TEST_SPLIT, "en")
+
+
+def test_closed_loop_counts_agree_with_the_servers_own_metrics(server, sentences):
+    before = httpx.get(server.url + "/metrics").text
+    result = load(LoadSpec(url=server.url, concurrency=3, duration_s=2.0), SentencePicker(sentences), progress=False)
+    after = httpx.get(server.url + "/metrics").text
+
+    answered = delta(before, after, "translator_request_duration_seconds_count", route="/v1/translate", status="200")
+    assert result.ok == result.requests == answered > 0
+    assert result.rejected == result.errors == 0
+    assert result.source_tokens == delta(before, after, "translator_input_tokens_sum")
+    assert result.target_tokens == delta(before, after, "translator_generated_tokens_total") > 0
+    assert result.elapsed_s >= 2.0
+    assert result.target_tokens_per_s == pytest.approx(result.target_tokens / result.elapsed_s, rel=0.01)
+    view = result.server
+    assert view.translate_responses == {"200": result.ok} and view.sentences == result.ok
+    assert 1 <= view.mean_batch_size <= 3  # one text per request, three clients: never more than three per batch
+    assert sum(n for _, n in view.batch_size_buckets) == view.batches > 0
+    lat = result.latency
+    assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
+
+
+def test_open_loop_counts_rejections_apart_from_errors(models_dir, sentences, tmp_path):  # noqa: F811
+    # A queue of one sentence: a Poisson burst finds it full and is refused with 503.
+    with ServerProcess(models_dir, tmp_path / "server.log", TRANSLATOR_QUEUE_LIMIT="1",
+                       TRANSLATOR_MAX_TEXTS_PER_REQUEST="1") as small:
+        small.wait_ready()
+        before = httpx.get(small.url + "/metrics").text
+        result = load(LoadSpec(url=small.url, rate=80, duration_s=2.0), SentencePicker(sentences), progress=False)
+        after = httpx.get(small.url + "/metrics").text
+    assert result.rejected > 0 and result.ok > 0 and result.errors == 0
+    assert result.rejected == delta(before, after, "translator_requests_rejected_total", reason="queue_full")
+    assert result.server.translate_responses == {"200": result.ok, "503": result.rejected}
+    assert 80 <= result.requests <= 240  # Poisson, 80/s for 2 s
+
+
+def test_load_command_writes_json_and_fails_when_nothing_is_answered(server, tmp_path, capsys):
+    out = tmp_path / "load.json"
+    assert load_command.main(["--url", server.url, "--data", str(TEST_SPLIT), "--concurrency", "2", "--duration", "0",
+                              "--requests", "6", "--mix", "1-12:1,13-:1", "--json", str(out), "--records",
+                              "--no-progress"]) == 0
+    written = json.loads(out.read_text())
+    assert written["requests"] == written["ok"] == len(written["records"]) == 6
+    assert "6 requests (6 ok, 0 rejected 429/503, 0 errors)" in capsys.readouterr().out
+    # Two texts per request where the server takes one: every answer is a 400, an error, not a rejection.
+    text_file = tmp_path / "sentences.txt"
+    text_file.write_text("Open the file.\n\nClose the window.\n")
+    assert load_command.main(["--url", server.url, "--data", str(text_file), "--requests", "3", "--duration", "0",
+                              "--texts-per-request", "65", "--no-progress", "--json", str(out)]) == 1
+    written = json.loads(out.read_text())
+    assert written["errors"] == written["requests"] == 3 and written["rejected"] == 0 and "records" not in written
+    assert "HTTP 400" in written["error_examples"][0]
+
+
+def point(tokens_per_s: float, p95: float, errors: int = 0, setting: BatchingSetting | None = None) -> SweepPoint:
+    from tuning.load import Latency
+
+    latency = Latency(p50_ms=p95 / 2, p90_ms=p95, p95_ms=p95, p99_ms=p95, mean_ms=p95 / 2, max_ms=p95)
+    return SweepPoint(setting=setting, level=LoadLevel(concurrency=1), requests=10, ok=10 - errors, rejected=0,
+                      errors=errors, requests_per_s=1.0, target_tokens_per_s=tokens_per_s, latency=latency, server=None)
+
+
+def test_frontier_and_recommendation():
+    points = [point(100, 50), point(300, 200), point(250, 300), point(400, 900), point(900, 100, errors=1)]
+    assert pareto_frontier(points) == [0, 1, 3]  # 2 is beaten by 1; 4 had an error
+    within = recommend(points, p95_target_ms=250)
+    assert within.point == 1 and within.met_target
+    missed = recommend(points, p95_target_ms=10)
+    assert missed.point == 0 and not missed.met_target and "no point met" in missed.reason
+
+
+def test_gain_is_measured_against_the_services_defaults():
+    defaults, bigger = BatchingSetting(), BatchingSetting(max_batch_sentences=64)
+    assert Settings().batch_token_budget == defaults.batch_token_budget and Settings().max_wait_ms == defaults.max_wait_ms
+    assert Settings().max_batch_sentences == defaults.max_batch_sentences and Settings().length_buckets == DEFAULT_BUCKETS
+    assert "(defaults)" in defaults.label() and "(defaults)" not in bigger.label()
+    assert SweepGrid(max_batch_sentences=[64], max_wait_ms=[5]).settings() == [defaults, bigger]  # the baseline first
+    assert SweepGrid(max_batch_sentences=[32, 64], max_wait_ms=[5]).settings() == [defaults, bigger]  # not twice
+    assert SweepGrid(max_batch_sentences=[64], max_wait_ms=[5], with_defaults=False).settings() == [bigger]
+    # The defaults at their fastest within 300 ms: 200 tokens/s (400 is too slow); the recommendation 300.
+    points = [point(100, 50, setting=defaults), point(200, 250, setting=defaults), point(400, 900, setting=defaults),
+              point(300, 280, setting=bigger)]
+    gain = gain_over_defaults(points, recommend(points, p95_target_ms=300), 300)
+    assert gain.defaults_point == 1 and gain.ratio == pytest.approx(1.5) and "+50%" in gain.text
+    assert gain_over_defaults(points[3:], recommend(points[3:], 300), 300).ratio is None  # defaults not measured
+    slow_defaults = [point(200, 900, setting=defaults), points[3]]
+    assert "at no load level" in gain_over_defaults(slow_defaults, recommend(slow_defaults, 300), 300).text
+
+
+def test_length_advice_interpolates_the_target_crossing():
+    def at(tokens: int, p95: float) -> LengthPoint:
+        return LengthPoint(tokens=tokens, mean_source_tokens=tokens, mean_chars=4 * tokens, requests=5, ok=5, failed=0,
+                           p50_ms=p95 / 2, p95_ms=p95, rss_bytes=None, peak_rss_bytes=None)
+
+    corpus_tokens = list(range(4, 60))
+    advice = advise([at(16, 100), at(32, 200), at(64, 400)], corpus_tokens, [4 * n for n in corpus_tokens], p95_target_ms=300)
+    assert advice.met_target and advice.max_tokens == 48  # 300 ms is half way from 32 (200 ms) to 64 (400 ms)
+    assert advice.max_text_chars == 48 * 4  # every corpus sentence has 4 characters per token
+    assert advice.length_buckets[-1] == 48 and list(advice.length_buckets) == sorted(set(advice.length_buckets))
+    assert not advise([at(16, 500)], corpus_tokens, [4 * n for n in corpus_tokens], p95_target_ms=300).met_target
+
+
+def test_texts_of_a_length_and_the_length_mix(sentences):
+    texts = texts_of_length(sentences, WordCounter(), 10, variants=4)
+    assert len(texts) == 4 and all(len(t.split()) + 1 == 10 for t in texts)
+    counts = WordCounter().count(sentences)
+    picker = SentencePicker.by_mix(sentences, counts, parse_mix("1-5:1,30-:0"))
+    assert all(len(picker.pick().split()) + 1 <= 5 for _ in range(50))
+    with pytest.raises(ValueError, match="no corpus sentence"):
+        SentencePicker.by_mix(sentences, counts, parse_mix("900-:1"))
+
+
+def assert_png(path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 200 and float(np.std(image)) > 0.01  # drawn on, not blank
+
+
+def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_path):  # noqa: F811
+    out = tmp_path / "tuning"
+    status = tune_command.main([
+        "--models-dir", str(models_dir), "--data", str(TEST_SPLIT), "--out", str(out), "--p95-ms", "20000",
+        "--max-batch-sentences", "1,32", "--max-wait-ms", "5", "--concurrency", "4", "--seconds", "2", "--warmup", "0.5",
+        "--lengths", "8,32", "--length-seconds", "1.5", "--threads", "1", "--beam-size", "1", "--no-progress",
+        "--note", "test run"])
+    assert status == 0
+    run = TuningRun.model_validate_json((out / "tuning.json").read_text())
+    assert [p.setting.max_batch_sentences for p in run.points] == [1, 32]  # 32 and 5 ms: the defaults, measured once
+    for p in run.points:  # the generator's counts, as each server saw them
+        assert p.ok > 0 and p.server.translate_responses == {"200": p.ok}
+    assert run.points[0].server.mean_batch_size == 1.0  # batching off is off
+    chosen = run.points[run.recommendation.point]
+    assert run.recommendation.met_target and run.frontier
+    assert run.gain.defaults_point == 1
+    assert run.gain.ratio == pytest.approx(chosen.target_tokens_per_s / run.points[1].target_tokens_per_s, rel=1e-6)
+    assert run.verification is not None and run.verification.ok > 0 and run.verification.errors == 0
+    for name in ("frontier.png", "batching.png", "lengths.png"):
+        assert_png(out / name)
+    report = (out / "report.md").read_text()
+    assert "test run" in report and run.gain.text in report and "![throughput vs p95 latency](frontier.png)" in report and "## Sequence length" in report
+
+    env_file = out / "recommended.env"
+    settings = Settings(_env_file=env_file)
+    assert settings.max_batch_sentences == chosen.setting.max_batch_sentences
+    assert settings.max_wait_ms == chosen.setting.max_wait_ms
+    assert settings.length_buckets == run.lengths.advice.length_buckets  # buckets were not swept: the length study's
+    assert settings.max_text_chars == run.lengths.advice.max_text_chars <= 32 * 8
+    environment = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    assert set(environment) == {"TRANSLATOR_BATCH_TOKEN_BUDGET", "TRANSLATOR_MAX_BATCH_SENTENCES", "TRANSLATOR_MAX_WAIT_MS",
+                                "TRANSLATOR_LENGTH_BUCKETS", "TRANSLATOR_MAX_TEXT_CHARS"}
+    with ServerProcess(models_dir, tmp_path / "recommended.log", **environment) as recommended:
+        recommended.wait_ready()
+        body = {"source": "en", "target": "de"}
+        assert httpx.post(recommended.url + "/v1/translate", json=body | {"text": "Open the file."}).status_code == 200
+        too_long = "word " * settings.max_text_chars
+        answer = httpx.post(recommended.url + "/v1/translate", json=body | {"text": too_long})
+        assert answer.status_code == 400 and f"the limit is {settings.max_text_chars}" in answer.text
+
+
+def test_tune_against_a_url_sweeps_load_levels_only(server, tmp_path):
+    out = tmp_path / "tuning"
+    assert tune_command.main(["--url", server.url, "--data", str(TEST_SPLIT), "--out", str(out), "--concurrency", "1,2",
+                              "--seconds", "1", "--warmup", "0", "--lengths", "8", "--length-seconds", "1",
+                              "--no-progress"]) == 0
+    run = TuningRun.model_validate_json((out / "tuning.json").read_text())
+    assert run.mode == "url" and [p.level.concurrency for p in run.points] == [1, 2] and run.gain is None
+    assert all(p.setting is None and p.ok > 0 for p in run.points) and run.verification is None
+    assert "Only load levels were swept" in (out / "report.md").read_text()
+    # The server's batching stays as it is; the length study still advises the input limit and bucket edges.
+    advised = dotenv_values(out / "recommended.env")
+    assert advised == {"TRANSLATOR_MAX_TEXT_CHARS": str(run.lengths.advice.max_text_chars),
+                       "TRANSLATOR_LENGTH_BUCKETS": ",".join(map(str, run.lengths.advice.length_buckets))}
+
+
+def test_cli_delegates_and_tuning_never_imports_torch():
+    code = ("import sys; from service.cli import DELEGATED; import tuning.tune, tuning.load, tuning.plots; "
+            "assert DELEGATED['load'] == 'tuning.load' and DELEGATED['tune'] == 'tuning.tune'; "
+            "assert 'torch' not in sys.modules, 'tuning imported torch'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    help_text = subprocess.run([sys.executable, "-m", "service.cli", "tune", "--help"], cwd=ROOT, check=True,
+                               capture_output=True, text=True).stdout
+    assert "--p95-ms" in help_text and "--length-buckets" in help_text
+
+
+def test_quick_budget_gives_way_to_explicit_options():
+    quick = tune_command.parse_args(["--quick", "--seconds", "9", "--concurrency", "2"])
+    assert quick.seconds == 9 and quick.concurrency == [2] and quick.max_batch_sentences == tune_command.QUICK["max_batch_sentences"]
+    assert quick.lengths == tune_command.QUICK["lengths"] and "quick run" in quick.note
+    full = tune_command.parse_args([])
+    assert full.seconds == SweepGrid().seconds_per_point and full.concurrency == SweepGrid().concurrency and full.note is None
