@@ -134,8 +134,9 @@ def advise(points: list[LengthPoint], corpus_tokens: list[int], corpus_chars: li
     chars_per_token = float(np.percentile(ratios, CHARS_PER_TOKEN_QUANTILE))
     max_chars = max(1, math.floor(max_tokens * chars_per_token))
     reasons.append(f"{CHARS_PER_TOKEN_QUANTILE} % of corpus sentences have fewer than {chars_per_token:.2f} characters "
-                   f"per token: {max_tokens} tokens × {chars_per_token:.2f} = {max_chars} characters, so a text within "
-                   "the character limit almost never exceeds the token length measured")
+                   f"per token: {max_tokens} tokens × {chars_per_token:.2f} = {max_chars} characters, so 9 in 10 texts "
+                   "within the character limit are within the token length too (the service limits characters, "
+                   "which a client can count)")
     buckets = bucket_edges(corpus_tokens, max_tokens)
     reasons.append("bucket edges at the corpus's 25/50/75/90/97 % token lengths (rounded up to 8), then doubling: a "
                    "sentence is padded at most to its bucket's edge, so short sentences keep short-sentence latency")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from tuning.lengths import LengthStudy  # noqa: E402
-from tuning.sweep import SweepPoint  # noqa: E402
+from tuning.sweep import LoadLevel, SweepPoint  # noqa: E402
 
 FIGURE_DPI = 110
 
@@ -79,11 +80,12 @@ def plot_batching(points: list[SweepPoint], path: Path) -> None:
     width = 0.8 / max(1, len(groups))
     for axes, field, title, xlabel in ((sizes, "batch_size_buckets", "Batch size", "sentences per batch (≤ bucket edge)"),
                                         (padding, "padding_ratio_buckets", "Padding", "padding share of a batch (≤ edge)")):
-        edges: list[str] = []
-        for n, (label, members) in enumerate(groups.items()):
-            names, shares = summed_buckets(points, members, field)
-            edges = edges or names
-            axes.bar([k + n * width for k in range(len(shares))], shares, width=width, label=label)
+        histograms = [summed_buckets(points, members, field) for members in groups.values()]
+        edges = max((names for names, _ in histograms), key=len, default=[])
+        used = max((k + 1 for _, shares in histograms for k, share in enumerate(shares) if share), default=len(edges))
+        edges = edges[:used]  # the empty buckets past the largest observed are left off
+        for n, (label, (_, shares)) in enumerate(zip(groups, histograms)):
+            axes.bar([k + n * width for k in range(len(shares[:used]))], shares[:used], width=width, label=label)
         axes.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(edges))], edges, rotation=45, fontsize=8)
         axes.set_title(f"{title} (all load levels of a setting)")
         axes.set_xlabel(xlabel)
@@ -116,7 +118,7 @@ def plot_lengths(study: LengthStudy | None, samples: list[tuple[int, float]], sa
             rss_axes.set_ylabel("server memory, MiB", color="purple")
             rss_axes.legend(fontsize=7, loc="lower right")
         measured.legend(fontsize=7, loc="upper left")
-        measured.set_title(f"Latency vs input length ({study.concurrency} client(s))")
+        measured.set_title(f"Latency vs input length ({LoadLevel(concurrency=study.concurrency).label()})")
     else:
         measured.text(0.5, 0.5, "no length study", ha="center", va="center", transform=measured.transAxes)
     measured.set_xlabel("source tokens per text")
@@ -124,7 +126,7 @@ def plot_lengths(study: LengthStudy | None, samples: list[tuple[int, float]], sa
     measured.grid(True, alpha=0.3)
     if samples:
         observed.scatter([t for t, _ in samples], [ms for _, ms in samples], s=6, alpha=0.4)
-    observed.set_title(f"Sweep requests: latency vs source tokens\n({sample_label})", fontsize=9)
+    observed.set_title("Sweep requests: latency vs source tokens\n" + textwrap.fill(f"({sample_label})", 80), fontsize=9)
     observed.set_xlabel("source tokens")
     observed.set_ylabel("latency, ms")
     observed.grid(True, alpha=0.3)

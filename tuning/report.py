@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tuning.lengths import LengthStudy
-from tuning.sweep import Gain, Recommendation, SweepGrid, SweepPoint
+from tuning.sweep import Gain, LoadLevel, Recommendation, SweepGrid, SweepPoint
 
 FILES = {"report": "report.md", "json": "tuning.json", "env": "recommended.env",
          "frontier": "frontier.png", "batching": "batching.png", "lengths": "lengths.png"}
@@ -77,7 +77,7 @@ def lengths_section(study: LengthStudy | None) -> list[str]:
         return ["## Sequence length", "", "Not measured (`--lengths` was empty).", ""]
     lines = ["## Sequence length", "",
              f"Texts of each length cut from corpus sentences (tokens counted by {study.counter}), "
-             f"{study.concurrency} client(s), {study.seconds_per_length:g} s per length, on the recommended batching "
+             f"{LoadLevel(concurrency=study.concurrency).label()}, {study.seconds_per_length:g} s per length, on the recommended batching "
              "setting. Corpus source lengths: " + ", ".join(f"{k} {v}" for k, v in study.corpus_token_quantiles.items())
              + " tokens.", "", "![latency vs input length](lengths.png)", "",
              "| tokens | server-counted | chars | requests | failed | p50 ms | p95 ms | RSS MiB | peak RSS MiB |",
@@ -144,6 +144,6 @@ def write_report(run: TuningRun, out: Path) -> dict[str, Path]:
     plot_lengths(run.lengths, sample_from.length_latency, f"{sample_from.setting_label()}, {sample_from.level.label()}",
                  run.p95_target_ms, paths["lengths"])
     paths["env"].write_text(env_file_text(run))
-    paths["json"].write_text(run.model_dump_json(indent=1) + "\n")
+    paths["json"].write_text(run.model_dump_json() + "\n")  # compact: every request's (tokens, ms) is in it
     paths["report"].write_text(report_text(run))
     return paths

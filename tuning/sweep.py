@@ -54,7 +54,9 @@ class LoadLevel(BaseModel):
     rate: float | None = None
 
     def label(self) -> str:
-        return f"{self.concurrency} clients" if self.concurrency else f"{self.rate:g} req/s"
+        if self.concurrency:
+            return f"{self.concurrency} client{'s' * (self.concurrency != 1)}"
+        return f"{self.rate:g} req/s"
 
 
 class SweepGrid(BaseModel):
