@@ -176,7 +176,7 @@ def recommended_environment(session: Session, setting: BatchingSetting | None, l
     environment = setting.environment() if setting else {}
     if lengths:
         environment["TRANSLATOR_MAX_TEXT_CHARS"] = str(lengths.advice.max_text_chars)
-        if len(session.grid.length_buckets) == 1:  # buckets were not swept: the length study's edges instead
+        if not session.args.length_buckets:  # buckets neither swept nor given: the length study's edges
             environment["TRANSLATOR_LENGTH_BUCKETS"] = ",".join(map(str, lengths.advice.length_buckets))
     return environment
 
