@@ -10,6 +10,10 @@ worker thread per model, off the event loop, so the server keeps accepting while
 while it does, the next batch fills up by itself.
 
 Backpressure: the queue holds at most `queue_limit` sentences and refuses more at once (QueueFull).
+It also refuses, at once, a request that could not be answered within its deadline: each model's
+lane measures the source tokens its batches get through per second, and a request that would wait
+behind more queued work than the lane clears in half the deadline is turned away (a fast 429/503
+instead of a slow one at the deadline, when the client has waited for nothing).
 A request whose deadline passes or whose caller goes away (its task is cancelled) takes its
 sentences out of the queue, so they do no work. On shutdown the batcher stops accepting and
 finishes what is queued.
@@ -33,6 +37,9 @@ from service.metrics import Metrics
 from service.runtime import Translator
 
 log = logging.getLogger(__name__)
+
+ADMIT_WAIT_SHARE = 0.5  # refuse work expected to wait longer than this share of the deadline
+RATE_SMOOTHING = 0.3  # weight of the latest batch in a lane's tokens-per-second estimate
 
 Task = Literal["translate", "encode"]
 
@@ -147,6 +154,17 @@ class Lane:
     groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
+    queued_tokens: int = 0  # source tokens waiting in `groups`
+    tokens_per_s: float | None = None  # source tokens translated per second of model time (smoothed)
+
+    def expected_wait_s(self) -> float | None:
+        """Seconds until the work queued now is done; None before any batch ran. Only the work ahead
+        counts: a large request to an idle lane is let in (its deadline still holds)."""
+        return self.queued_tokens / self.tokens_per_s if self.tokens_per_s else None
+
+    def note_batch(self, tokens: int, seconds: float) -> None:
+        rate = tokens / max(seconds, 1e-6)
+        self.tokens_per_s = rate if self.tokens_per_s is None else (1 - RATE_SMOOTHING) * self.tokens_per_s + RATE_SMOOTHING * rate
 
 
 class Batcher:
@@ -190,6 +208,7 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(ShuttingDown("the server is shutting down"))
             lane.groups.clear()
+            lane.queued_tokens = 0
             lane.executor.shutdown(wait=False, cancel_futures=True)
         self._set_depth(0)
 
@@ -206,12 +225,17 @@ class Batcher:
         lane = self.lanes[model]
         if self.depth + len(sources) > self.policy.queue_limit:
             raise QueueFull(f"{self.depth} sentences are waiting; the queue holds {self.policy.queue_limit}")
+        expected = lane.expected_wait_s()
+        if expected is not None and expected > ADMIT_WAIT_SHARE * self.policy.deadline_s:
+            raise QueueFull(f"about {expected:.1f} s of work is queued for {model}, more than this request's "
+                            f"{self.policy.deadline_s:g} s deadline allows")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         jobs = [Job(ids, GroupKey(task, options, self.policy.bucket(len(ids))), loop.create_future(), now,
                     now + self.policy.deadline_s) for ids in sources]
         for job in jobs:
             lane.groups.setdefault(job.group, deque()).append(job)
+        lane.queued_tokens += sum(map(len, sources))
         self._set_depth(self.depth + len(jobs))
         lane.wakeup.set()
         try:
@@ -233,6 +257,7 @@ class Batcher:
                 if not group:
                     del lane.groups[job.group]
                 job.queued = False
+                lane.queued_tokens -= len(job.ids)
                 removed += 1
         if removed:
             self._set_depth(self.depth - removed)
@@ -287,6 +312,7 @@ class Batcher:
         taken = [jobs.popleft() for _ in range(count)]
         if not jobs:
             del lane.groups[key]
+        lane.queued_tokens -= sum(len(job.ids) for job in taken)
         self._set_depth(self.depth - len(taken))
         now = time.monotonic()
         batch = []
@@ -318,6 +344,8 @@ class Batcher:
         try:
             if key.task == "translate":
                 outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options)
+                # Model time only (the stage clock's): a test holding the model's lock does not skew it.
+                lane.note_batch(sum(lengths), lane.clock.encode_seconds + lane.clock.decode_seconds)
             else:
                 outcome = await loop.run_in_executor(lane.executor, self._encode, lane, sources)
         except Exception as error:  # noqa: BLE001 - whatever broke, only this batch's requests hear of it

@@ -57,6 +57,7 @@ def serve(args: argparse.Namespace) -> int:
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then the
         # app's shutdown drains whatever is still queued.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+        timeout_keep_alive=math.ceil(settings.keep_alive_s),
     )
     server = uvicorn.Server(config)
     server.run()

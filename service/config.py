@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level of the service and uvicorn.")
     shutdown_timeout_s: float = Field(30.0, gt=0, description=(
         "On SIGTERM: seconds to let in-flight requests finish (uvicorn's graceful shutdown) and then to drain the batch queue."))
+    keep_alive_s: float = Field(75.0, gt=0, description=(
+        "Seconds an idle keep-alive connection stays open. Longer than a load balancer's or client pool's idle timeout, "
+        "so that the server never closes a connection just as the client reuses it (a connection error under load)."))
 
     # --- ONNX Runtime ------------------------------------------------------------------------------
     providers: CommaList = Field(("CPUExecutionProvider",), description=(
