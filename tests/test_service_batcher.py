@@ -200,3 +200,32 @@ def test_encode_batches_return_unit_embeddings(en_de):
     assert [e.token_states.shape for e in embeddings] == [(len(s), d) for s in sources]
     assert sample(metrics, "translator_batch_size_count") == 1
     assert sample(metrics, "translator_inference_duration_seconds_count", model="en-de", stage="encode") == 1
+
+
+def test_work_that_could_not_meet_its_deadline_is_refused_at_once(en_de):
+    options = en_de.search_options(max_length=4)
+
+    async def scenario():
+        batcher, metrics = await started(en_de, deadline_s=2.0, max_wait_s=0.0, length_buckets=(64,), queue_limit=100_000)
+        await batcher.translate("en-de", [sentence(en_de, 20)] * 4, options)  # measures the lane's tokens per second
+        lane = batcher.lanes["en-de"]
+        rate = lane.tokens_per_s
+        assert rate and rate > 0
+        with inference_paused(en_de):
+            blocker = asyncio.create_task(batcher.translate("en-de", [sentence(en_de, 5)], options))
+            await until(lambda: sample(metrics, "translator_batch_size_count") == 2)  # taken, stuck on the lock
+            needed = int(rate * 1.0 / 30) + 2  # 30-token sentences: more than half the deadline's worth of work
+            queued = asyncio.create_task(batcher.translate("en-de", [sentence(en_de, 30)] * needed, options))
+            await until(lambda: lane.queued_tokens == 30 * needed)
+            assert lane.expected_wait_s() > 1.0
+            started_at = asyncio.get_running_loop().time()
+            with pytest.raises(QueueFull, match="more than this request's 2 s deadline allows"):
+                await batcher.translate("en-de", [sentence(en_de, 5)], options)
+            assert asyncio.get_running_loop().time() - started_at < 0.05  # refused at once, not at the deadline
+            assert batcher.depth == needed  # the refused request left nothing behind
+        await asyncio.gather(blocker, queued, return_exceptions=True)
+        await batcher.drain(5)
+        return lane
+
+    lane = asyncio.run(scenario())
+    assert lane.queued_tokens == 0
