@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     strict_providers: bool = Field(False, description="Refuse to start when the first provider cannot run a model, instead of falling back with a warning.")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per model (0 = one per physical core).")
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
+    cpu_mem_arena: bool = Field(True, description=(
+        "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (faster, resident memory holds its peak); "
+        "off, every tensor goes back to the allocator. `bench.soak` measures either (docs/reliability.md)."))
+    shrink_arena: bool = Field(False, description="Give unused arena memory back after every inference call (slower; flatter resident memory).")
 
     # --- batching ----------------------------------------------------------------------------------
     batch_token_budget: int = Field(2048, ge=1, description=(
@@ -114,10 +118,13 @@ class Settings(BaseSettings):
             raise ValueError("max_texts_per_request exceeds queue_limit: a full request could never be queued")
         if self.default_beam_size > self.max_beam_size:
             raise ValueError("default_beam_size exceeds max_beam_size")
+        if self.shrink_arena and not self.cpu_mem_arena:
+            raise ValueError("shrink_arena needs cpu_mem_arena: there is no arena to shrink")
         if self.max_alternatives + 1 > self.max_beam_size:
             raise ValueError("max_alternatives + 1 exceeds max_beam_size: alternatives come from the beam")
         return self
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,
-                              intra_op_threads=self.intra_op_threads)
+                              intra_op_threads=self.intra_op_threads, enable_cpu_mem_arena=self.cpu_mem_arena,
+                              shrink_arena_after_run=self.shrink_arena)

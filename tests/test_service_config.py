@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from service.cli import DELEGATED, build_parser
 from service.config import Settings
-from tests.service_support import ROOT
+from tests.service_support import ROOT, models_dir, translators  # noqa: F401 - fixtures
 
 
 def test_environment_lists_and_platform_port(monkeypatch):
@@ -33,6 +33,7 @@ def test_environment_lists_and_platform_port(monkeypatch):
     ({"default_beam_size": 9, "max_beam_size": 8}, "default_beam_size exceeds"),
     ({"max_alternatives": 8, "max_beam_size": 8}, "alternatives come from the beam"),
     ({"max_batch_sentences": 0}, "greater than or equal to 1"),
+    ({"shrink_arena": True, "cpu_mem_arena": False}, "shrink_arena needs cpu_mem_arena"),
 ])
 def test_inconsistent_settings_are_refused(values, message):
     with pytest.raises(ValidationError, match=message):
@@ -51,3 +52,15 @@ def test_cli_serves_and_delegates_without_importing_the_training_side():
     args = parser.parse_args(["serve", "--port", "8001", "--models-dir", "somewhere"])
     assert (args.port, str(args.models_dir), args.handler.__name__) == (8001, "somewhere", "serve")
     assert set(DELEGATED) == {"data", "train", "evaluate", "export", "load", "tune"}
+
+
+@pytest.mark.parametrize("arena, shrink", [(False, False), (True, True)])
+def test_arena_settings_reach_onnx_runtime_and_translate_alike(models_dir, translators, arena, shrink):  # noqa: F811
+    from service.runtime import Translator
+
+    options = Settings(intra_op_threads=1, cpu_mem_arena=arena, shrink_arena=shrink).runtime_options()
+    assert (options.enable_cpu_mem_arena, options.shrink_arena_after_run) == (arena, shrink)
+    texts = ["Open the file.", "Click OK to close the window and save the document."]
+    different = Translator(models_dir / "en-de", options).translate(texts, beam_size=2)
+    default = translators["en-de"].translate(texts, beam_size=2)
+    assert [[t.tokens for t in n_best] for n_best in different] == [[t.tokens for t in n_best] for n_best in default]
