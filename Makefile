@@ -44,7 +44,7 @@ test: install-dev system-tools
 # property tests with more examples than `make test` runs. Counts: results/reliability/fuzz.json.
 .PHONY: fuzz soak
 fuzz: install-dev
-	FUZZ_EXAMPLES=100 FUZZ_MIN_CASES=1000 FUZZ_REPORT=results/reliability/fuzz.json TEXT_EXAMPLES=300 \
+	FUZZ_EXAMPLES=300 FUZZ_MIN_CASES=1000 FUZZ_REPORT=results/reliability/fuzz.json TEXT_EXAMPLES=300 \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_api.py tests/test_text_properties.py
 
 # Overload (4x capacity, 60 s), memory soak (20,000 requests, lengths 2..max tokens) and fuzzing, each on

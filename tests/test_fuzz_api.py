@@ -3,7 +3,7 @@ from the OpenAPI schema the server publishes: valid and invalid bodies (JSON, an
 routes' URL-encoded and multipart forms), checked for no 5xx, a documented status, and a response
 that matches its schema.
 
-    FUZZ_EXAMPLES=200 pytest tests/test_fuzz_api.py      # `make fuzz`: at least 1,000 cases in all
+    FUZZ_EXAMPLES=300 FUZZ_MIN_CASES=1000 pytest tests/test_fuzz_api.py      # `make fuzz`
 
 `make test` runs FUZZ_EXAMPLES (default 12) per route. The server is configured small (beam, lengths,
 texts) so that a case costs milliseconds; the schema carries those limits, so the fuzzer explores the
