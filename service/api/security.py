@@ -3,9 +3,9 @@
 Keys come from `TRANSLATOR_API_KEYS` and the file `TRANSLATOR_API_KEYS_FILE` (one per line). A request
 presents one as `Authorization: Bearer KEY` or `X-API-Key: KEY`; LibreTranslate clients may instead
 send the `api_key` field of their body. A presented key is compared with every configured key by
-`hmac.compare_digest`, with no early exit, so the time an answer takes says nothing about how close a
-guess was. Keys never reach a log line or a response: the settings hold them as SecretStr, and the
-errors say only that a key is missing or wrong.
+`hmac.compare_digest` on SHA-256 digests, with no early exit, so the time an answer takes says
+nothing about how close a guess was or how long a key is. Keys never reach a log line or a
+response: the settings hold them as SecretStr, and the errors say only that a key is missing or wrong.
 
 Rate limits are token buckets, one per key (or, when no keys are configured, one per client address),
 checked after the key: a refused request is a 429 with the Retry-After its bucket needs.
@@ -13,6 +13,7 @@ checked after the key: a refused request is a 429 with the Retry-After its bucke
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import time
@@ -45,9 +46,14 @@ def read_keys_file(path: Path) -> list[str]:
     return keys
 
 
+def digest(key: str) -> bytes:
+    """Keys are compared as SHA-256 digests: equal lengths, so the comparison time says nothing of a key's length."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
 class KeyRing:
     def __init__(self, keys: Iterable[str]):
-        self._keys = tuple(dict.fromkeys(key.encode("utf-8") for key in keys if key))
+        self._keys = tuple(dict.fromkeys(digest(key) for key in keys if key))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "KeyRing":
@@ -62,7 +68,7 @@ class KeyRing:
 
     def identify(self, presented: str) -> int | None:
         """The index of the matching key, or None. Every key is compared, whatever matched."""
-        candidate = presented.encode("utf-8", "surrogatepass")
+        candidate = digest(presented)
         found = None
         for index, key in enumerate(self._keys):
             if hmac.compare_digest(candidate, key):
