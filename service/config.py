@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (faster, resident memory holds its peak); "
         "off, every tensor goes back to the allocator. `bench.soak` measures either (docs/reliability.md)."))
+    spin_wait: bool = Field(False, description=(
+        "Let idle ONNX Runtime threads spin between calls (slightly faster decoding steps; on a few cores it starves "
+        "the request-handling thread, so refusals and health checks slow down under load)."))
     shrink_arena: bool = Field(False, description="Give unused arena memory back after every inference call (slower; flatter resident memory).")
 
     # --- batching ----------------------------------------------------------------------------------
@@ -126,5 +129,5 @@ class Settings(BaseSettings):
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,
-                              intra_op_threads=self.intra_op_threads, enable_cpu_mem_arena=self.cpu_mem_arena,
+                              intra_op_threads=self.intra_op_threads, spin_wait=self.spin_wait, enable_cpu_mem_arena=self.cpu_mem_arena,
                               shrink_arena_after_run=self.shrink_arena)

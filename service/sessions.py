@@ -36,6 +36,9 @@ class RuntimeOptions:
     strict_providers: bool = False  # raise instead of falling back when the first provider cannot run
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 1  # the graphs are sequential chains: parallel execution only adds overhead
+    # Idle intra-op threads spin for a while after each run: faster back-to-back runs, but on a small
+    # machine the spinning steals the cores from the event loop that answers (and refuses) requests.
+    spin_wait: bool = False
     optimization_level: str = "all"
     enable_cpu_mem_arena: bool = True
     # Arena growth: "kNextPowerOfTwo" (fast, wasteful) or "kSameAsRequested" (no over-allocation with
@@ -74,6 +77,7 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     settings.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     settings.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization_level]
     settings.enable_cpu_mem_arena = options.enable_cpu_mem_arena
+    settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
     return settings
 
 
