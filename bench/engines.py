@@ -16,6 +16,7 @@ greedy outputs with PyTorch, latency against source length; ratios ours/CTransla
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -57,6 +58,16 @@ def load_test_set(data: Path, src_lang: str, tgt_lang: str, spm_path: Path, limi
     return sources, [p[1 - column] for p in pairs]
 
 
+def check_packages_match(checkpoint: Path, packages: list[Path]) -> None:
+    """A package exported from another checkpoint would be benchmarked against the wrong weights: refuse."""
+    digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    for package in packages:
+        exported_from = json.loads((package / "package.json").read_text())["source_checkpoint"]["model_safetensors_sha256"]
+        if exported_from != digest:
+            sys.exit(f"{package} was exported from another checkpoint than {checkpoint}: re-export it "
+                     f"(python -m export --checkpoint {checkpoint} --out {package} --precision ...)")
+
+
 def run_worker(engine: str, config_path: Path, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     started = time.perf_counter()
@@ -81,7 +92,7 @@ def ratios(results: dict[str, dict]) -> list[dict]:
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    widths = [max([len(c), *(len(str(r.get(c, ""))) for r in rows)]) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows]
     return "\n".join(lines)
@@ -125,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     data = args.data or Path(config["train"]["data"]) / "test.tsv"
     sources, references = load_test_set(data, config["src_lang"], config["tgt_lang"], args.checkpoint / "spm.model", args.limit)
     engines = [e for e in args.engines.split(",") if e]
+    check_packages_match(args.checkpoint, [package for engine, package in (("ort-fp32", args.fp32_package),
+                                                                            ("ort-int8", args.int8_package)) if engine in engines])
     worker_config = {
         "checkpoint": str(args.checkpoint), "spm": str(args.checkpoint / "spm.model"), "threads": args.threads,
         "packages": {"fp32": str(args.fp32_package), "int8": str(args.int8_package)},
