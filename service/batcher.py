@@ -154,8 +154,12 @@ class Lane:
     groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
-    queued_tokens: int = 0  # source tokens waiting in `groups`
     tokens_per_s: float | None = None  # source tokens translated per second of model time (smoothed)
+
+    @property
+    def queued_tokens(self) -> int:
+        """Source tokens waiting in `groups` (at most queue_limit sentences to add up)."""
+        return sum(len(job.ids) for jobs in self.groups.values() for job in jobs)
 
     def expected_wait_s(self) -> float | None:
         """Seconds until the work queued now is done; None before any batch ran. Only the work ahead
@@ -208,7 +212,6 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(ShuttingDown("the server is shutting down"))
             lane.groups.clear()
-            lane.queued_tokens = 0
             lane.executor.shutdown(wait=False, cancel_futures=True)
         self._set_depth(0)
 
@@ -235,7 +238,6 @@ class Batcher:
                     now + self.policy.deadline_s) for ids in sources]
         for job in jobs:
             lane.groups.setdefault(job.group, deque()).append(job)
-        lane.queued_tokens += sum(map(len, sources))
         self._set_depth(self.depth + len(jobs))
         lane.wakeup.set()
         try:
@@ -257,7 +259,6 @@ class Batcher:
                 if not group:
                     del lane.groups[job.group]
                 job.queued = False
-                lane.queued_tokens -= len(job.ids)
                 removed += 1
         if removed:
             self._set_depth(self.depth - removed)
@@ -312,7 +313,6 @@ class Batcher:
         taken = [jobs.popleft() for _ in range(count)]
         if not jobs:
             del lane.groups[key]
-        lane.queued_tokens -= sum(len(job.ids) for job in taken)
         self._set_depth(self.depth - len(taken))
         now = time.monotonic()
         batch = []

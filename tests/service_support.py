@@ -4,12 +4,8 @@ serving already loaded models (so a test can hold a model's lock and decide when
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app, load_translators
 from service.config import Settings
 from service.runtime import Translator
+from tuning.server import LocalServer, free_port  # noqa: F401 - free_port: the tests' too
 
 ROOT = Path(__file__).resolve().parent.parent
 STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
@@ -49,12 +46,6 @@ def translators(models_dir) -> dict[str, Translator]:
     return load_translators(Settings(models_dir=models_dir, intra_op_threads=1))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(condition, timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,51 +65,20 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-class ServerProcess:
-    """`python -m service.cli serve` on a free port, configured through the environment."""
+class ServerProcess(LocalServer):
+    """`python -m service.cli serve` (tuning.server.LocalServer) as the tests run it: one ONNX Runtime
+    thread, greedy by default, the service's info-level log."""
 
     def __init__(self, models_dir: Path, log: Path, **environment: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log
-        env = {**os.environ, "OMP_NUM_THREADS": "1", **FAST, "PORT": str(self.port), "HOST": "127.0.0.1",
-               "TRANSLATOR_MODELS_DIR": str(models_dir), **environment}
-        self.log = open(log, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60.0) -> "ServerProcess":
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.output()}")
-            return httpx.get(self.url + "/ready").status_code == 200
-
-        wait_until(ready, timeout, what="/ready")
-        return self
+        super().__init__(models_dir, {"OMP_NUM_THREADS": "1", "TRANSLATOR_LOG_LEVEL": "info", **FAST, **environment}, log)
 
     def output(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return self.log_path.read_text()
-
-    def __enter__(self) -> "ServerProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.terminate()
+        return self.log_text()
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM → the exit status. uvicorn re-raises the signal once it has shut down gracefully,
         so a clean stop reads as -SIGTERM (exit status 143 in a shell), like any process ended by it."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self.log.close()
+        return self.stop(timeout)
 
 
 class ThreadServer:

@@ -69,7 +69,7 @@ def test_libretranslate_takes_the_api_key_field_or_a_header(models_dir, translat
         assert httpx.post(server.url + "/detect", data={"q": "Hello", "api_key": KEYS[0]}).status_code == 200
         for refused in (httpx.post(url, data=FORM), httpx.post(url, json={**FORM, "api_key": KEYS[1]}),
                         httpx.post(url, json={**FORM, "api_key": 12345}), httpx.post(url, data=FORM, headers=bearer("nope"))):
-            assert (refused.status_code, refused.json()) == (403, {"error": "Invalid API key"})
+            assert refused.status_code == 403 and "API key" in refused.json()["error"], refused.text  # LibreTranslate: 403 both
             assert_reveals_nothing(refused, *KEYS)
 
 

@@ -67,9 +67,14 @@ class LocalServer:
             time.sleep(0.2)
         raise RuntimeError(f"server not ready after {timeout:g} s:\n{self.log_tail()}")
 
+    def log_text(self) -> str:
+        """The server's log so far (or all of it, once stopped)."""
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
     def log_tail(self, lines: int = 30) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def rss_bytes(self) -> int | None:
         return proc_status_bytes(self.process.pid, "VmRSS")

@@ -129,7 +129,7 @@ async def libretranslate_gate(request: Request) -> None:
     if key is None:
         body_key = (await read_fields(request))[0].get("api_key")
         key = body_key if isinstance(body_key, str) and body_key else None
-    request.app.state.service.gate.admit(request, key, libretranslate=True)
+    request.app.state.service.gate.admit(request, key)
 
 
 def detect(state: ServiceState, text: str, candidates: list[str]) -> DetectedLanguage:

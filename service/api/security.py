@@ -115,14 +115,15 @@ class Gate:
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst) if settings.rate_limit_per_s > 0 else None
         return cls(KeyRing.from_settings(settings), limiter)
 
-    def admit(self, request: Request, presented: str | None, libretranslate: bool = False) -> None:
+    def admit(self, request: Request, presented: str | None) -> None:
+        """Missing key: "unauthorized", wrong key: "forbidden"; the route's error flavour picks the status
+        (native 401/403; LibreTranslate answers 403 to both, as LibreTranslate does)."""
         client: Hashable = ("address", request.client.host if request.client else "")
         if self.keys.required:
-            index = self.keys.identify(presented) if presented else None
-            if index is None and libretranslate:  # LibreTranslate answers both cases alike
-                raise ApiError("forbidden", "Invalid API key")
             if presented is None:
-                raise ApiError("unauthorized", "an API key is required: send `Authorization: Bearer KEY` or `X-API-Key: KEY`")
+                raise ApiError("unauthorized", "an API key is required: send `Authorization: Bearer KEY`, `X-API-Key: KEY` "
+                                               "or, on the LibreTranslate routes, the `api_key` field")
+            index = self.keys.identify(presented)
             if index is None:
                 raise ApiError("forbidden", "invalid API key")
             client = ("key", index)
