@@ -20,6 +20,7 @@ from service.api import health, libretranslate, native, openapi
 from service.api.deps import ServiceState
 from service.api.errors import BodyLimitMiddleware
 from service.api.security import Gate, KeysFileError, install_cors
+from service.api.shedding import ROUTE_TEMPLATE, LoadSheddingMiddleware
 from service.batcher import Batcher, BatchPolicy
 from service.config import Settings
 from service.langid import detector_for
@@ -126,7 +127,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_and_note_status)
         finally:
             route = scope.get("route")
-            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else "unmatched"
+            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else scope.get(ROUTE_TEMPLATE, "unmatched")
             self.metrics.request_duration.labels(route=template, status=str(status)).observe(time.perf_counter() - started)
 
 
@@ -149,6 +150,7 @@ def create_app(settings: Settings | None = None, translators: dict[str, Translat
     gate = Gate.from_settings(settings)  # reads the keys file: raises KeysFileError before anything listens
     app.state.service = ServiceState(settings=settings, metrics=metrics, translators=dict(translators or {}), gate=gate)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(LoadSheddingMiddleware)  # outside the body limit: a refusal reads no body
     install_cors(app, settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # added last: outermost, times everything
     for module in (native, libretranslate, health):

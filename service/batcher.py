@@ -228,10 +228,8 @@ class Batcher:
         lane = self.lanes[model]
         if self.depth + len(sources) > self.policy.queue_limit:
             raise QueueFull(f"{self.depth} sentences are waiting; the queue holds {self.policy.queue_limit}")
-        expected = lane.expected_wait_s()
-        if expected is not None and expected > ADMIT_WAIT_SHARE * self.policy.deadline_s:
-            raise QueueFull(f"about {expected:.1f} s of work is queued for {model}, more than this request's "
-                            f"{self.policy.deadline_s:g} s deadline allows")
+        if (backlog := self._backlog(model, lane)) is not None:
+            raise QueueFull(backlog)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         jobs = [Job(ids, GroupKey(task, options, self.policy.bucket(len(ids))), loop.create_future(), now,
@@ -247,6 +245,26 @@ class Batcher:
             raise DeadlineExceeded(f"not answered within the {self.policy.deadline_s:g} s deadline") from None
         finally:  # answered, failed, timed out or cancelled: whatever still waits leaves the queue
             self._withdraw(lane, jobs)
+
+    def _backlog(self, model: str, lane: Lane) -> str | None:
+        """Why `lane` refuses new work for its queued backlog, or None."""
+        expected = lane.expected_wait_s()
+        if expected is not None and expected > ADMIT_WAIT_SHARE * self.policy.deadline_s:
+            return (f"about {expected:.1f} s of work is queued for {model}, more than this request's "
+                    f"{self.policy.deadline_s:g} s deadline allows")
+        return None
+
+    def refusal(self) -> str | None:
+        """Why any request would be refused now (queue full, or every model's backlog over the
+        admission limit), else None. The HTTP layer asks before reading a body: under overload a
+        refusal must cost next to nothing, since parsing, validating and tokenising a request that is
+        then refused takes the cores inference needs."""
+        if self.closing:
+            return None  # the routes answer that one, with its own message
+        if self.depth >= self.policy.queue_limit:
+            return f"{self.depth} sentences are waiting; the queue holds {self.policy.queue_limit}"
+        reasons = [self._backlog(model, lane) for model, lane in self.lanes.items()]
+        return reasons[0] if reasons and all(reasons) else None
 
     def _withdraw(self, lane: Lane, jobs: list[Job]) -> None:
         removed = 0

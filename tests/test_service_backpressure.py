@@ -89,6 +89,30 @@ def test_full_queue_answers_at_once_with_retry_after(models_dir, translators, en
         assert value(server, "translator_requests_rejected_total", reason="queue_full") == 2
 
 
+def test_a_full_queue_refuses_before_reading_the_body(models_dir, translators, en_de, pool):  # noqa: F811
+    """Load shedding: with the queue full, even a malformed body is answered 503 (it is never read,
+    let alone parsed); once the queue has room the same body is a 400 again. CORS headers and the
+    route's request metric still apply to the refusal."""
+    garbled = {"content": b'{"text": "unterminated', "headers": {"content-type": "application/json", "origin": "https://app.example"}}
+    limits = {"queue_limit": 4, "max_texts_per_request": 4, "max_wait_ms": 0, "cors_origins": ["https://app.example"]}
+    with serving(models_dir, translators, **limits) as server:
+        with inference_paused(en_de):
+            first = send(pool, server.url, json=SENTENCE)
+            wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")
+            filling = send(pool, server.url, json={**SENTENCE, "text": ["Open the file."] * 4})
+            wait_until(lambda: value(server, "translator_queue_depth") == 4, what="a full queue")
+            shed = httpx.post(server.url + "/v1/translate", timeout=5, **garbled)
+            encode = httpx.post(server.url + "/v1/encode", json={"text": "Hello", "source": "en"}, timeout=5)
+        assert shed.status_code == 503 and shed.headers["retry-after"] and "queue holds 4" in shed.json()["detail"]
+        assert shed.headers["access-control-allow-origin"] == "https://app.example"
+        assert encode.status_code == 503
+        assert first.result().status_code == filling.result().status_code == 200
+        assert httpx.post(server.url + "/v1/translate", timeout=5, **garbled).status_code == 400
+        exposition = server.metrics()
+        assert metric(exposition, "translator_requests_rejected_total", reason="queue_full") == 2
+        assert metric(exposition, "translator_request_duration_seconds_count", route="/v1/translate", status="503") == 1
+
+
 def test_deadline_expiry_answers_and_the_sentences_do_no_work(models_dir, translators, en_de, pool):  # noqa: F811
     with serving(models_dir, translators, request_deadline_s=0.5, max_wait_ms=0) as server:
         with inference_paused(en_de):
