@@ -4,7 +4,9 @@ queued when is known rather than hoped for."""
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
 
 import httpx
 import pytest
@@ -71,14 +73,21 @@ def test_concurrent_requests_share_a_batch(models_dir, translators, en_de, pool)
         assert metric(exposition, "translator_queue_depth") == 0
 
 
+@contextlib.contextmanager
+def full_queue(server, en_de, pool: ThreadPoolExecutor) -> Iterator[tuple[Future, Future]]:
+    """Inference stands still on a first request while a second one fills a queue of 4 sentences."""
+    with inference_paused(en_de):
+        first = send(pool, server.url, json=SENTENCE)
+        wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")
+        filling = send(pool, server.url, json={**SENTENCE, "text": ["Open the file."] * 4})
+        wait_until(lambda: value(server, "translator_queue_depth") == 4, what="a full queue")
+        yield first, filling
+
+
 def test_full_queue_answers_at_once_with_retry_after(models_dir, translators, en_de, pool):  # noqa: F811
     limits = {"queue_limit": 4, "max_texts_per_request": 4, "max_wait_ms": 0, "retry_after_s": 2}
     with serving(models_dir, translators, **limits) as server:
-        with inference_paused(en_de):
-            first = send(pool, server.url, json=SENTENCE)
-            wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")
-            filling = send(pool, server.url, json={**SENTENCE, "text": ["Open the file."] * 4})
-            wait_until(lambda: value(server, "translator_queue_depth") == 4, what="a full queue")
+        with full_queue(server, en_de, pool) as (first, filling):
             native = httpx.post(server.url + "/v1/translate", json=SENTENCE, timeout=5)
             libre = httpx.post(server.url + "/translate", data={"q": "Hello", "source": "en", "target": "de"}, timeout=5)
         assert (native.status_code, native.headers["retry-after"]) == (503, "2")
@@ -96,11 +105,7 @@ def test_a_full_queue_refuses_before_reading_the_body(models_dir, translators, e
     garbled = {"content": b'{"text": "unterminated', "headers": {"content-type": "application/json", "origin": "https://app.example"}}
     limits = {"queue_limit": 4, "max_texts_per_request": 4, "max_wait_ms": 0, "cors_origins": ["https://app.example"]}
     with serving(models_dir, translators, **limits) as server:
-        with inference_paused(en_de):
-            first = send(pool, server.url, json=SENTENCE)
-            wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")
-            filling = send(pool, server.url, json={**SENTENCE, "text": ["Open the file."] * 4})
-            wait_until(lambda: value(server, "translator_queue_depth") == 4, what="a full queue")
+        with full_queue(server, en_de, pool) as (first, filling):
             shed = httpx.post(server.url + "/v1/translate", timeout=5, **garbled)
             encode = httpx.post(server.url + "/v1/encode", json={"text": "Hello", "source": "en"}, timeout=5)
         assert shed.status_code == 503 and shed.headers["retry-after"] and "queue holds 4" in shed.json()["detail"]
