@@ -27,9 +27,10 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import Any, Coroutine, TypeVar
 
-import httpx
+import aiohttp
+import uvloop
 
 from tuning.corpus import SentencePicker, read_corpus
 from tuning.load import LoadSpec, Latency, percentiles, run_load
@@ -37,6 +38,7 @@ from tuning.scrape import scrape
 from bench.reliability import finish, parser_for, server_environment
 from tuning.server import LocalServer
 
+T = TypeVar("T")
 RETRY_LATER = (429, 503)
 DEADLINE_GRACE_S = 1.0  # the server answers a request at its deadline; allow for the answer's way back
 SETTLE_S = 2.0  # accepted throughput is counted after the queue has filled
@@ -55,13 +57,14 @@ class Answer:
     error: str | None
 
 
-async def fire(client: httpx.AsyncClient, body: dict, due: float, origin: float, answers: list[Answer]) -> None:
+async def fire(client: aiohttp.ClientSession, body: dict, due: float, origin: float, answers: list[Answer]) -> None:
     sent = time.perf_counter()
     status, retry_after, error = 0, None, None
     try:
-        response = await client.post("/v1/translate", json=body)
-        status, retry_after = response.status_code, response.headers.get("retry-after")
-    except httpx.HTTPError as failure:
+        async with client.post("/v1/translate", json=body) as response:
+            await response.read()
+            status, retry_after = response.status, response.headers.get("retry-after")
+    except (aiohttp.ClientError, TimeoutError) as failure:
         error = f"{type(failure).__name__}: {failure}"
     now = time.perf_counter()
     answers.append(Answer(round(due - origin, 4), round(now - origin, 4), round((now - sent) * 1000, 2),
@@ -70,10 +73,14 @@ async def fire(client: httpx.AsyncClient, body: dict, due: float, origin: float,
 
 async def arrivals(url: str, picker: SentencePicker, rate: float, seconds: float, seed: int,
                    timeout_s: float) -> list[Answer]:
-    """Open loop: Poisson arrivals at `rate` per second for `seconds`, each on its own connection if need be."""
+    """Open loop: Poisson arrivals at `rate` per second for `seconds`, each on its own connection if need be.
+    aiohttp on uvloop rather than httpx: the client shares the machine's cores with the server, and at
+    hundreds of requests per second httpx alone needs most of a core, which shows up as client lag and
+    as latency the server did not cause."""
     chance, answers, pending = random.Random(seed), [], set()
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)  # no cap: every due request goes out
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as client:
         origin = due = time.perf_counter()
         while (due := due + chance.expovariate(rate)) < origin + seconds:
             if (delay := due - time.perf_counter()) > 0:
@@ -84,6 +91,11 @@ async def arrivals(url: str, picker: SentencePicker, rate: float, seconds: float
             task.add_done_callback(pending.discard)
         await asyncio.gather(*pending)
     return sorted(answers, key=lambda answer: answer.due_s)
+
+
+def on_uvloop(work: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(work)
 
 
 def latency(answers: list[Answer]) -> dict | None:
@@ -160,14 +172,14 @@ def run(args: argparse.Namespace) -> dict:
     timeout_s = deadline_s + 30  # the client waits past the deadline: a late answer is seen, not cut off
     with LocalServer(args.models_dir, environment, args.log) as server:
         server.wait_ready()
-        idle = asyncio.run(arrivals(server.url, picker, 5.0, 2.0, args.seed, timeout_s))  # a light trickle
+        idle = on_uvloop(arrivals(server.url, picker, 5.0, 2.0, args.seed, timeout_s))  # a light trickle
         spec = LoadSpec(url=server.url, concurrency=args.clients, duration_s=args.capacity_s, warmup_s=2.0,
                         timeout_s=timeout_s, seed=args.seed)
         capacity = asyncio.run(run_load(spec, picker, progress=False, label="capacity"))
         rate = args.factor * capacity.requests_per_s
         print(f"capacity {capacity.requests_per_s:.1f} requests/s; overload at {rate:.1f}/s for {args.duration:g} s", file=sys.stderr)
-        overload = asyncio.run(arrivals(server.url, picker, rate, args.duration, args.seed + 1, timeout_s))
-        calm = asyncio.run(arrivals(server.url, picker, args.recovery_factor * capacity.requests_per_s,
+        overload = on_uvloop(arrivals(server.url, picker, rate, args.duration, args.seed + 1, timeout_s))
+        calm = on_uvloop(arrivals(server.url, picker, args.recovery_factor * capacity.requests_per_s,
                                     args.recovery_s, args.seed + 2, timeout_s))
         reasons = scrape(server.url).by_label("translator_requests_rejected_total", "reason")
         exit_status = server.stop()
