@@ -155,11 +155,28 @@ class Lane:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     tokens_per_s: float | None = None  # source tokens translated per second of model time (smoothed)
+    # Source tokens waiting in `groups`, kept by the three methods below (and drain, which empties
+    # `groups`): admission reads it for every request under overload, too often to sum the queue.
+    queued_tokens: int = 0
 
-    @property
-    def queued_tokens(self) -> int:
-        """Source tokens waiting in `groups` (at most queue_limit sentences to add up)."""
-        return sum(len(job.ids) for jobs in self.groups.values() for job in jobs)
+    def enqueue(self, job: Job) -> None:
+        self.groups.setdefault(job.group, deque()).append(job)
+        self.queued_tokens += len(job.ids)
+
+    def remove(self, job: Job) -> None:
+        group = self.groups[job.group]
+        group.remove(job)
+        if not group:
+            del self.groups[job.group]
+        self.queued_tokens -= len(job.ids)
+
+    def take_oldest(self, key: GroupKey, count: int) -> list[Job]:
+        jobs = self.groups[key]
+        taken = [jobs.popleft() for _ in range(count)]
+        if not jobs:
+            del self.groups[key]
+        self.queued_tokens -= sum(len(job.ids) for job in taken)
+        return taken
 
     def expected_wait_s(self) -> float | None:
         """Seconds until the work queued now is done; None before any batch ran. Only the work ahead
@@ -212,6 +229,7 @@ class Batcher:
                     if not job.future.done():
                         job.future.set_exception(ShuttingDown("the server is shutting down"))
             lane.groups.clear()
+            lane.queued_tokens = 0
             lane.executor.shutdown(wait=False, cancel_futures=True)
         self._set_depth(0)
 
@@ -235,7 +253,7 @@ class Batcher:
         jobs = [Job(ids, GroupKey(task, options, self.policy.bucket(len(ids))), loop.create_future(), now,
                     now + self.policy.deadline_s) for ids in sources]
         for job in jobs:
-            lane.groups.setdefault(job.group, deque()).append(job)
+            lane.enqueue(job)
         self._set_depth(self.depth + len(jobs))
         lane.wakeup.set()
         try:
@@ -272,10 +290,7 @@ class Batcher:
             if not job.future.done():
                 job.future.cancel()
             if job.queued:
-                group = lane.groups[job.group]
-                group.remove(job)
-                if not group:
-                    del lane.groups[job.group]
+                lane.remove(job)
                 job.queued = False
                 removed += 1
         if removed:
@@ -326,11 +341,8 @@ class Batcher:
                 or (count + 1) * longest > self.policy.token_budget)
 
     def _take(self, lane: Lane, key: GroupKey) -> list[Job]:
-        jobs = lane.groups[key]
-        count, _ = self._fitting(jobs)
-        taken = [jobs.popleft() for _ in range(count)]
-        if not jobs:
-            del lane.groups[key]
+        count, _ = self._fitting(lane.groups[key])
+        taken = lane.take_oldest(key, count)
         self._set_depth(self.depth - len(taken))
         now = time.monotonic()
         batch = []

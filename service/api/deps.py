@@ -41,7 +41,7 @@ class ServiceState:
         return sorted({t.source_language for t in self.translators.values()})
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:  # async: FastAPI runs a plain def in a worker thread
     return request.app.state.service
 
 
