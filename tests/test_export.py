@@ -110,25 +110,28 @@ def test_parity_fails_against_a_different_model(tiny_checkpoint, tiny_fp32_graph
         Translator(out, ONE_THREAD)  # the service refuses a package whose parity failed
 
 
-SHIPPED_PACKAGE, SHIPPED_CHECKPOINT = ROOT / "models" / "en-de", ROOT / "checkpoints" / "en-de"
-TEST_SPLIT = ROOT / "data" / "en-de" / "test.tsv"
+TEST_SPLIT = ROOT / "data" / "en-de" / "test.tsv"  # both directions' pairs, English in column 0
+SHIPPED_PAIRS = [pair for pair in ("en-de", "de-en") if (ROOT / "models" / pair / "package.json").exists()]
 
 
-@pytest.mark.skipif(not (SHIPPED_PACKAGE / "package.json").exists(), reason="models/en-de/ has not been exported yet")
-def test_shipped_package_is_an_export_of_the_shipped_checkpoint(tmp_path):
-    manifest = load_package(SHIPPED_PACKAGE, expect_pair=("en", "de"))
+@pytest.mark.skipif(not SHIPPED_PAIRS, reason="models/en-de/ has not been exported yet")
+@pytest.mark.parametrize("pair", SHIPPED_PAIRS)
+def test_shipped_package_is_an_export_of_the_shipped_checkpoint(tmp_path, pair):
+    package, checkpoint = ROOT / "models" / pair, ROOT / "checkpoints" / pair
+    manifest = load_package(package, expect_pair=tuple(pair.split("-")))
     assert manifest.precision == "int8"
-    if not (SHIPPED_CHECKPOINT / "model.safetensors").exists():
-        pytest.skip("checkpoints/en-de/model.safetensors is not here: cannot re-export")
-    assert manifest.source_checkpoint.model_safetensors_sha256 == sha256_of(SHIPPED_CHECKPOINT / "model.safetensors"), \
-        "models/en-de was exported from other weights than checkpoints/en-de: re-export it"
-    assert manifest.files["spm.model"] == sha256_of(SHIPPED_CHECKPOINT / "spm.model")
+    if not (checkpoint / "model.safetensors").exists():
+        pytest.skip(f"checkpoints/{pair}/model.safetensors is not here: cannot re-export")
+    assert manifest.source_checkpoint.model_safetensors_sha256 == sha256_of(checkpoint / "model.safetensors"), \
+        f"models/{pair} was exported from other weights than checkpoints/{pair}: re-export it"
+    assert manifest.files["spm.model"] == sha256_of(checkpoint / "spm.model")
     options = manifest.export_options
-    build_package(SHIPPED_CHECKPOINT, tmp_path / "fresh", "int8", manifest.limits.max_source_tokens,
+    build_package(checkpoint, tmp_path / "fresh", "int8", manifest.limits.max_source_tokens,
                   per_channel=bool(options.get("per_channel")), reduce_range=bool(options.get("reduce_range")))
-    shipped = Translator(SHIPPED_PACKAGE, ONE_THREAD)
+    shipped = Translator(package, ONE_THREAD)
     fresh = Translator(tmp_path / "fresh", ONE_THREAD, require_parity=False)
-    sentences = [pair[0] for pair in read_tsv_pairs(TEST_SPLIT)[:20]] if TEST_SPLIT.exists() else [
+    column = 0 if pair == "en-de" else 1
+    sentences = [row[column] for row in read_tsv_pairs(TEST_SPLIT)[:20]] if TEST_SPLIT.exists() else [
         "Click the button to open a new document.", "The file could not be saved."]
     options = SearchOptions(bos_id=manifest.special_ids.bos, eos_id=manifest.special_ids.eos)
     ids = shipped.tokenize(sentences)

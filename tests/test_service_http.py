@@ -52,11 +52,12 @@ def translate(server, text, **fields) -> dict:
 def test_health_and_readiness_name_the_execution_provider(server, models_dir):  # noqa: F811
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/ready")
-    precision = json.loads((models_dir / "en-de" / "package.json").read_text())["precision"]
+    packages = sorted(path for path in models_dir.iterdir() if (path / "package.json").is_file())
     assert ready.status_code == 200
     assert ready.json() == {"status": "ready", "models": [{
-        "name": "en-de", "source_language": "en", "target_language": "de",
-        "provider": "CPUExecutionProvider", "precision": precision}]}
+        "name": package.name, "source_language": package.name[:2], "target_language": package.name[3:],
+        "provider": "CPUExecutionProvider", "precision": json.loads((package / "package.json").read_text())["precision"]}
+        for package in packages]}
 
 
 # --- native API -------------------------------------------------------------------------------------------
