@@ -54,14 +54,14 @@ class TrainConfig:
     dropout: float = 0.1
     batch_tokens: int = 6000  # padded source + target tokens per batch
     lr: float = 1e-3
-    warmup_steps: int = 1500
+    warmup_steps: int = 800  # the shipped models' schedule (checkpoints/*/config.json)
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
     max_len: int = 128  # longer training pairs are dropped (tokens per side)
     max_steps: int = 60_000
     max_minutes: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
-    eval_every: int = 1000
+    eval_every: int = 500
     checkpoint_every: int = 100  # resume state only (no validation): a killed session loses at most this many steps
     eval_sentences: int = 400  # validation sentences decoded for BLEU
     seed: int = 1234
