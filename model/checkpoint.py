@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.tokenizer import Tokenizer
@@ -77,3 +78,39 @@ def load_training_state(directory: Path, model: Transformer, optimizer: torch.op
     torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
     state.pop("adam_steps")
     return state
+
+
+# The best weights carry the run's counters in their safetensors header, so a run can continue from
+# them alone: git holds the best weights of every session, while the optimiser state (twice the
+# weights again) is too big to commit each time (see `train.warm_start`).
+COUNTER_KEYS = ("step", "epoch", "batch_in_epoch", "best_bleu", "train_seconds", "tokens_seen")
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], counters: dict) -> None:
+    """Write `tensors` to `path` atomically, with the training counters as header metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": "pt", **{k: json.dumps(counters[k]) for k in COUNTER_KEYS if k in counters}}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def weights_counters(path: Path) -> dict | None:
+    """→ the training counters stored with saved weights, or None (no file, or saved without them)."""
+    if not Path(path).exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if "step" not in metadata:
+        return None
+    return {k: json.loads(metadata[k]) for k in COUNTER_KEYS if k in metadata}
+
+
+def save_snapshot(directory: Path, model: Transformer, counters: dict, keep: int) -> None:
+    """Weights at a validation step, under snapshots/ (not committed), for checkpoint averaging; the
+    newest `keep` are kept."""
+    snapshots = Path(directory) / "snapshots"
+    save_weights(snapshots / f"step-{counters['step']:07d}.safetensors", model_weights(model), counters)
+    for old in sorted(snapshots.glob("step-*.safetensors"))[:-keep] if keep > 0 else []:
+        old.unlink()

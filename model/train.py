@@ -1,14 +1,17 @@
 """Train the Transformer on a data directory written by `model.data`.
 
 Label-smoothed cross-entropy, AdamW with linear warm-up then inverse-square-root decay (it needs
-no planned end, so a run can be extended session after session), batches built from a token
+no planned end, so a run can be extended session after session; --cooldown-steps adds a linear decay
+to zero before a planned --max-steps), batches built from a token
 budget out of sentences of similar length, bf16 autocast on CPUs that support it, gradient
 clipping, validation loss and BLEU at intervals, and checkpoints that resume exactly where an
 interrupted run stopped (model, optimiser, step, epoch, position in the epoch, random state).
 
 Outputs under --out (e.g. checkpoints/en-de):
   resume/                  resumable training state (see model/checkpoint.py)
-  model.safetensors        best weights by validation BLEU (what export reads)
+  model.safetensors        best weights by validation BLEU (what export reads), with the run's
+                           counters in its header: a run continues from it when resume/ is older
+  snapshots/               the weights at the last few validations (for `model.average`; not committed)
   config.json, spm.model   the model config and its tokenizer
   train_log.jsonl          one JSON line per validation: the learning curve
 """
@@ -27,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model.evaluate import corpus_scores
 from model.data import source_column
-from model.checkpoint import load_training_state, model_weights, save_training_state
+from model.checkpoint import (load_training_state, model_weights, save_snapshot, save_training_state, save_weights,
+                              weights_counters)
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
 from model.transformer import Transformer, TransformerConfig
@@ -61,6 +65,9 @@ class TrainConfig:
     max_len: int = 128  # longer training pairs are dropped (tokens per side)
     max_steps: int = 60_000
     max_minutes: float = 0.0  # stop (with a checkpoint) after this long; 0 = no limit
+    cooldown_steps: int = 0  # the last N steps before max_steps decay the learning rate linearly to 0
+    rewarm_steps: int = 200  # after a warm start from the best weights (fresh AdamW moments), ramp lr up again
+    keep_snapshots: int = 5  # validation snapshots kept for checkpoint averaging (model/average.py)
     eval_every: int = 500
     checkpoint_every: int = 100  # resume state only (no validation): a killed session loses at most this many steps
     eval_sentences: int = 400  # validation sentences decoded for BLEU
@@ -124,9 +131,14 @@ def collate(examples: list, indices: list[int]) -> tuple[torch.Tensor, torch.Ten
     return src, tgt_in, labels
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
+def learning_rate(step: int, config: TrainConfig, warm_start_step: int | None = None) -> float:
     step = max(step, 1)
-    return config.lr * min(step / config.warmup_steps, math.sqrt(config.warmup_steps / step))
+    rate = config.lr * min(step / config.warmup_steps, math.sqrt(config.warmup_steps / step))
+    if config.cooldown_steps:
+        rate *= min(1.0, max(config.max_steps - step, 0) / config.cooldown_steps)
+    if warm_start_step is not None:  # new AdamW moments: no full steps until they have settled
+        rate *= min(1.0, (step - warm_start_step) / max(config.rewarm_steps, 1))
+    return rate
 
 
 def sequence_loss(model: Transformer, batch, label_smoothing: float) -> tuple[torch.Tensor, int]:
@@ -155,10 +167,15 @@ def validate(model: Transformer, valid: list, tokenizer: Tokenizer, config: Trai
     return {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 20)), **corpus_scores(hypotheses, [example[2] for example in valid[:count]])}
 
 
-def save_weights(out: Path, model: Transformer) -> None:
-    tmp = out / "model.safetensors.tmp"
-    save_file(model_weights(model), str(tmp), metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
+def warm_start(out: Path, model: Transformer, resumed: dict | None) -> dict | None:
+    """Continue from the best weights when they are newer than the resume state (or there is none):
+    a fresh checkout has the committed best weights but maybe an older optimiser state, or none.
+    → their counters, or None when the resume state is the newer one."""
+    best = weights_counters(out / "model.safetensors")
+    if best is None or (resumed is not None and resumed["step"] >= best["step"]):
+        return None
+    model.load_state_dict(load_file(str(out / "model.safetensors")), strict=False)
+    return best
 
 
 def prepare_tokenizer(config: TrainConfig, out: Path) -> Tokenizer:
@@ -192,11 +209,20 @@ def train(config: TrainConfig) -> None:
     device = torch.device(config.device)
     model = Transformer(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
-    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": -1.0, "train_seconds": 0.0, "tokens_seen": 0}
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": -1.0, "train_seconds": 0.0, "tokens_seen": 0,
+             "warm_start_step": None}
     resumed = load_training_state(out, model, optimizer)
-    if resumed is not None:
-        state = {k: resumed[k] for k in state}
+    warm = warm_start(out, model, resumed)
+    if warm is not None:
+        state = {**state, **warm, "warm_start_step": warm["step"]}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
+        print(f"warm start from the best weights at step {state['step']} (resume state: "
+              f"{'step ' + str(resumed['step']) if resumed else 'none'}); new AdamW moments, lr ramps up over {config.rewarm_steps} steps")
+    elif resumed is not None:
+        state = {k: resumed.get(k, state[k]) for k in state}
         print(f"resumed at step {state['step']} (epoch {state['epoch']}, best BLEU {state['best_bleu']:.2f})")
+    # model.average may have kept an average that validated above anything the run itself saw.
+    state["best_bleu"] = max(state["best_bleu"], (weights_counters(out / "model.safetensors") or {}).get("best_bleu", -1.0))
     (out / "config.json").write_text(
         json.dumps({"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
                     "tgt_lang": config.tgt_lang, "parameters": model.num_parameters()}, indent=2)
@@ -208,6 +234,9 @@ def train(config: TrainConfig) -> None:
     stop = {"signal": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     started, session_start_seconds = time.time(), state["train_seconds"]
+
+    def lr_at(step: int) -> float:
+        return learning_rate(step, config, state["warm_start_step"])
 
     def checkpoint_now() -> None:
         state["train_seconds"] = session_start_seconds + time.time() - started
@@ -221,7 +250,7 @@ def train(config: TrainConfig) -> None:
         for indices in batches[state["batch_in_epoch"] :]:
             step = state["step"] + 1
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(step, config)
+                group["lr"] = lr_at(step)
             batch = tuple(t.to(device, non_blocking=True) for t in collate(train_set, indices))
             with autocast():
                 loss, n_tokens = sequence_loss(model, batch, config.label_smoothing)
@@ -234,20 +263,21 @@ def train(config: TrainConfig) -> None:
             progress.update(1)
             if step % 20 == 0:
                 rate = window_tokens / max(time.time() - window_start, 1e-6)
-                progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(step, config):.1e}")
+                progress.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}", lr=f"{lr_at(step):.1e}")
                 window_tokens, window_start = 0, time.time()
             out_of_time = config.max_minutes and time.time() - started > config.max_minutes * 60
             if step % config.eval_every == 0 or out_of_time or stop["signal"] or step >= config.max_steps:
                 metrics = validate(model, valid, tokenizer, config, autocast)
                 checkpoint_now()
-                metrics.update(step=step, epoch=state["epoch"], train_loss=loss.item(), lr=learning_rate(step, config),
+                metrics.update(step=step, epoch=state["epoch"], train_loss=loss.item(), lr=lr_at(step),
                                train_hours=state["train_seconds"] / 3600, tokens_seen=state["tokens_seen"])
                 with open(out / "train_log.jsonl", "a") as log:
                     log.write(json.dumps(metrics) + "\n")
                 tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+                save_snapshot(out, model, {**state, "best_bleu": metrics["bleu"]}, config.keep_snapshots)
                 if metrics["bleu"] > state["best_bleu"]:
                     state["best_bleu"] = metrics["bleu"]
-                    save_weights(out, model)
+                    save_weights(out / "model.safetensors", model_weights(model), state)
                     checkpoint_now()
                 if out_of_time:
                     stop["signal"] = True

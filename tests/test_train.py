@@ -2,15 +2,17 @@
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import load_model
+from model.average import average_run, average_weights
+from model.checkpoint import load_model, weights_counters
 from model.tokenizer import Tokenizer, train_tokenizer
-from model.train import TrainConfig, collate, load_split, sequence_loss, train
+from model.train import TrainConfig, collate, learning_rate, load_split, sequence_loss, train, warm_start
 from model.transformer import Transformer, TransformerConfig
 
 WORDS = {"the": "die", "file": "Datei", "open": "öffnen", "save": "speichern", "menu": "Menü", "table": "Tabelle",
@@ -81,3 +83,48 @@ def test_saved_weights_reload_bit_identically(tmp_path, corpus):
     assert all(torch.equal(state[k], saved[k]) for k in saved)
     assert model.decoder.embedding.weight is model.embedding.weight
     assert config["src_lang"] == "en" and tokenizer.vocab_size == 50
+
+
+def test_cooldown_decays_the_learning_rate_to_zero_at_max_steps(tmp_path, corpus):
+    config = tiny_config(corpus, tmp_path, max_steps=100, warmup_steps=10, cooldown_steps=20)
+    plain = tiny_config(corpus, tmp_path, max_steps=100, warmup_steps=10)
+    assert learning_rate(50, config) == learning_rate(50, plain)  # untouched before the cooldown
+    assert learning_rate(90, config) == pytest.approx(learning_rate(90, plain) * 0.5)
+    assert learning_rate(100, config) == 0.0
+    # After a warm start the rate ramps up from (nearly) zero again.
+    assert learning_rate(51, plain, warm_start_step=50) == pytest.approx(learning_rate(51, plain) / plain.rewarm_steps)
+
+
+def test_a_run_continues_from_the_best_weights_when_the_resume_state_is_gone(tmp_path, corpus):
+    out = tmp_path / "run"
+    train(tiny_config(corpus, out, max_steps=4, eval_every=2))
+    best = weights_counters(out / "model.safetensors")
+    assert best is not None and best["step"] in (2, 4)
+    best_weights = load_file(str(out / "model.safetensors"))
+    shutil.rmtree(out / "resume")  # as in a fresh clone that holds only the committed best weights
+    model = Transformer(TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"]))
+    assert warm_start(out, model, None) == best
+    assert all(torch.equal(model.state_dict()[k], best_weights[k]) for k in best_weights)
+    train(tiny_config(corpus, out, max_steps=best["step"] + 3, eval_every=1000))
+    state = json.loads((out / "resume" / "state.json").read_text())
+    assert state["step"] == best["step"] + 3 and state["warm_start_step"] == best["step"]
+    assert state["tokens_seen"] > best["tokens_seen"]
+
+
+def test_averaging_the_snapshots_keeps_the_mean_only_when_it_validates_better(tmp_path, corpus):
+    out = tmp_path / "run"
+    train(tiny_config(corpus, out, max_steps=6, eval_every=2, keep_snapshots=2))
+    snapshots = sorted((out / "snapshots").glob("step-*.safetensors"))
+    assert [p.name for p in snapshots] == ["step-0000004.safetensors", "step-0000006.safetensors"]
+    a, b = (load_file(str(p)) for p in snapshots)
+    mean = average_weights(snapshots)
+    assert all(torch.allclose(mean[k], (a[k] + b[k]) / 2) for k in a)
+    before = load_file(str(out / "model.safetensors"))
+    report = average_run(out, last=2, threads=1)
+    after = load_file(str(out / "model.safetensors"))
+    if report["average"]["bleu"] > report["best_before"]["bleu"]:
+        assert all(torch.equal(after[k], mean[k]) for k in mean)
+        assert weights_counters(out / "model.safetensors")["best_bleu"] == report["average"]["bleu"]
+    else:
+        assert all(torch.equal(after[k], before[k]) for k in before)
+    assert json.loads((out / "averaging.json").read_text())["snapshots"] == [p.name for p in snapshots]
