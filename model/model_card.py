@@ -86,6 +86,15 @@ def write_card(directory: Path, data: Path, scores: list[dict]) -> Path:
         f"dropout {model['dropout']}, gradient clipping {train['clip_norm']}, bf16 autocast ({train['bf16']}).",
         f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU.",
     ]
+    if train.get("cooldown_steps"):
+        lines.append(f"The last run planned its end at step {train['max_steps']:,}: over its final {train['cooldown_steps']:,} "
+                     "steps the learning rate decayed linearly to zero.")
+    averaging = directory / "averaging.json"
+    if averaging.exists():
+        report = json.loads(averaging.read_text())
+        lines.append(f"Checkpoint averaging (`model/average.py`) of {', '.join(report['snapshots'])}: validation BLEU "
+                     f"{report['average']['bleu']:.2f} against {report['best_before']['bleu']:.2f} for the best single "
+                     f"checkpoint; kept: {report['kept']}.")
     if last:
         lines.append(
             f"Trained {last['step']:,} steps ({last['epoch']} full epochs, {last['tokens_seen'] / 1e6:.1f}M target tokens) "

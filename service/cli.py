@@ -22,7 +22,9 @@ from pathlib import Path
 DELEGATED = {
     "data": "model.data",
     "train": "model.train",
+    "average": "model.average",
     "evaluate": "model.evaluate",
+    "card": "model.model_card",
     "export": "export.__main__",
     "load": "tuning.load",
     "tune": "tuning.tune",
