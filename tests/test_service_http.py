@@ -13,7 +13,7 @@ import pytest
 from libretranslatepy import LibreTranslateAPI
 
 from tests.service_support import (  # noqa: F401 - models_dir is a fixture
-    STOPPED_BY_SIGTERM, ServerProcess, metric, models_dir, needs_shipped_model,
+    ROOT, STOPPED_BY_SIGTERM, ServerProcess, metric, models_dir, needs_shipped_model,
 )
 
 LIMITS = {"TRANSLATOR_MAX_TEXT_CHARS": "2000", "TRANSLATOR_MAX_TEXTS_PER_REQUEST": "8", "TRANSLATOR_MAX_BODY_BYTES": "20000"}
@@ -29,6 +29,13 @@ KNOWN = {
     "Close the window.": ["Schließen", "Fenster"],
     "Select the cell range.": ["Zellbereich"],
 }
+KNOWN_DE_EN = {
+    "Öffnen Sie die Datei.": ["open", "file"],
+    "Klicken Sie auf OK.": ["click", "OK"],
+    "Schließen Sie das Fenster.": ["close", "window"],
+    "Wählen Sie den Zellbereich aus.": ["select", "cell range"],
+}
+SHIPPED_DE_EN = (ROOT / "models" / "de-en" / "package.json").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,16 @@ def test_known_sentences_translate_correctly(server, sentence, words):
     text = answer["translations"][0]["text"]
     assert has_words(text, words), text
     assert answer["model"] == "en-de"
+
+
+@pytest.mark.skipif(not SHIPPED_DE_EN, reason="models/de-en is not there yet")
+@pytest.mark.parametrize("sentence, words", KNOWN_DE_EN.items())
+def test_known_german_sentences_translate_correctly_into_english(server, sentence, words):
+    response = post(server, "/v1/translate", json={"text": sentence, "source": "de", "target": "en"})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert has_words(answer["translations"][0]["text"], words), answer
+    assert answer["model"] == "de-en"
 
 
 @needs_shipped_model
