@@ -51,7 +51,7 @@ def test_cli_serves_and_delegates_without_importing_the_training_side():
     parser = build_parser()
     args = parser.parse_args(["serve", "--port", "8001", "--models-dir", "somewhere"])
     assert (args.port, str(args.models_dir), args.handler.__name__) == (8001, "somewhere", "serve")
-    assert set(DELEGATED) == {"data", "train", "evaluate", "export", "load", "tune"}
+    assert set(DELEGATED) == {"data", "train", "average", "evaluate", "card", "export", "load", "tune"}
 
 
 @pytest.mark.parametrize("arena, shrink", [(False, False), (True, True)])
