@@ -50,8 +50,8 @@ def test_closed_loop_counts_agree_with_the_servers_own_metrics(server, sentences
     answered = delta(before, after, "translator_request_duration_seconds_count", route="/v1/translate", status="200")
     assert result.ok == result.requests == answered > 0
     assert result.rejected == result.errors == 0
-    assert result.source_tokens == delta(before, after, "translator_input_tokens_sum")
-    assert result.target_tokens == delta(before, after, "translator_generated_tokens_total") > 0
+    assert result.source_tokens == delta(before, after, "translator_input_tokens_sum", model="en-de")
+    assert result.target_tokens == delta(before, after, "translator_generated_tokens_total", model="en-de") > 0
     assert result.elapsed_s >= 2.0
     assert result.target_tokens_per_s == pytest.approx(result.target_tokens / result.elapsed_s, rel=0.01)
     view = result.server
