@@ -17,11 +17,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import TIED_KEYS, load_config, save_weights, weights_counters
+from model.checkpoint import load_model, save_weights, weights_counters
 from model.data import source_column
-from model.tokenizer import Tokenizer
-from model.train import TrainConfig, cpu_supports_bf16, load_split, validate
-from model.transformer import Transformer, TransformerConfig
+from model.train import TrainConfig, bf16_autocast, load_split, validate
 
 
 def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -41,26 +39,17 @@ def average_run(directory: Path, last: int, threads: int = 0) -> dict:
     snapshots = sorted((directory / "snapshots").glob("step-*.safetensors"))[-last:]
     if len(snapshots) < 2:
         raise SystemExit(f"{directory}: {len(snapshots)} snapshot(s) under snapshots/; averaging needs at least 2")
-    config = load_config(directory)
+    model, tokenizer, config = load_model(directory)  # the best weights, checked against config.json
     train_config = TrainConfig(**{**config["train"], "out": str(directory)})
-    tokenizer = Tokenizer(directory / "spm.model")
     data = Path(train_config.data)
     valid = load_split(data / "valid.tsv", tokenizer, source_column(data, config["src_lang"], config["tgt_lang"]), train_config.max_len)
-    use_bf16 = train_config.bf16 == "on" or (train_config.bf16 == "auto" and cpu_supports_bf16())
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
-
-    model = Transformer(TransformerConfig.from_dict(config["model"]))
-
-    def score(weights: dict[str, torch.Tensor]) -> dict:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if set(missing) - set(TIED_KEYS) or unexpected:
-            raise SystemExit(f"{directory}: snapshot weights do not match config.json")
-        return validate(model, valid, tokenizer, train_config, autocast)
+    autocast = bf16_autocast(train_config, torch.device("cpu"))
 
     best_path = directory / "model.safetensors"
-    best_scores = score(load_file(str(best_path)))
+    best_scores = validate(model, valid, tokenizer, train_config, autocast)
     averaged = average_weights(snapshots)
-    averaged_scores = score(averaged)
+    model.load_state_dict(averaged, strict=False)  # same keys as the snapshots' source, the run's own model
+    averaged_scores = validate(model, valid, tokenizer, train_config, autocast)
     kept = averaged_scores["bleu"] > best_scores["bleu"]
     if kept:
         counters = {**(weights_counters(snapshots[-1]) or {}), "best_bleu": averaged_scores["bleu"]}

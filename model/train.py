@@ -85,6 +85,16 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def bf16_autocast(config: TrainConfig, device: torch.device):
+    """→ a factory of autocast contexts: bf16 on CUDA and CPUs with native bf16 (per --bf16), else a no-op."""
+    enabled = config.bf16 == "on" or (config.bf16 == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def new_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
+
+
 def load_split(path: Path, tokenizer: Tokenizer, src_col: int, max_len: int) -> list[tuple[list[int], list[int], str]]:
     """→ (source ids + EOS, target ids, target text) for pairs whose sides fit in `max_len` tokens."""
     pairs = read_tsv_pairs(path)
@@ -167,11 +177,10 @@ def validate(model: Transformer, valid: list, tokenizer: Tokenizer, config: Trai
     return {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 20)), **corpus_scores(hypotheses, [example[2] for example in valid[:count]])}
 
 
-def warm_start(out: Path, model: Transformer, resumed: dict | None) -> dict | None:
+def warm_start(out: Path, model: Transformer, resumed: dict | None, best: dict | None) -> dict | None:
     """Continue from the best weights when they are newer than the resume state (or there is none):
     a fresh checkout has the committed best weights but maybe an older optimiser state, or none.
-    → their counters, or None when the resume state is the newer one."""
-    best = weights_counters(out / "model.safetensors")
+    `best`: the best weights' counters. → them, or None when the resume state is the newer one."""
     if best is None or (resumed is not None and resumed["step"] >= best["step"]):
         return None
     model.load_state_dict(load_file(str(out / "model.safetensors")), strict=False)
@@ -208,29 +217,29 @@ def train(config: TrainConfig) -> None:
         model_config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"])
     device = torch.device(config.device)
     model = Transformer(model_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
+    optimizer = new_optimizer(model, config)
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_bleu": -1.0, "train_seconds": 0.0, "tokens_seen": 0,
              "warm_start_step": None}
     resumed = load_training_state(out, model, optimizer)
-    warm = warm_start(out, model, resumed)
+    best = weights_counters(out / "model.safetensors")
+    warm = warm_start(out, model, resumed, best)
     if warm is not None:
         state = {**state, **warm, "warm_start_step": warm["step"]}
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
+        optimizer = new_optimizer(model, config)
         print(f"warm start from the best weights at step {state['step']} (resume state: "
               f"{'step ' + str(resumed['step']) if resumed else 'none'}); new AdamW moments, lr ramps up over {config.rewarm_steps} steps")
     elif resumed is not None:
         state = {k: resumed.get(k, state[k]) for k in state}
         print(f"resumed at step {state['step']} (epoch {state['epoch']}, best BLEU {state['best_bleu']:.2f})")
     # model.average may have kept an average that validated above anything the run itself saw.
-    state["best_bleu"] = max(state["best_bleu"], (weights_counters(out / "model.safetensors") or {}).get("best_bleu", -1.0))
+    state["best_bleu"] = max(state["best_bleu"], (best or {}).get("best_bleu", -1.0))
     (out / "config.json").write_text(
         json.dumps({"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
                     "tgt_lang": config.tgt_lang, "parameters": model.num_parameters()}, indent=2)
     )
     print(f"{model.num_parameters() / 1e6:.2f}M parameters, {len(train_set)} training pairs, {len(valid)} validation pairs")
 
-    use_bf16 = config.bf16 == "on" or (config.bf16 == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
-    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    autocast = bf16_autocast(config, device)
     stop = {"signal": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(signal=True))
     started, session_start_seconds = time.time(), state["train_seconds"]

@@ -103,7 +103,7 @@ def test_a_run_continues_from_the_best_weights_when_the_resume_state_is_gone(tmp
     best_weights = load_file(str(out / "model.safetensors"))
     shutil.rmtree(out / "resume")  # as in a fresh clone that holds only the committed best weights
     model = Transformer(TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"]))
-    assert warm_start(out, model, None) == best
+    assert warm_start(out, model, None, best) == best
     assert all(torch.equal(model.state_dict()[k], best_weights[k]) for k in best_weights)
     train(tiny_config(corpus, out, max_steps=best["step"] + 3, eval_every=1000))
     state = json.loads((out / "resume" / "state.json").read_text())
