@@ -5,9 +5,11 @@ the timing figures (rejection p99, throughput share) depend on an idle machine a
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from bench import overload, soak
+from bench import overload, soak, soak_plot
 from tests.service_support import models_dir  # noqa: F401 - fixture
 
 QUICK_SERVER = ["--env", "TRANSLATOR_DEFAULT_BEAM_SIZE=1", "--env", "TRANSLATOR_INTRA_OP_THREADS=1"]
@@ -54,3 +56,8 @@ def test_soak_answers_every_length_and_records_the_memory_curve(models_dir, corp
     assert [point["requests"] for point in curve] == list(range(0, 121, 8))
     assert all(point["rss_mib"] > 50 for point in curve)
     assert report["memory"]["samples_after_warmup"] == 10 and report["memory"]["growth"] < 0.25
+
+    # The curve drawn from the report, as `python -m bench.soak_plot` draws the soaks of docs/reliability.md.
+    (tmp_path / "soak.json").write_text(json.dumps(report))
+    assert soak_plot.main([str(tmp_path / "soak.json"), "--out", str(tmp_path / "soak.png")]) == 0
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
