@@ -49,8 +49,8 @@ fuzz: install-dev
 
 # Overload (4x capacity, 60 s), memory soak (20,000 requests, lengths 2..max tokens, at most an hour; its curve
 # in soak.png) and fuzzing, each on its own server on 127.0.0.1; reports in results/reliability/, figures in
-# docs/reliability.md. Each runner
-# exits 1 when one of its checks fails; all three run, and the target fails if any did.
+# docs/reliability.md. Each runner exits 1 when one of its checks fails; all three run, and the target fails
+# if any did.
 soak: install-dev
 	$(PY) -m bench.overload --duration 60 --json results/reliability/overload.json; o=$$?; \
 	$(PY) -m bench.soak --requests 20000 --max-duration 3600 --json results/reliability/soak.json; s=$$?; \

@@ -11,16 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
+from tuning.plots import FIGURE_DPI, plt  # matplotlib on its Agg backend, as the tuning report's figures
 
 
 def setting_label(report: dict) -> str:
-    """The server settings a soak ran with beyond the runner's own, e.g. `TRANSLATOR_SHRINK_ARENA=true`."""
-    settings = [f"{name}={value}" for name, value in report.get("server_environment", {}).items()]
-    return ", ".join(settings) or "defaults (arena on)"
+    """The server settings a soak ran with, e.g. `TRANSLATOR_SHRINK_ARENA=true`."""
+    settings = [f"{name}={value}" for name, value in report["server_environment"].items()]
+    return ", ".join(settings) or "server defaults"
 
 
 def plot_soaks(reports: list[dict], path: Path) -> None:
@@ -40,7 +37,7 @@ def plot_soaks(reports: list[dict], path: Path) -> None:
     axes.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=FIGURE_DPI)
     plt.close(figure)
 
 

@@ -57,13 +57,13 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (resident memory holds its peak); "
-        "off, every tensor goes back to the allocator: in the soak 40 MiB lower and flat, no slower (docs/reliability.md)."))
+        "off, every tensor goes back to the allocator (in docs/reliability.md's soak: lower and flatter, no slower)."))
     spin_wait: bool = Field(False, description=(
         "Let idle ONNX Runtime threads spin between calls (slightly faster decoding steps; on a few cores it starves "
         "the request-handling thread, so refusals and health checks slow down under load)."))
     shrink_arena: bool = Field(False, description=(
-        "Give unused arena memory back after every inference call. Measured worse, not flatter: the 10,000-request "
-        "soak's resident set ran higher and noisier than with the arena on or off (docs/reliability.md)."))
+        "Give unused arena memory back after every inference call (in docs/reliability.md's soak: higher and "
+        "noisier resident memory than with the arena on or off)."))
 
     # --- batching ----------------------------------------------------------------------------------
     batch_token_budget: int = Field(2048, ge=1, description=(
