@@ -15,7 +15,7 @@ computes (the operator keeps finished sentences in the batch until the last one 
 estimated from the best hypotheses' lengths, a lower bound for beam search, which runs until a
 sentence has `beam` finished hypotheses).
 
-`search_in_graph` is generation.onnx behind the interface of `service.decoding.search`. It lives here,
+`search_in_graph` is generation.onnx behind the interface of `engine.search.search`. It lives here,
 not in service/: measured, the operator loses where the service runs (the batcher forms multi-sentence
 batches under load), so the service keeps its own loop (README "Benchmark").
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from export.generation import GENERATION_FILE, write_generation
-from service.decoding import Hypothesis, SearchOptions, SearchResult, source_lengths
+from engine.search import Hypothesis, SearchOptions, SearchResult, source_lengths
 
 
 def generation_feeds(src_ids: np.ndarray, pad_id: int, options: SearchOptions) -> dict[str, np.ndarray]:
@@ -68,7 +68,7 @@ def hypotheses_from(sequences: np.ndarray, scores: np.ndarray, pad_id: int, eos_
 
 
 def search_in_graph(session, src_ids: np.ndarray, pad_id: int, options: SearchOptions) -> list[SearchResult]:
-    """`service.decoding.search(step_model, src_ids, pad_id, options)`, run by generation.onnx's BeamSearch
+    """`engine.search.search(step_model, src_ids, pad_id, options)`, run by generation.onnx's BeamSearch
     operator in one session.run. Scores are normalised as ours (beam: log-prob sum / length **
     length_penalty; greedy: the plain sum). Differences, checked by tests/test_generation.py: a beam
     hypothesis forced to end at its limit scores higher by -log P(EOS) / length ** length_penalty (the
@@ -94,8 +94,8 @@ class TimedSession:
 
 
 def load(package: Path, threads: int):
-    from service.runtime import Translator
-    from service.sessions import RuntimeOptions, create_session
+    from engine.translator import Translator
+    from engine.sessions import RuntimeOptions, create_session
 
     if not (package / GENERATION_FILE).exists():
         write_generation(package)
@@ -107,7 +107,7 @@ def load(package: Path, threads: int):
 
 
 def run_setting(translator, session, sources: list[list[int]], beam: int, batch_size: int) -> dict:
-    from service.decoding import length_sorted_batches, pad_batch, search
+    from engine.search import length_sorted_batches, pad_batch, search
 
     ids = translator.manifest.special_ids
     options = translator.search_options(beam_size=beam)

@@ -1,6 +1,6 @@
 """Side-by-side benchmark on the same weights, machine and sentences (`make bench`):
 
-  pytorch       the reference model, eager, through service.decoding's search
+  pytorch       the reference model, eager, through engine.search's search
   ort-fp32      our ONNX Runtime engine, fp32 package
   ort-int8      our ONNX Runtime engine, int8 package (the one we ship)
   ct2-float32   CTranslate2 on our weights (bench/ct2_convert.py), float32
@@ -32,7 +32,7 @@ RATIOS = (("ort-int8", "ct2-int8"), ("ort-int8", "pytorch"), ("ort-fp32", "ct2-f
 
 def prepare_ct2(checkpoint: Path, cache: Path, quantization: str) -> Path:
     """Convert once per checkpoint: the converted directory remembers which weights it came from."""
-    from service.package import sha256_of
+    from engine.package import sha256_of
 
     out = cache / f"{checkpoint.name}-{quantization}"
     stamp = out / "source_sha256.txt"

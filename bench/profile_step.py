@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.package import load_package
+from engine.package import load_package
 
 
 def decoder_feeds(manifest, batch: int, src_len: int, past_len: int) -> dict[str, np.ndarray]:

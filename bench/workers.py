@@ -21,7 +21,7 @@ Translate = Callable[[list[list[int]], int], list[list[int]]]  # (sources with E
 
 def output_limits(sources: list[list[int]], max_length: int = 512) -> np.ndarray:
     """Our search's default output limits (SearchOptions: 1.5 × source + 10, capped)."""
-    from service.decoding import SearchOptions
+    from engine.search import SearchOptions
 
     return SearchOptions(bos_id=2, eos_id=3, max_length=max_length).output_limits(np.array([len(s) for s in sources]))
 
@@ -31,7 +31,7 @@ def pytorch_engine(config: dict) -> Translate:
 
     from model.checkpoint import load_model
     from model.search import TorchStepModel
-    from service.decoding import SearchOptions, pad_batch, search
+    from engine.search import SearchOptions, pad_batch, search
 
     torch.set_num_threads(config["threads"])
     model, _, _ = load_model(config["checkpoint"])
@@ -45,8 +45,8 @@ def pytorch_engine(config: dict) -> Translate:
 
 
 def ort_engine(config: dict, package: str) -> Translate:
-    from service.runtime import Translator
-    from service.sessions import RuntimeOptions
+    from engine.translator import Translator
+    from engine.sessions import RuntimeOptions
 
     translator = Translator(package, RuntimeOptions(intra_op_threads=config["threads"]))
     translator.warmup()
@@ -94,7 +94,7 @@ def percentile_ms(seconds: list[float], q: float) -> float:
 
 def run_setting(translate: Translate, sources: list[list[int]], beam_size: int, batch_size: int) -> tuple[dict, list]:
     """Translate every source in batches of similar length → timings and the outputs in input order."""
-    from service.decoding import length_sorted_batches
+    from engine.search import length_sorted_batches
 
     batches = length_sorted_batches(sources, batch_size)
     translate([sources[i] for i in batches[len(batches) // 2]], beam_size)  # warm-up, untimed

@@ -201,7 +201,7 @@ def build_generation(encoder: onnx.ModelProto, decoder: onnx.ModelProto, dims: D
 
 def write_generation(package: Path, out: Path | None = None) -> Path:
     """package directory (encoder.onnx, decoder.onnx, package.json) → its generation.onnx."""
-    from service.package import read_manifest
+    from engine.package import read_manifest
 
     package = Path(package)
     manifest = read_manifest(package)

@@ -1,4 +1,4 @@
-"""Assemble a model package directory from a trained checkpoint (see service/package.py for the format)."""
+"""Assemble a model package directory from a trained checkpoint (see engine/package.py for the format)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from export.onnx_export import (
 from export.quantize import convert_fp16, optimize_transformer, quantize_int8
 from model.checkpoint import load_model
 from model.transformer import Transformer
-from service.package import (
+from engine.package import (
     GraphSpec, Graphs, Limits, ModelDims, PackageManifest, SourceCheckpoint, SpecialIds, read_manifest, sha256_of,
     write_manifest,
 )

@@ -23,9 +23,9 @@ from model.data import source_column
 from model.search import TorchStepModel, translate_ids
 from model.tokenizer import read_tsv_pairs
 from model.transformer import Transformer
-from service.decoding import SearchOptions, length_sorted_batches, pad_batch, search
-from service.runtime import Translator
-from service.sessions import RuntimeOptions
+from engine.search import SearchOptions, length_sorted_batches, pad_batch, search
+from engine.translator import Translator
+from engine.sessions import RuntimeOptions
 
 REPORT = "parity.json"
 

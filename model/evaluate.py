@@ -18,7 +18,7 @@ from model.checkpoint import load_model
 from model.search import translate_ids
 from model.data import source_column
 from model.tokenizer import BOS_ID, EOS_ID, read_tsv_pairs
-from service.decoding import SearchOptions
+from engine.search import SearchOptions
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:

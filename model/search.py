@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from model.transformer import KeyValue, Transformer
-from service.decoding import SearchOptions, SearchResult, pad_batch, search
+from engine.search import SearchOptions, SearchResult, pad_batch, search
 
 
 @dataclass

@@ -40,7 +40,7 @@ from model.checkpoint import (load_training_state, model_weights, save_snapshot,
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
 from model.transformer import Transformer, TransformerConfig
-from service.decoding import SearchOptions
+from engine.search import SearchOptions
 
 
 @dataclass

@@ -26,9 +26,9 @@ from service.batcher import Batcher, BatchPolicy
 from service.config import Settings
 from service.langid import detector_for
 from service.metrics import Metrics
-from service.package import PackageError
-from service.runtime import Translator
-from service.sessions import ProviderUnavailable
+from engine.package import PackageError
+from engine.translator import Translator
+from engine.sessions import ProviderUnavailable
 
 log = logging.getLogger(__name__)
 PAIR_DIRECTORY = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.decoding import SearchOptions, SearchResult, StepModel
+from engine.search import SearchOptions, SearchResult, StepModel
 from service.metrics import Metrics
-from service.runtime import Translator
+from engine.translator import Translator
 
 log = logging.getLogger(__name__)
 

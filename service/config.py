@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.sessions import RuntimeOptions
+from engine.sessions import RuntimeOptions
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 CommaInts = Annotated[tuple[int, ...], NoDecode]

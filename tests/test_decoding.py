@@ -1,4 +1,4 @@
-"""Greedy and beam search (service/decoding.py) driven by the PyTorch reference model."""
+"""Greedy and beam search (engine/search.py) driven by the PyTorch reference model."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from model.search import TorchStepModel, translate_ids
 from model.transformer import Transformer, TransformerConfig
-from service.decoding import SearchOptions, pad_batch, search
+from engine.search import SearchOptions, pad_batch, search
 
 BOS, EOS = 2, 3
 

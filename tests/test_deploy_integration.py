@@ -1,4 +1,4 @@
-"""The monitoring against the real thing: the service (`python -m service.cli serve`) and a real
+"""The monitoring against the real thing: the service (`python -m cli.main serve`) and a real
 Prometheus server on 127.0.0.1, with the shipped scrape config and alert rules. After traffic on every
 route, every PromQL expression of the Grafana dashboard, of the alert rules and of prometheus-adapter's
 rules must parse and return data through Prometheus' HTTP API, and every rule must evaluate cleanly.

@@ -16,10 +16,10 @@ from export.parity import ParityError, check_parity
 from export.quantize import check_fp16, convert_fp16, gemm_to_matmul
 from model.checkpoint import load_model
 from model.tokenizer import read_tsv_pairs
-from service.decoding import SearchOptions
-from service.package import PackageError, load_package, sha256_of
-from service.runtime import Translator
-from service.sessions import RuntimeOptions
+from engine.search import SearchOptions
+from engine.package import PackageError, load_package, sha256_of
+from engine.translator import Translator
+from engine.sessions import RuntimeOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = RuntimeOptions(intra_op_threads=1)
@@ -143,6 +143,6 @@ def test_no_torch_is_imported_by_the_service():
     import subprocess
     import sys
 
-    code = ("import sys, service.runtime, service.package, service.sessions, service.iobinding, service.decoding; "
+    code = ("import sys, engine.translator, engine.package, engine.sessions, engine.iobinding, engine.search; "
             "assert 'torch' not in sys.modules, 'service imports torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

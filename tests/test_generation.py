@@ -1,5 +1,5 @@
 """generation.onnx (export/generation.py): the whole search in ONNX Runtime's BeamSearch operator, against
-our loop (service.decoding.search) on the same tiny fp32 package.
+our loop (engine.search.search) on the same tiny fp32 package.
 
 Greedy must give the same tokens and scores. Beam search too, except for the documented difference: a
 hypothesis forced to end at its output limit scores higher in the operator (its EOS adds 0, ours
@@ -14,9 +14,9 @@ import pytest
 
 from bench.contrib_search import search_in_graph
 from export.generation import write_generation
-from service.decoding import length_sorted_batches, pad_batch, search, source_lengths
-from service.runtime import Translator
-from service.sessions import RuntimeOptions, create_session
+from engine.search import length_sorted_batches, pad_batch, search, source_lengths
+from engine.translator import Translator
+from engine.sessions import RuntimeOptions, create_session
 
 ONE_THREAD = RuntimeOptions(intra_op_threads=1)
 TOLERANCE = 1e-4

@@ -10,10 +10,10 @@ import pytest
 
 from model.checkpoint import load_model
 from model.search import TorchStepModel
-from service.decoding import SearchOptions, pad_batch, search
-from service.package import PackageError, load_package
-from service.runtime import OnnxStepModel, Translator
-from service.sessions import RuntimeOptions
+from engine.search import SearchOptions, pad_batch, search
+from engine.package import PackageError, load_package
+from engine.translator import OnnxStepModel, Translator
+from engine.sessions import RuntimeOptions
 
 ONE_THREAD = RuntimeOptions(intra_op_threads=1)
 SENTENCES = ["The house sees the small cat.", "Click on the button.", "Menu.",
@@ -148,7 +148,7 @@ def test_io_binding_path_equals_numpy_path(tiny_packages, fp32):
 def test_embedded_gather_graphs_are_what_they_say():
     from onnx import TensorProto, helper
 
-    from service.iobinding import GATHER_ROWS_GRAPHS
+    from engine.iobinding import GATHER_ROWS_GRAPHS
 
     def gather_rows_model(dtype: int) -> bytes:
         data = helper.make_tensor_value_info("data", dtype, None)

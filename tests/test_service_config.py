@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from service.cli import DELEGATED, build_parser
+from cli.main import DELEGATED, build_parser
 from service.config import Settings
 from tests.service_support import ROOT, models_dir, translators  # noqa: F401 - fixtures
 
@@ -56,7 +56,7 @@ def test_cli_serves_and_delegates_without_importing_the_training_side():
 
 @pytest.mark.parametrize("arena, shrink", [(False, False), (True, True)])
 def test_arena_settings_reach_onnx_runtime_and_translate_alike(models_dir, translators, arena, shrink):  # noqa: F811
-    from service.runtime import Translator
+    from engine.translator import Translator
 
     options = Settings(intra_op_threads=1, cpu_mem_arena=arena, shrink_arena=shrink).runtime_options()
     assert (options.enable_cpu_mem_arena, options.shrink_arena_after_run) == (arena, shrink)

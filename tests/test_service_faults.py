@@ -15,7 +15,7 @@ import httpx
 import onnxruntime
 import pytest
 
-from service.package import read_manifest, write_manifest
+from engine.package import read_manifest, write_manifest
 from tests.service_support import ServerProcess, metric, models_dir, serving, translators, wait_until  # noqa: F401 - fixtures
 
 NATIVE = {"text": "Open the file.", "source": "en", "target": "de"}

@@ -70,7 +70,7 @@ def test_a_broken_package_stops_the_start(models_dir, tmp_path):  # noqa: F811
 def test_serving_never_imports_torch(models_dir):  # noqa: F811
     program = (
         "import sys\n"
-        "from service.cli import build_parser\n"
+        "from cli.main import build_parser\n"
         "from service.app import create_app, load_translators\n"
         "from service.config import Settings\n"
         f"settings = Settings(models_dir={str(models_dir)!r})\n"

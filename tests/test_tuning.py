@@ -215,11 +215,11 @@ def test_tune_against_a_url_sweeps_load_levels_only(server, tmp_path):
 
 
 def test_cli_delegates_and_tuning_never_imports_torch():
-    code = ("import sys; from service.cli import DELEGATED; import tuning.tune, tuning.load, tuning.plots; "
+    code = ("import sys; from cli.main import DELEGATED; import tuning.tune, tuning.load, tuning.plots; "
             "assert DELEGATED['load'] == 'tuning.load' and DELEGATED['tune'] == 'tuning.tune'; "
             "assert 'torch' not in sys.modules, 'tuning imported torch'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
-    help_text = subprocess.run([sys.executable, "-m", "service.cli", "tune", "--help"], cwd=ROOT, check=True,
+    help_text = subprocess.run([sys.executable, "-m", "cli.main", "tune", "--help"], cwd=ROOT, check=True,
                                capture_output=True, text=True).stdout
     assert "--p95-ms" in help_text and "--length-buckets" in help_text
 

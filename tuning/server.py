@@ -39,7 +39,7 @@ def proc_status_bytes(pid: int, field: str) -> int | None:
 
 
 class LocalServer:
-    """One `python -m service.cli serve` process; use as a context manager (SIGTERM on exit)."""
+    """One `python -m cli.main serve` process; use as a context manager (SIGTERM on exit)."""
 
     def __init__(self, models_dir: Path, environment: dict[str, str], log: Path):
         self.port = free_port()
@@ -51,7 +51,7 @@ class LocalServer:
                "TRANSLATOR_MODELS_DIR": str(models_dir), "TRANSLATOR_HOST": "127.0.0.1", "TRANSLATOR_PORT": str(self.port)}
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], cwd=ROOT, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180.0) -> "LocalServer":

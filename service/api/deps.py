@@ -15,7 +15,7 @@ from service.batcher import Batcher
 from service.config import Settings
 from service.langid import LanguageDetector
 from service.metrics import Metrics
-from service.runtime import Translator
+from engine.translator import Translator
 
 T = TypeVar("T")
 

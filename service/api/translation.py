@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from service.api.deps import ServiceState
 from service.api.errors import ApiError
 from service.batcher import Embedding
-from service.runtime import Translator
+from engine.translator import Translator
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.package import PackageManifest
-from service.sessions import RuntimeOptions, create_session, run_options
+from engine.package import PackageManifest
+from engine.sessions import RuntimeOptions, create_session, run_options
 
 
 @dataclass

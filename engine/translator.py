@@ -1,10 +1,10 @@
 """ONNX Runtime inference for one model package: translation and sentence embeddings.
 
 `OnnxStepModel` drives the package's two graphs through the `StepModel` protocol of
-`service.decoding`, so ORT decodes with the very search the PyTorch reference is evaluated
+`engine.search`, so ORT decodes with the very search the PyTorch reference is evaluated
 with. Caches live in numpy arrays between steps on the CPU; with IO binding (the default on
 CUDA) they stay on the device as OrtValues and only the log-probabilities come back to the
-host (`service.iobinding`). `Translator` wraps one package: tokenizer, limits, a lock.
+host (`engine.iobinding`). `Translator` wraps one package: tokenizer, limits, a lock.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from service.decoding import SearchOptions, SearchResult, pad_batch, search
-from service.package import PackageError, PackageManifest, load_package
-from service.sessions import CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
+from engine.search import SearchOptions, SearchResult, pad_batch, search
+from engine.package import PackageError, PackageManifest, load_package
+from engine.sessions import CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Translator:
 
     def make_step_model(self):
         if self.io_binding:
-            from service.iobinding import BoundStepModel  # the CUDA path; also runs (and is tested) on CPU
+            from engine.iobinding import BoundStepModel  # the CUDA path; also runs (and is tested) on CPU
 
             device = "cuda" if self.provider == CUDA else "cpu"
             return BoundStepModel(self.encoder_session, self.decoder_session, self.manifest, self.options, device)
