@@ -4,7 +4,7 @@
 #
 #   build-venv.sh deps   the [project] dependencies of pyproject.toml, pinned by requirements/constraints.txt
 #                        (its layer is rebuilt only when one of those two files changes)
-#   build-venv.sh app    the translator package itself (only service/ is in the build context), no dependencies
+#   build-venv.sh app    the translator package itself (engine/, service/ and cli/ are what the build context holds), no dependencies
 #
 # Run from the directory holding pyproject.toml. Environment:
 #   VENV         an existing virtual environment with pip (default /opt/venv)
