@@ -61,11 +61,11 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).replace("\u00a0", " ").split())
 
 
-def letters(text: str) -> int:
-    return sum(ch.isalpha() for ch in PLACEHOLDER.sub("", text))
+def letters(text: str, placeholder: re.Pattern = PLACEHOLDER) -> int:
+    return sum(ch.isalpha() for ch in placeholder.sub("", text))
 
 
-def rejection(en: str, de: str) -> str | None:
+def rejection(en: str, de: str, placeholder: re.Pattern = PLACEHOLDER) -> str | None:
     """The name of the first filter a normalised pair fails, or None if it is kept."""
     longer, shorter = max(len(en), len(de)), min(len(en), len(de))
     checks = (
@@ -74,9 +74,9 @@ def rejection(en: str, de: str) -> str | None:
         (f"longer than {MAX_CHARS} characters or {MAX_WORDS} words",
          longer > MAX_CHARS or max(len(en.split()), len(de.split())) > MAX_WORDS),
         (f"length ratio over {MAX_RATIO}", longer > RATIO_ALLOWANCE and longer > MAX_RATIO * shorter),
-        ("only numbers, punctuation or placeholders", letters(en) < 2 or letters(de) < 2),
+        ("only numbers, punctuation or placeholders", letters(en, placeholder) < 2 or letters(de, placeholder) < 2),
         ("markup left in the text", bool(MARKUP.search(en) or MARKUP.search(de))),
-        ("placeholders differ between sides", Counter(PLACEHOLDER.findall(en)) != Counter(PLACEHOLDER.findall(de))),
+        ("placeholders differ between sides", Counter(placeholder.findall(en)) != Counter(placeholder.findall(de))),
         (f"fewer than {MIN_WORDS} words", len(en.split()) < MIN_WORDS),
         (CLI_HELP, bool(COMMAND_LINE_HELP.search(en) or COMMAND_LINE_HELP.search(de))),
         ("verb conjugation table", bool(CONJUGATION.search(en) or CONJUGATION.search(de))),
@@ -244,14 +244,30 @@ def read_debian_sources(cache: Path) -> Iterator[tuple[str, list[Package], Itera
     yield DING, [ding], ding_pairs(ding.root / DING_FILE)
 
 
-def build_debian(out: Path, cache: Path) -> None:
+def build_debian(out: Path, cache: Path, general: bool = True) -> None:
+    """The original corpus (train/valid/test.tsv, byte-identical to earlier builds), then the general-language
+    sources of model.corpus.sources (train.<domain>.tsv, valid.<domain>.tsv, test.<domain>.tsv)."""
     corpus, packages = Corpus(), []
     for source, source_packages, pairs in read_debian_sources(cache):
         packages += source_packages
         corpus.add(source, pairs)
     corpus.split({HELP})
     digests = corpus.write(out, ("en", "de"))
-    write_card(out, corpus, packages, f"python -m model.data debian --out {out} --cache {cache}", digests)
+    extra = None
+    if general:
+        from model.corpus.general import GeneralCorpus  # it builds on this module's filters
+        from model.corpus.sources import SOURCES
+
+        extra = GeneralCorpus(corpus)
+        for source in SOURCES:
+            fetched = [fetch_package(name, cache) for name in source.packages]
+            packages += [p for p in fetched if p not in packages]
+            extra.add(source, source.read({p.name: p for p in fetched}))
+        extra.split()
+        for stale in out.glob("*.*.tsv"):  # a domain that no longer has pairs must not leave an old file behind
+            stale.unlink()
+        digests.update(extra.write(out))
+    write_card(out, corpus, packages, f"python -m model.data debian --out {out} --cache {cache}", digests, extra)
 
 
 def package_section(packages: list[Package]) -> list[str]:
@@ -272,12 +288,17 @@ def reproduce_section(command: str, digests: dict[str, str], debian: bool) -> li
     return lines + ["| file | sha256 |", "|---|---|"] + [f"| {n}.tsv | `{d}` |" for n, d in digests.items()] + [""]
 
 
-def write_card(out: Path, corpus: Corpus, packages: list[Package], command: str, digests: dict[str, str]) -> None:
+def write_card(out: Path, corpus: Corpus, packages: list[Package], command: str, digests: dict[str, str],
+               general=None) -> None:
     columns = json.loads((out / "columns.json").read_text())["columns"]
     lines = ["# Data card", "", f"Built by `model/data.py`. Columns of every TSV: {columns[0]}<TAB>{columns[1]}.", ""]
     lines += package_section(packages) if packages else ["Source: user-supplied parallel data ('user').", ""]
     rules = EXTRACTION + "\n" + FILTERS + "\n" + SPLIT_DEBIAN if packages else FILTERS + "\n" + SPLIT_USER
     lines += corpus.card_tables() + [""] + rules.splitlines() + [""]
+    if general is not None:
+        from model.corpus.general import card_text
+
+        lines += card_text(general)
     lines += reproduce_section(command, digests, debian=bool(packages))
     (out / "DATA_CARD.md").write_text("\n".join(lines), encoding="utf-8")
 
@@ -322,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     debian = commands.add_parser("debian", help="build the en–de corpus from Debian packages")
     debian.add_argument("--out", type=Path, default=Path("data/en-de"))
     debian.add_argument("--cache", type=Path, default=Path("data/cache"))
+    debian.add_argument("--no-general", action="store_true",
+                        help="only the original LibreOffice/gettext/Ding corpus (train/valid/test.tsv)")
     user = commands.add_parser("user", help="prepare your own parallel data")
     user.add_argument("--tsv", type=Path, help="source<TAB>target per line")
     user.add_argument("--src", type=Path, help="source sentences, one per line (with --tgt)")
@@ -333,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.monotonic()
     if args.command == "debian":
-        build_debian(args.out, args.cache)
+        build_debian(args.out, args.cache, general=not args.no_general)
     else:
         if (args.tsv is None) == (args.src is None or args.tgt is None):
             parser.error("give either --tsv, or both --src and --tgt")

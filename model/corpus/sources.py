@@ -1,0 +1,164 @@
+"""The general-language sources of the Debian corpus, in priority order (an earlier source wins a duplicate).
+
+Each source names its Debian packages, its domain and how its pairs are read. Domains with held-out splits
+(`HELD_OUT_DOMAINS`) get data/<pair>/valid.<domain>.tsv and test.<domain>.tsv; the others only train.
+The reserved sources (`RESERVED_PACKAGES`: the Wesnoth campaign "Under the Burning Suns" and apt's Translation-*
+description indexes) are never read: they are kept for independent evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.corpus.blocks import docbook_blocks, document_pairs, html_blocks, mallard_blocks, same_name_pages
+from model.corpus.gettext_mo import mo_pairs
+from model.corpus.json_i18n import json_pairs
+from model.corpus.qm import read_qm
+from model.corpus.roff import man_page_pairs
+from model.corpus.text import markup_to_text, split_paragraphs
+from model.corpus_sources import Package
+
+# Never read, never train, tune or evaluate on these (shared/notes/data-sources.md).
+RESERVED_PACKAGES = ("wesnoth-1.16-utbs",)
+RESERVED_TEXT_DOMAINS = ("wesnoth-utbs",)  # the same campaign's catalog, wherever it might ship
+RESERVED_PATH_PARTS = ("Translation-",)  # apt's description indexes (DDTP)
+
+DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI = (
+    "dialogue", "games", "manuals", "desktop-help", "documentation", "ui")
+HELD_OUT_DOMAINS = (DIALOGUE, MANUALS, DESKTOP_HELP, DOCUMENTATION)
+DOMAINS = (DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI)
+
+Reader = Callable[[dict[str, Package]], Iterable[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    domain: str
+    packages: tuple[str, ...]
+    read: Reader
+    note: str  # how it is read, for the data card
+
+
+def _files(packages: dict[str, Package], pattern: str) -> list[Path]:
+    found = sorted(p for package in packages.values() for p in package.root.glob(pattern))
+    return [p for p in found if p.stem not in RESERVED_TEXT_DOMAINS and not any(r in str(p) for r in RESERVED_PATH_PARTS)]
+
+
+def _mo(pattern: str, markup: bool = True, accelerators: bool = False) -> Reader:
+    return lambda packages: split_paragraphs(mo_pairs(_files(packages, pattern), markup, accelerators))
+
+
+def _qm(pattern: str) -> Reader:
+    def read(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+        for path in _files(packages, pattern):
+            yield from split_paragraphs((markup_to_text(en), markup_to_text(de)) for _, en, de in read_qm(path))
+    return read
+
+
+WESNOTH_CAMPAIGNS = ("did", "dm", "dw", "ei", "httt", "l", "low", "nr", "sof", "sota", "sotbe", "thot", "trow", "tsg",
+                     "ttb")  # every campaign package of bookworm's Wesnoth 1.16 except the reserved utbs
+MAN_ENGLISH = ("manpages", "manpages-dev", "coreutils", "util-linux", "util-linux-extra", "fdisk", "mount", "bsdutils",
+               "systemd", "procps", "psmisc", "gzip", "bzip2", "xz-utils", "less", "kmod", "passwd", "login", "cron",
+               "sudo", "iproute2", "debianutils", "sysvinit-utils", "file", "patch", "make", "gawk", "openssh-client",
+               "sensible-utils", "libc-bin", "hostname", "iputils-ping", "net-tools", "lsof", "rsync", "zip", "unzip",
+               "cpio", "time", "dosfstools", "bc", "dc", "groff-base", "eject", "dpkg-dev", "findutils", "grep", "sed",
+               "tar", "bash", "man-db", "dpkg", "apt", "diffutils", "e2fsprogs", "wget", "nano", "gettext")
+
+
+def _man(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    english = [packages[name].root / "usr/share/man" for name in MAN_ENGLISH]
+    for german in ("manpages-de", "manpages-de-dev"):
+        yield from split_paragraphs(man_page_pairs(english, packages[german].root / "usr/share/man/de"))
+
+
+def _help_pages(en_package: str, de_package: str, en_dir: str, de_dir: str, pattern: str, reader,
+                rename: Callable[[str], str] = lambda p: p) -> Reader:
+    def read(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+        pages = same_name_pages(packages[en_package].root / en_dir, packages[de_package].root / de_dir, pattern, rename)
+        yield from split_paragraphs(document_pairs(pages, reader))
+    return read
+
+
+def _chain(*readers: Reader) -> Reader:
+    def read(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+        for reader in readers:
+            yield from reader(packages)
+    return read
+
+
+def _mediawiki(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    root = packages["mediawiki"].root / "usr/share/mediawiki"
+    directories = sorted({p.parent for p in root.glob("**/i18n/**/en.json") if (p.parent / "de.json").exists()}
+                         | {p.parent for p in root.glob("**/i18n/en.json") if (p.parent / "de.json").exists()})
+    yield from json_pairs(directories)
+
+
+WESNOTH_MO = "usr/share/games/wesnoth/1.16/locale/de/LC_MESSAGES/*.mo"
+LOCALE_MO = "usr/share/locale/de/LC_MESSAGES/*.mo"
+
+SOURCES: tuple[Source, ...] = (
+    Source("wesnoth", DIALOGUE, ("wesnoth-1.16-data",) + tuple(f"wesnoth-1.16-{c}" for c in WESNOTH_CAMPAIGNS),
+           _mo(WESNOTH_MO), ".mo catalogs (campaign dialogue, unit lore, help); Pango markup removed"),
+    Source("cataclysm-dda", DIALOGUE, ("cataclysm-dda-data",), _mo(LOCALE_MO),
+           ".mo catalog (item descriptions, NPC dialogue); colour tags removed, pairs with snippet tags "
+           "(`<npcname>`) dropped as markup"),
+    Source("freedroidrpg", DIALOGUE, ("freedroidrpg-data",), _mo(LOCALE_MO), ".mo catalogs (dialogues, items)"),
+    Source("widelands", DIALOGUE, ("widelands-data",), _mo("usr/share/games/widelands/data/locale/de/LC_MESSAGES/*.mo"),
+           ".mo catalogs (scenario stories, encyclopedia, UI)"),
+    Source("warzone2100", DIALOGUE, ("warzone2100-data",), _mo(LOCALE_MO), ".mo catalog (campaign briefings, UI)"),
+    Source("freeciv", GAMES, ("freeciv-data",), _mo(LOCALE_MO, accelerators=True), ".mo catalogs (help, nations, UI)"),
+    Source("gcompris", GAMES, ("gcompris-qt-data",), _qm("usr/share/gcompris-qt/translations/gcompris_de.qm"),
+           "Qt .qm catalog (children's activities), read by model/corpus/qm.py"),
+    Source("gbrainy", GAMES, ("gbrainy",), _chain(
+        _mo(LOCALE_MO, accelerators=True),
+        _help_pages("gbrainy", "gbrainy", "usr/share/help/C", "usr/share/help/de", "*/*.page", mallard_blocks)),
+           ".mo catalog (puzzles) and Mallard help pages"),
+    Source("man-pages", MANUALS, ("manpages-de", "manpages-de-dev") + MAN_ENGLISH, _man,
+           "roff pages of manpages-de(-dev) against the English page of the same name in the packages listed; "
+           "paragraph blocks in order (model/corpus/roff.py); the German translators' section dropped"),
+    Source("gnome-help", DESKTOP_HELP, ("gnome-user-docs",),
+           _help_pages("gnome-user-docs", "gnome-user-docs", "usr/share/help/C", "usr/share/help/de", "*/*.page",
+                       mallard_blocks), "Mallard pages C/ vs de/, block order; credits and code skipped"),
+    Source("mate-user-guide", DESKTOP_HELP, ("mate-user-guide",),
+           _help_pages("mate-user-guide", "mate-user-guide", "usr/share/help/C", "usr/share/help/de", "*/*.xml",
+                       lambda path: docbook_blocks(path, {})), "DocBook C/ vs de/, block order"),
+    Source("gimp-help", DESKTOP_HELP, ("gimp-help-en", "gimp-help-de"),
+           _help_pages("gimp-help-en", "gimp-help-de", "usr/share/gimp/2.0/help/en", "usr/share/gimp/2.0/help/de",
+                       "**/*.html", html_blocks), "HTML pages en/ vs de/ of the same name, block order"),
+    Source("debian-reference", DOCUMENTATION, ("debian-reference-en", "debian-reference-de"),
+           _help_pages("debian-reference-en", "debian-reference-de", "usr/share/debian-reference",
+                       "usr/share/debian-reference", "*.en.html", html_blocks,
+                       lambda p: p.replace(".en.html", ".de.html")), "HTML chapters *.en.html vs *.de.html, block order"),
+    Source("debian-handbook", DOCUMENTATION, ("debian-handbook",),
+           _help_pages("debian-handbook", "debian-handbook", "usr/share/doc/debian-handbook/html/en-US",
+                       "usr/share/doc/debian-handbook/html/de-DE", "*.html", html_blocks), "HTML en-US/ vs de-DE/"),
+    Source("maint-guide", DOCUMENTATION, ("maint-guide", "maint-guide-de"),
+           _help_pages("maint-guide", "maint-guide-de", "usr/share/doc/maint-guide/html",
+                       "usr/share/doc/maint-guide-de/html", "*.en.html", html_blocks,
+                       lambda p: p.replace(".en.html", ".de.html")), "HTML *.en.html vs *.de.html"),
+    Source("debian-faq", DOCUMENTATION, ("debian-faq", "debian-faq-de"),
+           _help_pages("debian-faq", "debian-faq-de", "usr/share/doc/debian/FAQ", "usr/share/doc/debian/FAQ/de",
+                       "*.en.html", html_blocks, lambda p: p.replace(".en.html", ".de.html")), "HTML *.en.html vs de/*.de.html"),
+    Source("developers-reference", DOCUMENTATION, ("developers-reference", "developers-reference-de"),
+           _help_pages("developers-reference", "developers-reference-de", "usr/share/developers-reference",
+                       "usr/share/developers-reference/de", "*.html", html_blocks), "HTML X.html vs de/X.html"),
+    Source("installation-guide", DOCUMENTATION, ("installation-guide-amd64",),
+           _help_pages("installation-guide-amd64", "installation-guide-amd64",
+                       "usr/share/doc/installation-guide-amd64/en", "usr/share/doc/installation-guide-amd64/de",
+                       "*.html", html_blocks), "HTML en/ vs de/"),
+    Source("harden-doc", DOCUMENTATION, ("harden-doc",),
+           _help_pages("harden-doc", "harden-doc", "usr/share/doc/harden-doc/html/en-US",
+                       "usr/share/doc/harden-doc/html/de-DE", "*.html", html_blocks), "HTML en-US/ vs de-DE/"),
+    Source("mediawiki", UI, ("mediawiki",), _mediawiki, "JSON i18n catalogs en.json vs de.json by message key"),
+)
+
+
+def packages_of(sources: Iterable[Source]) -> list[str]:
+    seen: dict[str, None] = {}
+    for source in sources:
+        for name in source.packages:
+            seen.setdefault(name, None)
+    return list(seen)
