@@ -4,7 +4,7 @@
 
 The average of weights a few hundred steps apart usually validates better than any one of them (it
 smooths the noise of the last updates). It is scored with the same validation as training (greedy
-BLEU on the first `eval_sentences` pairs of the valid split) and replaces model.safetensors only when
+BLEU on the first `eval_sentences` pairs of each valid split, averaged) and replaces model.safetensors only when
 it beats the best weights so far; the test split is never looked at.
 """
 
@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from model.checkpoint import load_model, save_weights, weights_counters
 from model.data import source_column
+from model.evaluate import domain_files
 from model.train import TrainConfig, bf16_autocast, load_split, validate
 
 
@@ -42,7 +43,9 @@ def average_run(directory: Path, last: int, threads: int = 0) -> dict:
     model, tokenizer, config = load_model(directory)  # the best weights, checked against config.json
     train_config = TrainConfig(**{**config["train"], "out": str(directory)})
     data = Path(train_config.data)
-    valid = load_split(data / "valid.tsv", tokenizer, source_column(data, config["src_lang"], config["tgt_lang"]), train_config.max_len)
+    src_column = source_column(data, config["src_lang"], config["tgt_lang"])
+    valid = {name: load_split(path, tokenizer, src_column, train_config.max_len)
+             for name, path in domain_files(data, "valid").items()}
     autocast = bf16_autocast(train_config, torch.device("cpu"))
 
     best_path = directory / "model.safetensors"

@@ -1,7 +1,11 @@
 """BLEU and chrF (sacreBLEU) of a trained model on a data split or any TSV, greedy or beam search.
 
-    python -m model.evaluate checkpoints/en-de --split test --beam 4
+    python -m model.evaluate checkpoints/en-de --split test --beam 4                  # test.tsv (LibreOffice help)
+    python -m model.evaluate checkpoints/en-de --split test --domain dialogue        # test.dialogue.tsv
+    python -m model.evaluate checkpoints/en-de --split test --domain all --beam 4    # every test*.tsv, one report
     python -m model.evaluate checkpoints/en-de --tsv my_pairs.tsv --src-column 0
+
+Domains are the files of the data directory: <split>.tsv is "original", <split>.<domain>.tsv is <domain>.
 """
 
 from __future__ import annotations
@@ -49,10 +53,34 @@ def evaluate(directory: Path, tsv: Path, src_column: int, beam_size: int, length
     }
 
 
+ORIGINAL = "original"  # <split>.tsv: the LibreOffice help / gettext / Ding corpus
+
+
+def domain_files(data: Path, split: str) -> dict[str, Path]:
+    """{domain: path} of <split>.tsv ("original") and every <split>.<domain>.tsv of a data directory."""
+    files = {ORIGINAL: data / f"{split}.tsv"} if (data / f"{split}.tsv").exists() else {}
+    files.update({p.name[len(split) + 1:-len(".tsv")]: p for p in sorted(data.glob(f"{split}.*.tsv"))})
+    return files
+
+
+def evaluate_domains(directory: Path, data: Path, split: str, domains: list[str] | None, src_column: int,
+                     beam_size: int, length_penalty: float, limit: int | None) -> list[dict]:
+    """One `evaluate` result per domain (all when `domains` is None), each with its "domain" name."""
+    files = domain_files(data, split)
+    chosen = list(files) if domains is None else domains
+    missing = [d for d in chosen if d not in files]
+    if missing:
+        raise SystemExit(f"{data} has no {split} split for {missing}; it has {sorted(files)}")
+    return [{"domain": name, **evaluate(directory, files[name], src_column, beam_size, length_penalty, limit)}
+            for name in chosen]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Score a trained model with sacreBLEU BLEU and chrF.")
     parser.add_argument("model_dir", type=Path, help="directory with config.json, model.safetensors, spm.model")
     parser.add_argument("--split", default="test", help="split name under --data (ignored with --tsv)")
+    parser.add_argument("--domain", help="a domain's split (<split>.<domain>.tsv; 'original' is <split>.tsv), "
+                        "several comma-separated, or 'all'")
     parser.add_argument("--data", type=Path, help="data directory (default: data/<src>-<tgt>, en<TAB>de columns)")
     parser.add_argument("--tsv", type=Path, help="any TSV of source<TAB>target (see --src-column)")
     parser.add_argument("--src-column", type=int, help="0 or 1; default from the model's source language")
@@ -67,10 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     config = json.loads((args.model_dir / "config.json").read_text())
     if args.tsv:
         tsv, src_column = args.tsv, 0 if args.src_column is None else args.src_column
+        result = evaluate(args.model_dir, tsv, src_column, args.beam, args.length_penalty, args.limit)
     else:
         data = args.data or Path(config["train"]["data"])
-        tsv, src_column = data / f"{args.split}.tsv", source_column(data, config["src_lang"], config["tgt_lang"])
-    result = evaluate(args.model_dir, tsv, src_column, args.beam, args.length_penalty, args.limit)
+        src_column = source_column(data, config["src_lang"], config["tgt_lang"])
+        if args.domain:
+            domains = None if args.domain == "all" else [d.strip() for d in args.domain.split(",")]
+            result = evaluate_domains(args.model_dir, data, args.split, domains, src_column, args.beam,
+                                      args.length_penalty, args.limit)
+        else:
+            result = evaluate(args.model_dir, data / f"{args.split}.tsv", src_column, args.beam, args.length_penalty,
+                              args.limit)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)
     if args.json:

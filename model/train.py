@@ -7,13 +7,20 @@ budget out of sentences of similar length, bf16 autocast on CPUs that support it
 clipping, validation loss and BLEU at intervals, and checkpoints that resume exactly where an
 interrupted run stopped (model, optimiser, step, epoch, position in the epoch, random state).
 
+Data: every train*.tsv of --data (train.tsv and the general-language train.<domain>.tsv files), each
+repeated by its --train-weights entry (e.g. "dialogue=3,manuals=0.5"; default 1). Validation: every
+valid*.tsv (valid.tsv is the "original" domain), greedy BLEU/chrF on the first --eval-sentences pairs of
+each; checkpoints are chosen on the mean BLEU over the domains (valid splits only, never test).
+--init-from DIR starts a new run from a trained checkpoint (its weights, model config and spm.model; fresh
+AdamW, step 0, warm-up), e.g. to continue the shipped model on new data in a directory outside the repository.
+
 Outputs under --out (e.g. checkpoints/en-de):
   resume/                  resumable training state (see model/checkpoint.py)
   model.safetensors        best weights by validation BLEU (what export reads), with the run's
                            counters in its header: a run continues from it when resume/ is older
   snapshots/               the weights at the last few validations (for `model.average`; not committed)
   config.json, spm.model   the model config and its tokenizer
-  train_log.jsonl          one JSON line per validation: the learning curve
+  train_log.jsonl          one JSON line per validation: the learning curve (mean and per-domain scores)
 """
 
 from __future__ import annotations
@@ -33,10 +40,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from model.evaluate import corpus_scores
+from model.evaluate import corpus_scores, domain_files
 from model.data import source_column
-from model.checkpoint import (load_training_state, model_weights, save_snapshot, save_training_state, save_weights,
-                              weights_counters)
+from model.checkpoint import (TIED_KEYS, load_training_state, model_weights, save_snapshot, save_training_state,
+                              save_weights, weights_counters)
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
 from model.transformer import Transformer, TransformerConfig
@@ -70,7 +77,9 @@ class TrainConfig:
     keep_snapshots: int = 5  # validation snapshots kept for checkpoint averaging (model/average.py)
     eval_every: int = 500
     checkpoint_every: int = 100  # resume state only (no validation): a killed session loses at most this many steps
-    eval_sentences: int = 400  # validation sentences decoded for BLEU
+    eval_sentences: int = 200  # validation sentences decoded for BLEU, per valid file (domain)
+    init_from: str = ""  # start a new run from this checkpoint's weights, config and spm.model (fresh AdamW, step 0)
+    train_weights: str = ""  # per training file sampling weights, e.g. "dialogue=2,manuals=0.5" (train.<name>.tsv)
     seed: int = 1234
     bf16: str = "auto"  # "auto" (on for CUDA and CPUs with native bf16), "on" or "off"
     threads: int = 0  # torch intra-op threads; 0 = all cores
@@ -93,6 +102,37 @@ def bf16_autocast(config: TrainConfig, device: torch.device):
 
 def new_optimizer(model: Transformer, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=config.weight_decay)
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """"dialogue=2,manuals=0.5" → {"dialogue": 2.0, "manuals": 0.5}."""
+    weights = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, value = item.partition("=")
+        weights[name.strip()] = float(value)
+    return weights
+
+
+def load_training_files(data: Path, tokenizer: Tokenizer, src_col: int, max_len: int, weights: dict[str, float],
+                        seed: int) -> tuple[list, dict[str, dict]]:
+    """Every train*.tsv of `data`, each repeated by its weight (default 1): a weight of 2.5 takes the file twice
+    and a fixed random half of it once more; 0 leaves it out. → (examples, {file name: counts})."""
+    files = domain_files(data, "train")
+    unknown = set(weights) - set(files)
+    if unknown:
+        raise ValueError(f"--train-weights names {sorted(unknown)}, but {data} has train files {sorted(files)}")
+    examples, report = [], {}
+    for name, path in files.items():
+        weight = weights.get(name, 1.0)
+        loaded = load_split(path, tokenizer, src_col, max_len) if weight > 0 else []
+        whole, fraction = int(weight), weight - int(weight)
+        taken = loaded * whole
+        if fraction:
+            rng = random.Random(f"{seed}:{name}")
+            taken += [example for example in loaded if rng.random() < fraction]
+        examples += taken
+        report[name] = {"pairs": len(loaded), "weight": weight, "examples": len(taken)}
+    return examples, report
 
 
 def load_split(path: Path, tokenizer: Tokenizer, src_col: int, max_len: int) -> list[tuple[list[int], list[int], str]]:
@@ -160,21 +200,29 @@ def sequence_loss(model: Transformer, batch, label_smoothing: float) -> tuple[to
 
 
 @torch.no_grad()
-def validate(model: Transformer, valid: list, tokenizer: Tokenizer, config: TrainConfig, autocast) -> dict:
+def validate(model: Transformer, valid: dict[str, list], tokenizer: Tokenizer, config: TrainConfig, autocast) -> dict:
+    """Loss over every valid file; greedy BLEU/chrF on the first `eval_sentences` pairs of each. "bleu" and "chrf"
+    are the means over the files (domains): what checkpoint selection compares."""
     model.eval()
     device = next(model.parameters()).device
     rng = random.Random(0)
     total, tokens = 0.0, 0
-    for indices in token_budget_batches(valid, config.batch_tokens, rng):
+    every = [example for examples in valid.values() for example in examples]
+    for indices in token_budget_batches(every, config.batch_tokens, rng):
         with autocast():
-            loss, n = sequence_loss(model, tuple(t.to(device) for t in collate(valid, indices)), 0.0)
+            loss, n = sequence_loss(model, tuple(t.to(device) for t in collate(every, indices)), 0.0)
         total, tokens = total + loss.item() * n, tokens + n
-    count = min(config.eval_sentences, len(valid))
     options = SearchOptions(bos_id=BOS_ID, eos_id=EOS_ID, max_length=config.max_len * 2)
-    results = translate_ids(model, [example[0] for example in valid[:count]], options)
-    hypotheses = tokenizer.decode([r.hypotheses[0].tokens for r in results])
+    domains = {}
+    for name, examples in valid.items():
+        count = min(config.eval_sentences, len(examples))
+        results = translate_ids(model, [example[0] for example in examples[:count]], options)
+        hypotheses = tokenizer.decode([r.hypotheses[0].tokens for r in results])
+        domains[name] = {"sentences": count, **corpus_scores(hypotheses, [example[2] for example in examples[:count]])}
     model.train()
-    return {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 20)), **corpus_scores(hypotheses, [example[2] for example in valid[:count]])}
+    return {"valid_loss": total / tokens, "valid_ppl": math.exp(min(total / tokens, 20)),
+            "bleu": sum(d["bleu"] for d in domains.values()) / len(domains),
+            "chrf": sum(d["chrf"] for d in domains.values()) / len(domains), "domains": domains}
 
 
 def warm_start(out: Path, model: Transformer, resumed: dict | None, best: dict | None) -> dict | None:
@@ -185,6 +233,18 @@ def warm_start(out: Path, model: Transformer, resumed: dict | None, best: dict |
         return None
     model.load_state_dict(load_file(str(out / "model.safetensors")), strict=False)
     return best
+
+
+def init_from(config: TrainConfig, out: Path) -> dict | None:
+    """--init-from: a new run (nothing in `out` yet) takes the checkpoint's spm.model and model config; → that
+    config's model section, or None when there is no --init-from or `out` already holds a run to continue."""
+    if not config.init_from or (out / "config.json").exists():
+        return None
+    source = Path(config.init_from)
+    for name in ("spm.model", "spm.vocab"):
+        if (source / name).exists():
+            (out / name).write_bytes((source / name).read_bytes())
+    return json.loads((source / "config.json").read_text())["model"]
 
 
 def prepare_tokenizer(config: TrainConfig, out: Path) -> Tokenizer:
@@ -203,11 +263,14 @@ def train(config: TrainConfig) -> None:
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
+    initial_model = init_from(config, out)
     tokenizer = prepare_tokenizer(config, out)
     data = Path(config.data)
     src_col = source_column(data, config.src_lang, config.tgt_lang)
-    train_set = load_split(data / "train.tsv", tokenizer, src_col, config.max_len)
-    valid = load_split(data / "valid.tsv", tokenizer, src_col, config.max_len)
+    train_set, train_files = load_training_files(data, tokenizer, src_col, config.max_len,
+                                                 parse_weights(config.train_weights), config.seed)
+    valid = {name: load_split(path, tokenizer, src_col, config.max_len)
+             for name, path in domain_files(data, "valid").items()}
 
     model_config = TransformerConfig(
         vocab_size=tokenizer.vocab_size, d_model=config.d_model, n_heads=config.n_heads, d_ff=config.d_ff,
@@ -215,6 +278,8 @@ def train(config: TrainConfig) -> None:
     )
     if (out / "config.json").exists():
         model_config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"])
+    elif initial_model is not None:
+        model_config = TransformerConfig.from_dict(initial_model)
     device = torch.device(config.device)
     model = Transformer(model_config).to(device)
     optimizer = new_optimizer(model, config)
@@ -223,6 +288,14 @@ def train(config: TrainConfig) -> None:
     resumed = load_training_state(out, model, optimizer)
     best = weights_counters(out / "model.safetensors")
     warm = warm_start(out, model, resumed, best)
+    if initial_model is not None and resumed is None and best is None:
+        weights = load_file(str(Path(config.init_from) / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if set(missing) - set(TIED_KEYS) or unexpected:
+            raise ValueError(f"{config.init_from}: weights do not match its config ({missing}, {unexpected})")
+        origin = weights_counters(Path(config.init_from) / "model.safetensors") or {}
+        print(f"initialised from {config.init_from} (its step {origin.get('step', '?')}); new run from step 0 with "
+              f"fresh AdamW moments and {config.warmup_steps} warm-up steps")
     if warm is not None:
         state = {**state, **warm, "warm_start_step": warm["step"]}
         optimizer = new_optimizer(model, config)
@@ -235,9 +308,13 @@ def train(config: TrainConfig) -> None:
     state["best_bleu"] = max(state["best_bleu"], (best or {}).get("best_bleu", -1.0))
     (out / "config.json").write_text(
         json.dumps({"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
-                    "tgt_lang": config.tgt_lang, "parameters": model.num_parameters()}, indent=2)
+                    "tgt_lang": config.tgt_lang, "parameters": model.num_parameters(), "train_files": train_files,
+                    "valid_files": {name: len(examples) for name, examples in valid.items()}}, indent=2)
     )
-    print(f"{model.num_parameters() / 1e6:.2f}M parameters, {len(train_set)} training pairs, {len(valid)} validation pairs")
+    files = ", ".join(f"{name}: {r['pairs']} x {r['weight']:g}" for name, r in train_files.items())
+    valid_counts = ", ".join(f"{name} {len(examples)}" for name, examples in valid.items())
+    print(f"{model.num_parameters() / 1e6:.2f}M parameters, {len(train_set)} training examples ({files}), "
+          f"validation pairs: {valid_counts}")
 
     autocast = bf16_autocast(config, device)
     stop = {"signal": False}
@@ -282,7 +359,9 @@ def train(config: TrainConfig) -> None:
                                train_hours=state["train_seconds"] / 3600, tokens_seen=state["tokens_seen"])
                 with open(out / "train_log.jsonl", "a") as log:
                     log.write(json.dumps(metrics) + "\n")
-                tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}))
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items() if k != "domains"}
+                shown["domains"] = {n: f"BLEU {d['bleu']:.2f} chrF {d['chrf']:.2f}" for n, d in metrics["domains"].items()}
+                tqdm.write(json.dumps(shown, ensure_ascii=False))
                 save_snapshot(out, model, {**state, "best_bleu": metrics["bleu"]}, config.keep_snapshots)
                 if metrics["bleu"] > state["best_bleu"]:
                     state["best_bleu"] = metrics["bleu"]

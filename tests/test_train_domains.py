@@ -1,0 +1,75 @@
+"""Training on several domains: every train*.tsv with weights, validation per valid*.tsv, --init-from."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from model.tokenizer import Tokenizer, train_tokenizer
+from model.evaluate import domain_files
+from model.train import load_training_files, parse_weights, train
+from tests.test_train import tiny_config, write_corpus
+
+
+@pytest.fixture(scope="module")
+def domains_corpus(tmp_path_factory):
+    directory = write_corpus(tmp_path_factory.mktemp("domains"))
+    lines = (directory / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (directory / "train.dialogue.tsv").write_text("\n".join(lines[:100]) + "\n", encoding="utf-8")
+    (directory / "train.manuals.tsv").write_text("\n".join(lines[100:140]) + "\n", encoding="utf-8")
+    valid = (directory / "valid.tsv").read_text(encoding="utf-8").splitlines()
+    (directory / "valid.dialogue.tsv").write_text("\n".join(valid[:12]) + "\n", encoding="utf-8")
+    return directory
+
+
+def test_domain_files_name_the_original_files_and_each_domain(domains_corpus):
+    assert list(domain_files(domains_corpus, "train")) == ["original", "dialogue", "manuals"]
+    assert list(domain_files(domains_corpus, "valid")) == ["original", "dialogue"]
+    assert parse_weights("dialogue=3, manuals=0.5") == {"dialogue": 3.0, "manuals": 0.5}
+
+
+def test_training_files_are_repeated_by_their_weights(domains_corpus, tmp_path):
+    tokenizer = Tokenizer(train_tokenizer(domains_corpus / "train.tsv", tmp_path / "spm", vocab_size=50))
+    examples, report = load_training_files(domains_corpus, tokenizer, 0, 64, {"dialogue": 2.5, "original": 0}, seed=1)
+    assert report["original"] == {"pairs": 0, "weight": 0.0, "examples": 0}
+    assert report["dialogue"]["examples"] == 2 * report["dialogue"]["pairs"] + (report["dialogue"]["examples"] % report["dialogue"]["pairs"])
+    assert 2 * 100 + 30 <= report["dialogue"]["examples"] <= 2 * 100 + 70  # a fixed random half once more
+    assert report["manuals"] == {"pairs": 40, "weight": 1.0, "examples": 40}
+    assert len(examples) == report["dialogue"]["examples"] + 40
+    again, _ = load_training_files(domains_corpus, tokenizer, 0, 64, {"dialogue": 2.5, "original": 0}, seed=1)
+    assert again == examples  # deterministic, so an interrupted run resumes on the same data
+    with pytest.raises(ValueError, match="games"):
+        load_training_files(domains_corpus, tokenizer, 0, 64, {"games": 2}, seed=1)
+
+
+def test_validation_scores_each_domain_and_selects_on_their_mean(domains_corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(domains_corpus, out, max_steps=2, eval_every=2, train_weights="dialogue=2"))
+    record = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    assert set(record["domains"]) == {"original", "dialogue"}
+    assert record["domains"]["dialogue"]["sentences"] == 10  # eval_sentences of the tiny config
+    assert record["bleu"] == pytest.approx(sum(d["bleu"] for d in record["domains"].values()) / 2)
+    config = json.loads((out / "config.json").read_text())
+    assert config["train_files"]["dialogue"] == {"pairs": 100, "weight": 2.0, "examples": 200}
+    assert config["valid_files"] == {"original": 30, "dialogue": 12}
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights_config_and_tokenizer(domains_corpus, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(domains_corpus, first, max_steps=3, eval_every=3, d_model=48))
+    shutil.rmtree(first / "snapshots")
+    second = tmp_path / "second"
+    # d_model 32 on the command line: the checkpoint's own config wins; lr 0 leaves the weights as initialised.
+    train(tiny_config(domains_corpus, second, max_steps=1, eval_every=1000, lr=0.0, init_from=str(first)))
+    assert (second / "spm.model").read_bytes() == (first / "spm.model").read_bytes()
+    config = json.loads((second / "config.json").read_text())
+    assert config["model"]["d_model"] == 48 and config["train"]["init_from"] == str(first)
+    state = json.loads((second / "resume" / "state.json").read_text())
+    assert state["step"] == 1 and state["warm_start_step"] is None  # a new run: step 0 + 1, not the source's step
+    start, now = load_file(str(first / "model.safetensors")), load_file(str(second / "resume" / "weights.safetensors"))
+    assert all(torch.equal(start[k], now[k]) for k in start)
+    # Run again with the same command: the run continues from its own state, not from --init-from.
+    train(tiny_config(domains_corpus, second, max_steps=2, eval_every=1000, lr=0.0, init_from=str(first)))
+    assert json.loads((second / "resume" / "state.json").read_text())["step"] == 2
