@@ -2,8 +2,10 @@
 
     python -m model.model_card checkpoints/en-de --data data/en-de
 
-Scores the best checkpoint on the test split with greedy and beam-4 search (sacreBLEU BLEU and chrF),
-reads the learning curve from train_log.jsonl, and describes architecture, data and hardware.
+Scores the best checkpoint on the test split with greedy and beam-4 search (sacreBLEU BLEU and chrF), and on
+each domain's test split (test.<domain>.tsv) the same way, reads the learning curve from train_log.jsonl, and
+describes architecture, data (the mix of training files and their weights) and hardware. Writes
+test_scores.json (test.tsv) and test_scores_domains.json (every domain, test.tsv as "original").
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from model.checkpoint import load_config  # noqa: E402
-from model.evaluate import evaluate  # noqa: E402
+from model.evaluate import domain_files, evaluate, evaluate_domains  # noqa: E402
 from model.data import source_column  # noqa: E402
 
 LANGUAGE_NAMES = {"en": "English", "de": "German"}
@@ -38,8 +40,14 @@ def plot_learning_curve(log: list[dict], path: Path) -> None:
     loss_ax.plot(steps, [r["valid_loss"] for r in log], label="validation")
     loss_ax.set(xlabel="step", ylabel="cross-entropy", title="loss")
     loss_ax.legend()
-    bleu_ax.plot(steps, [r["bleu"] for r in log], label="BLEU")
-    bleu_ax.plot(steps, [r["chrf"] for r in log], label="chrF")
+    domains = list(log[-1].get("domains", {})) if log else []
+    bleu_ax.plot(steps, [r["bleu"] for r in log], label="BLEU" + (" (mean of the domains)" if domains else ""),
+                 linewidth=2)
+    if not domains:
+        bleu_ax.plot(steps, [r["chrf"] for r in log], label="chrF")
+    for name in domains:  # runs validated per domain: one BLEU line each
+        points = [(r["step"], r["domains"][name]["bleu"]) for r in log if name in r.get("domains", {})]
+        bleu_ax.plot(*zip(*points), label=f"BLEU {name}", linewidth=1)
     bleu_ax.set(xlabel="step", title="validation (greedy)")
     bleu_ax.legend()
     fig.tight_layout()
@@ -57,7 +65,42 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def write_card(directory: Path, data: Path, scores: list[dict]) -> Path:
+def data_mix(config: dict) -> list[str]:
+    """The training files, their weights and the validation files of the last run (config.json), as a table."""
+    files = config.get("train_files")
+    if not files:
+        return []
+    total = sum(f["examples"] for f in files.values()) or 1
+    lines = ["", "Data mix of the last run (every train*.tsv of the data directory, repeated by its weight):", "",
+             "| training file | pairs | weight | examples per epoch | share |", "|---|---|---|---|---|"]
+    for name, f in files.items():
+        file_name = "train.tsv" if name == "original" else f"train.{name}.tsv"
+        lines.append(f"| {file_name} | {f['pairs']:,} | {f['weight']:g} | {f['examples']:,} | "
+                     f"{100 * f['examples'] / total:.1f}% |")
+    valid = config.get("valid_files") or {}
+    if valid:
+        lines += ["", "Checkpoints were chosen on the mean greedy BLEU over the validation files "
+                  + ", ".join(f"{name} ({count:,} pairs)" for name, count in valid.items())
+                  + f", the first {config['train'].get('eval_sentences', 200)} of each."]
+    if config["train"].get("init_from"):
+        lines += ["", f"The run started from the weights of `{config['train']['init_from']}` (fresh AdamW, step 0)."]
+    return lines
+
+
+def domain_table(domain_scores: dict[str, list[dict]]) -> list[str]:
+    if not domain_scores:
+        return []
+    lines = ["", "## Test split scores per domain (sacreBLEU defaults)", "",
+             "`original` is test.tsv (LibreOffice help, the figures above); the others are test.<domain>.tsv.", "",
+             "| domain | sentences | greedy BLEU | greedy chrF | beam 4 BLEU | beam 4 chrF |", "|---|---|---|---|---|---|"]
+    for domain, (greedy, beam) in domain_scores.items():
+        lines.append(f"| {domain} | {greedy['sentences']:,} | {greedy['bleu']:.2f} | {greedy['chrf']:.2f} | "
+                     f"{beam['bleu']:.2f} | {beam['chrf']:.2f} |")
+    return lines + ["", "Reproduce one domain: `python -m model.evaluate CHECKPOINT --split test --domain NAME --beam 4`."]
+
+
+def write_card(directory: Path, data: Path, scores: list[dict], domain_scores: dict[str, list[dict]] | None = None
+               ) -> Path:
     config = load_config(directory)
     model, train = config["model"], config["train"]
     log = read_log(directory)
@@ -78,7 +121,8 @@ def write_card(directory: Path, data: Path, scores: list[dict]) -> Path:
         "",
         "## Data",
         f"`{data}` built by `model/data.py` (see its `DATA_CARD.md` for packages, versions, filters and licences). "
-        "Splits are fixed by a hash of the English sentence; the checkpoint was chosen on the validation split.",
+        "Splits are fixed by a hash of the English sentence; the checkpoint was chosen on the validation split(s).",
+        *data_mix(config),
         "",
         "## Training",
         f"Label smoothing {train['label_smoothing']}, AdamW (peak lr {train['lr']}, {train['warmup_steps']} warm-up steps, "
@@ -103,7 +147,9 @@ def write_card(directory: Path, data: Path, scores: list[dict]) -> Path:
         lines += ["", "![learning curve](learning_curve.png)"]
     lines += ["", "## Test split scores (sacreBLEU defaults)", "", "| search | sentences | BLEU | chrF | seconds (PyTorch, CPU) |", "|---|---|---|---|---|"]
     lines += [f"| {s['search']} | {s['sentences']} | {s['bleu']:.2f} | {s['chrf']:.2f} | {s['seconds']} |" for s in scores]
-    lines += ["", "Reproduce: `python -m model.evaluate " + str(directory) + " --split test --beam 4`.", "", "## Examples (test split, beam 4)", ""]
+    lines += ["", "Reproduce: `python -m model.evaluate " + str(directory) + " --split test --beam 4`."]
+    lines += domain_table(domain_scores or {})
+    lines += ["", "## Examples (test split, beam 4)", ""]
     for example in scores[-1]["examples"][:3] if scores else []:
         lines += [f"- source: {example['source']}", f"  - reference: {example['reference']}", f"  - model: {example['hypothesis']}"]
     path = directory / "MODEL_CARD.md"
@@ -115,14 +161,23 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Score a trained model on the test split and write its model card.")
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--data", type=Path, help="data directory (default: the one it was trained on)")
-    parser.add_argument("--limit", type=int, help="score only the first N test pairs")
+    parser.add_argument("--limit", type=int, help="score only the first N test pairs (of each domain)")
+    parser.add_argument("--no-domains", action="store_true", help="only test.tsv, not the test.<domain>.tsv files")
     args = parser.parse_args(argv)
     config = load_config(args.model_dir)
     data = args.data or Path(config["train"]["data"])
     src_column = source_column(data, config["src_lang"], config["tgt_lang"])
     scores = [evaluate(args.model_dir, data / "test.tsv", src_column, beam, 1.0, args.limit) for beam in (1, 4)]
     (args.model_dir / "test_scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
-    print(write_card(args.model_dir, data, scores))
+    domain_scores = {"original": scores}
+    domains = [name for name in domain_files(data, "test") if name != "original"]
+    if domains and not args.no_domains:
+        per_beam = [evaluate_domains(args.model_dir, data, "test", domains, src_column, beam, 1.0, args.limit)
+                    for beam in (1, 4)]
+        domain_scores.update({greedy["domain"]: [greedy, beam] for greedy, beam in zip(*per_beam)})
+        (args.model_dir / "test_scores_domains.json").write_text(
+            json.dumps(domain_scores, indent=2, ensure_ascii=False) + "\n")
+    print(write_card(args.model_dir, data, scores, domain_scores if len(domain_scores) > 1 else None))
 
 
 if __name__ == "__main__":
