@@ -1,10 +1,11 @@
-"""Where one decoder step spends its time: ONNX Runtime's profiler over a package's decoder graph.
+"""Where decoding time goes: ONNX Runtime's profiler over a package translating real test sentences.
 
-    python -m bench.profile_step --package models/en-de --batch 32 --src-len 30 --past-len 20
+    python -m bench.profile_step --package models/en-de --beam 4 --batch 32 --limit 256
 
-Feeds the decoder random caches of the given shape (the time of a step does not depend on their
-values), runs it `--steps` times and prints the time per step by operator type and the slowest nodes.
-Profiling adds a little overhead per node; compare shares, not absolute times, with the benchmark.
+Translates the first `--limit` test sentences in length-sorted batches with the package's own engine
+(one intra-op thread by default), with ONNX Runtime's profiler on, and splits the wall time into
+the decoder's kernels by operator type, the encoder, ORT's own overhead around kernels, and the
+Python of the search between steps. Profiling adds a little time per node: compare shares.
 """
 
 from __future__ import annotations
@@ -12,77 +13,76 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import tempfile
+import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
-from engine.package import load_package
-
-
-def decoder_feeds(manifest, batch: int, src_len: int, past_len: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    dims = manifest.model
-    feeds = {
-        "input_ids": rng.integers(4, dims.vocab_size, (batch, 1)),
-        "source_padding_mask": np.zeros((batch, src_len), dtype=bool),
-    }
-    for name in manifest.graphs.decoder.inputs[2:]:
-        length = src_len if name.startswith("cross_") else past_len
-        feeds[name] = rng.standard_normal((batch, dims.n_heads, length, dims.head_dim), dtype=np.float32)
-    return feeds
+from engine.search import StageTimes, length_sorted_batches
+from engine.sessions import RuntimeOptions
+from engine.translator import Translator
 
 
-def profile(package: Path, batch: int, src_len: int, past_len: int, steps: int, threads: int) -> dict:
-    manifest = load_package(package)
-    with tempfile.TemporaryDirectory() as scratch:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(scratch) / "step")
-        session = ort.InferenceSession(str(package / manifest.graphs.decoder.file), options, providers=["CPUExecutionProvider"])
-        feeds = decoder_feeds(manifest, batch, src_len, past_len)
-        session.run(None, feeds)  # first run: allocations, not steady state
-        for _ in range(steps):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    by_type, by_node = collections.Counter(), collections.Counter()
-    for event in kernels:
-        by_type[event["args"]["op_name"]] += event["dur"]
-        by_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
-    runs = steps + 1
-    total = sum(by_type.values()) / runs
-    return {
-        "package": str(package), "precision": manifest.precision, "batch": batch, "src_len": src_len,
-        "past_len": past_len, "threads": threads, "kernel_us_per_step": round(total, 1),
-        "by_op_type": [{"op": op, "us": round(us / runs, 1), "share": round(us / runs / total, 3)} for op, us in by_type.most_common()],
-        "slowest_nodes": [{"node": node, "us": round(us / runs, 1)} for node, us in by_node.most_common(8)],
-    }
+def kernel_times(profile_file: str) -> tuple[collections.Counter, collections.Counter, float]:
+    """→ microseconds per operator type, calls per operator type, and the microseconds of whole runs."""
+    micros, calls, runs = collections.Counter(), collections.Counter(), 0.0
+    for event in json.loads(Path(profile_file).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            micros[event["args"]["op_name"]] += event["dur"]
+            calls[event["args"]["op_name"]] += 1
+        elif event.get("cat") == "Session" and event["name"] == "model_run":
+            runs += event["dur"]
+    return micros, calls, runs
+
+
+def profile(package: Path, sources: list[list[int]], beam: int, batch: int, threads: int, prefix: str) -> dict:
+    translator = Translator(package, RuntimeOptions(intra_op_threads=threads, profile_prefix=prefix))
+    options = translator.search_options(beam)
+    times = StageTimes()
+    started = time.perf_counter()
+    steps = 0
+    for indices in length_sorted_batches(sources, batch):
+        translator.translate_ids([sources[i] for i in indices], options, times)
+        steps += times.steps
+    wall = (time.perf_counter() - started) * 1e6
+    decoder, calls, decoder_runs = kernel_times(translator.decoder_session.end_profiling())
+    _, _, encoder_runs = kernel_times(translator.encoder_session.end_profiling())
+    kernels = sum(decoder.values())
+    rows = [{"part": f"decoder {op}", "share": micros / wall, "us_per_step": micros / steps, "calls": calls[op]}
+            for op, micros in decoder.most_common()]
+    rows += [
+        {"part": "decoder: ORT around kernels", "share": (decoder_runs - kernels) / wall,
+         "us_per_step": (decoder_runs - kernels) / steps},
+        {"part": "encoder", "share": encoder_runs / wall, "us_per_step": encoder_runs / steps},
+        {"part": "Python: search and buffers", "share": (wall - decoder_runs - encoder_runs) / wall,
+         "us_per_step": (wall - decoder_runs - encoder_runs) / steps},
+    ]
+    return {"package": str(package), "precision": translator.precision, "beam": beam, "batch": batch,
+            "sentences": len(sources), "steps": steps, "threads": threads, "wall_seconds": round(wall / 1e6, 3),
+            "parts": [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]}
 
 
 def main(argv: list[str] | None = None) -> None:
+    from bench.engines import load_test_set, table
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", type=Path, default=Path("models/en-de"))
+    parser.add_argument("--data", type=Path, default=Path("data/en-de/test.tsv"))
+    parser.add_argument("--limit", type=int, default=256)
+    parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--src-len", type=int, default=30)
-    parser.add_argument("--past-len", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path, help="also write the profile here")
+    parser.add_argument("--out", type=Path, help="write the profile as JSON")
     args = parser.parse_args(argv)
-    result = profile(args.package, args.batch, args.src_len, args.past_len, args.steps, args.threads)
-    print(f"{result['precision']} decoder step, batch {args.batch}, source {args.src_len}, past {args.past_len}, "
-          f"{args.threads} thread(s): {result['kernel_us_per_step'] / 1000:.2f} ms in kernels")
-    for row in result["by_op_type"][:12]:
-        print(f"  {row['op']:26s} {row['us']:9.1f} us  {100 * row['share']:5.1f}%")
-    print("slowest nodes:")
-    for row in result["slowest_nodes"]:
-        print(f"  {row['node']:50s} {row['us']:9.1f} us")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    manifest = json.loads((args.package / "package.json").read_text())
+    sources, _ = load_test_set(args.data, manifest["source_language"], manifest["target_language"],
+                               args.package / manifest["tokenizer"], args.limit)
+    result = profile(args.package, sources, args.beam, args.batch, args.threads, str(Path("/tmp") / "translator-profile"))
+    print(f"{result['sentences']} sentences, beam {args.beam}, batch {args.batch}, {result['steps']} decoder steps, "
+          f"{result['wall_seconds']} s")
+    print(table([{**row, "share": f"{100 * row['share']:.1f} %", "us_per_step": f"{row['us_per_step']:.0f}"}
+                 for row in result["parts"]], ["part", "share", "us_per_step", "calls"]))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

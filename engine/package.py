@@ -3,7 +3,8 @@
     models/en-de/
       package.json    this schema: languages, special ids, dims, limits, precision, graph I/O, checksums
       encoder.onnx    input_ids → memory + cross-attention keys/values
-      decoder.onnx    one cached decoder step
+      decoder.onnx    one decoder step over in-place caches, returning each row's best candidates
+                      (export/decoder_graph.py)
       spm.model       the SentencePiece tokenizer
       parity.json     the export's parity report against PyTorch
 
@@ -22,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder step with in-place caches and in-graph top-k (1: growing caches, full log-probs)
 MANIFEST = "package.json"
 LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")  # ISO 639 code, optional region/script
 
@@ -85,7 +86,7 @@ class SourceCheckpoint(Strict):
 
 
 class PackageManifest(Strict):
-    format_version: Literal[1]
+    format_version: Literal[2]
     name: str  # "<source>-<target>"
     source_language: str
     target_language: str
@@ -135,8 +136,19 @@ def read_manifest(directory: Path) -> PackageManifest:
     if not path.is_file():
         raise PackageError(f"{directory}: no {MANIFEST}; not a model package")
     try:
-        return PackageManifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as error:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise PackageError(f"{path}: invalid manifest: {error}") from error
+    version = values.get("format_version") if isinstance(values, dict) else None
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        checkpoint = (values.get("source_checkpoint") or {}).get("path", "checkpoints/<pair>")
+        raise PackageError(
+            f"{directory}: package format {version} was written by an older export; this engine reads format "
+            f"{FORMAT_VERSION}. Re-export it: python -m export --checkpoint {checkpoint} --out {directory} "
+            f"--precision {values.get('precision', 'int8')}")
+    try:
+        return PackageManifest.model_validate(values)
+    except ValidationError as error:
         raise PackageError(f"{path}: invalid manifest: {error}") from error
 
 

@@ -1,13 +1,18 @@
-"""Greedy and beam search over any encoder-decoder that decodes with a key/value cache.
+"""Greedy and beam search over any encoder-decoder that decodes step by step.
 
-The search knows nothing about the engine: a `StepModel` encodes a batch, runs one decoder
-step and selects rows of its state (to reorder beams and to drop finished sentences, so a
-batch shrinks as its sentences end). ONNX Runtime serves through it, and the PyTorch
-reference model is evaluated through the very same code, so engines differ only in the network.
+The search knows nothing about the engine. A `StepModel` encodes a batch, runs one decoder step
+and hands back each row's best candidates (never a [rows, vocabulary] matrix), reorders beams, and
+drops finished sentences so that a batch shrinks as its sentences end. ONNX Runtime serves through
+it, and the PyTorch reference model is evaluated through the very same code, so engines differ
+only in the network.
+
+Beam search needs only the 2·W best tokens of each beam: a candidate among the 2·W best of a
+sentence is among the 2·W best of its own beam, so per-row candidates give the exact search.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,16 +21,26 @@ import numpy as np
 State = Any  # whatever the engine keeps between steps (caches, memory, masks)
 
 
+@dataclass
+class Candidates:
+    log_probs: np.ndarray  # [N, k] float32, best first
+    ids: np.ndarray  # [N, k] int64
+    eos_log_probs: np.ndarray  # [N] float32: what ending now would score (a row at its length limit must end)
+
+
 class StepModel(Protocol):
-    def encode(self, src_ids: np.ndarray) -> State:
-        """src_ids [B, S] int64, padded → state with B rows."""
+    def start(self, src_ids: np.ndarray, beam_width: int, max_steps: int) -> State:
+        """src_ids [B, S] int64, padded → a state of B·W rows (sentence-major: row b·W + w), decoding at most
+        `max_steps` steps."""
 
-    def step(self, state: State, tokens: np.ndarray) -> tuple[np.ndarray, State]:
-        """tokens [N] int64, the last token of each row → log-probabilities [N, V] float32 and the next state."""
+    def step(self, state: State, tokens: np.ndarray, k: int) -> Candidates:
+        """tokens [N] int64, the last token of each row → each row's k best next tokens; the state advances."""
 
-    def select(self, state: State, rows: np.ndarray, sources_changed: bool) -> State:
-        """Keep `rows` (int64 indices, repeats allowed) of the state. `sources_changed` is False when every
-        row keeps the same source sentence (a beam reorder), so per-source tensors need no copy."""
+    def reorder(self, state: State, parents: np.ndarray) -> None:
+        """parents [B, W]: beam w of sentence b continues the history of beam parents[b, w]."""
+
+    def keep(self, state: State, sentences: np.ndarray) -> None:
+        """Keep only these sentences (indices into the current batch, in order) and their beams."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,15 @@ class SearchResult:
     hypotheses: list[Hypothesis] = field(default_factory=list)  # best first
 
 
+@dataclass
+class StageTimes:
+    """Where one search spent its time: the public hook through which callers time stages."""
+
+    encode_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    steps: int = 0
+
+
 def pad_batch(sequences: list[list[int]], pad_id: int) -> np.ndarray:
     """Right-pad token lists into an int64 [B, max length] array."""
     width = max(len(s) for s in sequences)
@@ -74,98 +98,113 @@ def source_lengths(src_ids: np.ndarray, pad_id: int) -> np.ndarray:
     return (src_ids != pad_id).sum(axis=1).astype(np.int64)
 
 
-def search(model: StepModel, src_ids: np.ndarray, pad_id: int, options: SearchOptions) -> list[SearchResult]:
+def search(model: StepModel, src_ids: np.ndarray, pad_id: int, options: SearchOptions,
+           times: StageTimes | None = None) -> list[SearchResult]:
     limits = options.output_limits(source_lengths(src_ids, pad_id))
-    if options.beam_size <= 1:
-        return greedy_search(model, src_ids, limits, options)
-    return beam_search(model, src_ids, limits, options)
+    times = times if times is not None else StageTimes()
+    start = time.perf_counter()
+    state = model.start(src_ids, max(1, options.beam_size), int(limits.max()))
+    encoded = time.perf_counter()
+    times.encode_seconds += encoded - start
+    run = greedy_search if options.beam_size <= 1 else beam_search
+    results, times.steps = run(model, state, limits, options)
+    times.decode_seconds += time.perf_counter() - encoded
+    return results
 
 
-def greedy_search(model: StepModel, src_ids: np.ndarray, limits: np.ndarray, options: SearchOptions) -> list[SearchResult]:
-    batch = src_ids.shape[0]
-    state = model.encode(src_ids)
+def greedy_search(model: StepModel, state: State, limits: np.ndarray, options: SearchOptions
+                  ) -> tuple[list[SearchResult], int]:
+    batch = len(limits)
     output = np.zeros((batch, int(limits.max())), dtype=np.int64)  # [B, max limit]
     scores = np.zeros(batch, dtype=np.float64)
     lengths = np.zeros(batch, dtype=np.int64)
-    active = np.arange(batch)  # source index of each live row
+    live = np.arange(batch)  # source index of each row
     tokens = np.full(batch, options.bos_id, dtype=np.int64)
+    step = 0
     for step in range(int(limits.max())):
-        log_probs, state = model.step(state, tokens)  # [N, V]
-        best = log_probs.argmax(axis=-1)
-        scores[active] += log_probs[np.arange(len(active)), best]
-        ended = (best == options.eos_id) | (step + 1 >= limits[active])
+        candidates = model.step(state, tokens, 1)
+        best = candidates.ids[:, 0]
+        scores[live] += candidates.log_probs[:, 0]
+        ended = (best == options.eos_id) | (step + 1 >= limits[live])
         writing = best != options.eos_id
-        output[active[writing], step] = best[writing]
-        lengths[active[writing]] = step + 1
+        output[live[writing], step] = best[writing]
+        lengths[live[writing]] = step + 1
         keep = ~ended
         if not keep.any():
             break
         if not keep.all():  # drop finished sentences so later steps compute only live rows
-            state = model.select(state, np.flatnonzero(keep), sources_changed=True)
-            active = active[keep]
+            model.keep(state, np.flatnonzero(keep))
+            live = live[keep]
         tokens = best[keep]
-    return [SearchResult([Hypothesis(output[i, : lengths[i]].tolist(), float(scores[i]))]) for i in range(batch)]
+    return [SearchResult([Hypothesis(output[i, : lengths[i]].tolist(), float(scores[i]))]) for i in range(batch)], step + 1
 
 
-def best_k(candidates: np.ndarray, k: int) -> np.ndarray:
-    """Column indices of the k largest entries of each row [n, m], best first, ties to the lower index.
-    k argmax passes: at beam widths (k = 2·width ≪ m = width·vocab) several times faster than a
-    partition of each row, which cost as much as the decoder step itself at batch 32."""
-    remaining = candidates.copy()
-    rows = np.arange(len(remaining))
-    picked = np.empty((len(remaining), k), dtype=np.int64)
-    for j in range(k):
-        picked[:, j] = remaining.argmax(axis=1)
-        remaining[rows, picked[:, j]] = -np.inf
-    return picked
+def backtrack(tokens: np.ndarray, parents: np.ndarray, beam: int, last: int) -> list[int]:
+    """The tokens of the hypothesis that is beam `beam` at step `last`, from per-step tokens and parents [W, steps]."""
+    out = []
+    for t in range(last, -1, -1):
+        out.append(int(tokens[beam, t]))
+        beam = int(parents[beam, t])
+    return out[::-1]
 
 
-def beam_search(model: StepModel, src_ids: np.ndarray, limits: np.ndarray, options: SearchOptions) -> list[SearchResult]:
-    batch, width = src_ids.shape[0], options.beam_size
-    state = model.select(model.encode(src_ids), np.repeat(np.arange(batch), width), sources_changed=True)
-    live = np.arange(batch)  # source index of each live sentence; its beams are rows [i*width, (i+1)*width)
-    scores = np.full((batch, width), -np.inf, dtype=np.float32)  # cumulative log-probs [n, width]
+def beam_search(model: StepModel, state: State, limits: np.ndarray, options: SearchOptions
+                ) -> tuple[list[SearchResult], int]:
+    batch, width, eos = len(limits), options.beam_size, options.eos_id
+    k = 2 * width  # candidates kept per beam, and per sentence
+    steps = int(limits.max())
+    live = np.arange(batch)  # source index of each live sentence; its beams are rows [i·W, (i+1)·W)
+    scores = np.full((batch, width), -np.inf, dtype=np.float32)  # cumulative log-probs [n, W]
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
-    sequences = np.zeros((batch, width, 0), dtype=np.int64)  # [n, width, step]
+    # History as back-pointers, by source sentence: the token each beam chose at each step and the beam it
+    # continued. Reordering beams then costs nothing here, and a hypothesis is read back when it ends.
+    chosen = np.zeros((batch, width, steps), dtype=np.int64)
+    parent = np.zeros((batch, width, steps), dtype=np.int64)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done_count = np.zeros(batch, dtype=np.int64)
     tokens = np.full(batch * width, options.bos_id, dtype=np.int64)
-    for step in range(int(limits.max())):
-        log_probs, state = model.step(state, tokens)
-        n, vocab = len(live), log_probs.shape[-1]
-        log_probs = log_probs.reshape(n, width, vocab)
-        at_limit = step + 1 >= limits[live]  # these must end now: only EOS is allowed
+    step = 0
+    for step in range(steps):
+        found = model.step(state, tokens, k)
+        n = len(live)
+        # [n, W·k] candidate scores, beam-major; a sentence at its length limit may only end (EOS) now.
+        flat = (scores[:, :, None] + found.log_probs.reshape(n, width, k)).reshape(n, width * k)
+        ids = found.ids.reshape(n, width * k)
+        at_limit = step + 1 >= limits[live]
         if at_limit.any():
-            forced = np.full_like(log_probs[at_limit], -np.inf)
-            forced[..., options.eos_id] = log_probs[at_limit][..., options.eos_id]
-            log_probs[at_limit] = forced
-        candidates = (scores[:, :, None] + log_probs).reshape(n, width * vocab)  # float32
-        top = best_k(candidates, 2 * width)
-        top_scores = np.take_along_axis(candidates, top, 1)  # [n, 2·width], best first
-        top_beam, top_token = top // vocab, top % vocab
-        is_eos = top_token == options.eos_id
-        # An EOS among the best `width` candidates completes a hypothesis.
+            forced = np.full((int(at_limit.sum()), width, k), -np.inf, dtype=np.float32)
+            forced[:, :, 0] = scores[at_limit] + found.eos_log_probs.reshape(n, width)[at_limit]
+            flat[at_limit] = forced.reshape(-1, width * k)
+            ids = ids.copy()
+            ids[at_limit] = eos
+        # The k best of each sentence, best first; ties go to the lower beam, then the better-ranked token.
+        top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
+        rows = np.arange(n)[:, None]
+        top_scores, top_token, top_beam = flat[rows, top], ids[rows, top], top // k
+        is_eos = top_token == eos
+        # An EOS among the best W candidates completes a hypothesis.
         for i, j in zip(*np.nonzero(is_eos[:, :width] & np.isfinite(top_scores[:, :width]))):
-            length = step + 1
-            tokens_so_far = sequences[i, top_beam[i, j]].tolist()
-            finished[live[i]].append(Hypothesis(tokens_so_far, float(top_scores[i, j]) / length**options.length_penalty))
-        # The best `width` candidates that do not end carry on (there are always enough of them).
+            source = live[i]
+            history = backtrack(chosen[source], parent[source], int(top_beam[i, j]), step - 1) if step else []
+            finished[source].append(Hypothesis(history, float(top_scores[i, j]) / (step + 1) ** options.length_penalty))
+            done_count[source] += 1
+        # The best W candidates that do not end carry on (there are always enough of them).
         carry = np.argsort(is_eos, axis=1, kind="stable")[:, :width]
-        next_beam = np.take_along_axis(top_beam, carry, 1)
-        scores = np.take_along_axis(top_scores, carry, 1)
-        sequences = np.concatenate(
-            [np.take_along_axis(sequences, next_beam[:, :, None], 1), np.take_along_axis(top_token, carry, 1)[:, :, None]],
-            axis=2,
-        )
-        done = at_limit | np.array([len(finished[s]) >= width for s in live])
-        keep = ~done
+        parents = top_beam[rows, carry]  # [n, W]
+        scores = top_scores[rows, carry]
+        tokens_now = top_token[rows, carry]
+        chosen[live, :, step] = tokens_now
+        parent[live, :, step] = parents
+        keep = ~(at_limit | (done_count[live] >= width))
         if not keep.any():
             break
-        rows = (np.arange(n)[:, None] * width + next_beam)[keep].reshape(-1)
-        state = model.select(state, rows, sources_changed=not keep.all())
-        live, scores, sequences = live[keep], scores[keep], sequences[keep]
-        tokens = sequences[:, :, -1].reshape(-1)
+        model.reorder(state, parents)
+        if not keep.all():
+            model.keep(state, np.flatnonzero(keep))
+            live, scores, tokens_now = live[keep], scores[keep], tokens_now[keep]
+        tokens = tokens_now.reshape(-1)
     results = []
     for hypotheses in finished:
         hypotheses.sort(key=lambda h: h.score, reverse=True)
         results.append(SearchResult(hypotheses[: options.n_best]))
-    return results
+    return results, step + 1

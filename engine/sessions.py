@@ -45,8 +45,8 @@ class RuntimeOptions:
     # varying sequence lengths). Applies to the CUDA arena; the CPU arena is on/off above.
     arena_extend_strategy: str = "kNextPowerOfTwo"
     shrink_arena_after_run: bool = False  # give arena memory back after each decode (slower, flat RSS)
-    io_binding: bool | None = None  # keep caches on the device between steps; None = on for CUDA only
     device_id: int = 0
+    profile_prefix: str | None = None  # ONNX Runtime's profiler on, its JSON files named with this prefix
     cuda_options: dict = field(default_factory=dict)  # extra CUDA provider options (cudnn_conv_algo_search, ...)
 
 
@@ -78,14 +78,20 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     settings.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization_level]
     settings.enable_cpu_mem_arena = options.enable_cpu_mem_arena
     settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
+    if options.profile_prefix:
+        settings.enable_profiling = True
+        settings.profile_file_prefix = options.profile_prefix
     return settings
 
 
-def run_options(options: RuntimeOptions, provider: str) -> ort.RunOptions:
+def run_options(options: RuntimeOptions, provider: str) -> ort.RunOptions | None:
+    """Options for every run, or None when there is nothing to set: ORT's Python wrapper probes a set
+    RunOptions for a CUDA-graph entry on every run, which costs tens of µs per decoder step."""
+    if not options.shrink_arena_after_run:
+        return None
     settings = ort.RunOptions()
-    if options.shrink_arena_after_run:
-        device = f"gpu:{options.device_id}" if provider == CUDA else "cpu:0"
-        settings.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
+    device = f"gpu:{options.device_id}" if provider == CUDA else "cpu:0"
+    settings.add_run_config_entry("memory.enable_memory_arena_shrinkage", device)
     return settings
 
 

@@ -1,10 +1,8 @@
 """ONNX Runtime inference for one model package: translation and sentence embeddings.
 
-`OnnxStepModel` drives the package's two graphs through the `StepModel` protocol of
-`engine.search`, so ORT decodes with the very search the PyTorch reference is evaluated
-with. Caches live in numpy arrays between steps on the CPU; with IO binding (the default on
-CUDA) they stay on the device as OrtValues and only the log-probabilities come back to the
-host (`engine.iobinding`). `Translator` wraps one package: tokenizer, limits, a lock.
+`Translator` wraps one package: its sessions, tokenizer, limits and a lock. It decodes through
+`engine.step_model.OnnxStepModel` with the search of `engine.search`, the very search the PyTorch
+reference is evaluated with.
 """
 
 from __future__ import annotations
@@ -18,51 +16,12 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from engine.search import SearchOptions, SearchResult, pad_batch, search
-from engine.package import PackageError, PackageManifest, load_package
-from engine.sessions import CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
+from engine.package import PackageError, load_package
+from engine.search import SearchOptions, SearchResult, StageTimes, pad_batch, search
+from engine.sessions import ProviderUnavailable, RuntimeOptions, create_session, run_options
+from engine.step_model import OnnxStepModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OnnxState:
-    source_padding_mask: np.ndarray  # [N, S] bool, True on padding
-    cross: list[np.ndarray]  # 2L × [N, H, S, K]: key_0, value_0, key_1, ...
-    past: list[np.ndarray]  # 2L × [N, H, P, K]
-
-
-class OnnxStepModel:
-    """The package's encoder and decoder graphs as a StepModel, caches in numpy."""
-
-    def __init__(self, encoder, decoder, manifest: PackageManifest, run_options=None):
-        self.encoder, self.decoder = encoder, decoder
-        self.pad_id = manifest.special_ids.pad
-        dims = manifest.model
-        self.cache_shape = (dims.n_heads, dims.head_dim)
-        self.n_cache = 2 * dims.n_decoder_layers
-        self.cross_outputs = manifest.graphs.encoder.outputs[1:]  # cross_key_0, cross_value_0, ... (not memory)
-        self.decoder_inputs = manifest.graphs.decoder.inputs  # input_ids, source_padding_mask, cross..., past...
-        self.decoder_outputs = manifest.graphs.decoder.outputs  # log_probs, present...
-        self.run_options = run_options
-
-    def encode(self, src_ids: np.ndarray) -> OnnxState:
-        cross = self.encoder.run(self.cross_outputs, {"input_ids": src_ids}, self.run_options)
-        batch = src_ids.shape[0]
-        empty = np.zeros((batch, self.cache_shape[0], 0, self.cache_shape[1]), dtype=np.float32)  # P = 0
-        return OnnxState(src_ids == self.pad_id, cross, [empty] * self.n_cache)
-
-    def step(self, state: OnnxState, tokens: np.ndarray) -> tuple[np.ndarray, OnnxState]:
-        values = [tokens[:, None], state.source_padding_mask, *state.cross, *state.past]
-        log_probs, *present = self.decoder.run(self.decoder_outputs, dict(zip(self.decoder_inputs, values)), self.run_options)
-        return log_probs, OnnxState(state.source_padding_mask, state.cross, present)
-
-    def select(self, state: OnnxState, rows: np.ndarray, sources_changed: bool) -> OnnxState:
-        past = [np.take(t, rows, axis=0) for t in state.past]
-        if not sources_changed:
-            return OnnxState(state.source_padding_mask, state.cross, past)
-        cross = [np.take(t, rows, axis=0) for t in state.cross]
-        return OnnxState(np.take(state.source_padding_mask, rows, axis=0), cross, past)
 
 
 @dataclass
@@ -88,14 +47,13 @@ class Translator:
             raise RuntimeError(f"{self.name}: encoder runs on {self.provider} but decoder on {decoder_provider}")
         self.check_graphs()
         self.run_options = run_options(options, self.provider)
-        self.io_binding = options.io_binding if options.io_binding is not None else self.provider == CUDA
         self.step_model = self.make_step_model()
         self.tokenizer = spm.SentencePieceProcessor(model_file=str(self.directory / self.manifest.tokenizer))
         self.check_tokenizer()
         self.lock = threading.Lock()
         log.warning(  # WARNING so that it shows at every log level: which hardware translates matters
-            "model package %s (%s) runs on %s, io binding %s, %s intra-op threads",
-            self.name, self.precision, self.provider, "on" if self.io_binding else "off", options.intra_op_threads or "default",
+            "model package %s (%s) runs on %s, %s intra-op threads",
+            self.name, self.precision, self.provider, options.intra_op_threads or "default",
         )
 
     def open_graph(self, file: str, options: RuntimeOptions):
@@ -108,13 +66,15 @@ class Translator:
             reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
             raise PackageError(f"{self.directory}: ONNX Runtime cannot load {file}: {reason}") from error
 
-    def make_step_model(self):
-        if self.io_binding:
-            from engine.iobinding import BoundStepModel  # the CUDA path; also runs (and is tested) on CPU
-
-            device = "cuda" if self.provider == CUDA else "cpu"
-            return BoundStepModel(self.encoder_session, self.decoder_session, self.manifest, self.options, device)
-        return OnnxStepModel(self.encoder_session, self.decoder_session, self.manifest, self.run_options)
+    def make_step_model(self) -> OnnxStepModel:
+        graphs, dims = self.manifest.graphs, self.manifest.model
+        caches = 2 * dims.n_decoder_layers
+        return OnnxStepModel(
+            self.encoder_session, self.decoder_session, self.manifest.special_ids.pad,
+            cross_outputs=graphs.encoder.outputs[1:],  # cross_key_0, cross_value_0, ... (not memory)
+            cache_inputs=graphs.decoder.inputs[-caches:], cache_outputs=graphs.decoder.outputs[-caches:],
+            cache_shape=(dims.n_heads, dims.head_dim), run_options=self.run_options,
+        )
 
     def check_graphs(self) -> None:
         """The ONNX files must have the inputs and outputs package.json names (the step model feeds by name)."""
@@ -182,15 +142,17 @@ class Translator:
                 raise ValueError(f"sentence {i} has token ids outside the vocabulary (0..{vocab - 1})")
 
     # --- inference -----------------------------------------------------------------------------
-    def translate_ids(self, sources: list[list[int]], options: SearchOptions) -> list[SearchResult]:
-        """Decode one batch, padded as given (the batcher decides what goes together)."""
+    def translate_ids(self, sources: list[list[int]], options: SearchOptions, times: StageTimes | None = None
+                      ) -> list[SearchResult]:
+        """Decode one batch, padded as given (the batcher decides what goes together). `times`, when given,
+        receives the encoder and decoder-loop durations."""
         self.check_sources(sources)
         limit = self.manifest.limits.max_positions  # the decoder's position table ends here
         if options.max_length > limit:
             options = dataclasses.replace(options, max_length=limit)
         batch = pad_batch(sources, self.manifest.special_ids.pad)
         with self.lock:
-            return search(self.step_model, batch, self.manifest.special_ids.pad, options)
+            return search(self.step_model, batch, self.manifest.special_ids.pad, options, times)
 
     def translate(self, texts: list[str], beam_size: int = 1, n_best: int = 1, max_length: int | None = None
                   ) -> list[list[Translation]]:

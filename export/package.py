@@ -12,16 +12,17 @@ import onnxruntime
 import onnxscript
 import torch
 
-from export.onnx_export import (
-    EXPORTER, OPSET, check_dynamic_shapes, decoder_input_names, decoder_output_names, encoder_output_names, export_fp32,
+from engine.package import (
+    FORMAT_VERSION, GraphSpec, Graphs, Limits, ModelDims, PackageManifest, SourceCheckpoint, SpecialIds, read_manifest,
+    sha256_of, write_manifest,
 )
-from export.quantize import convert_fp16, optimize_transformer, quantize_int8
+from export.onnx_export import (
+    EXPORTER, OPSET, check_graphs, decoder_input_names, decoder_output_names, encoder_output_names, export_decoder,
+    export_fp32,
+)
+from export.quantize import check_fp16, convert_fp16, optimize_transformer, quantize_int8
 from model.checkpoint import load_model
 from model.transformer import Transformer
-from engine.package import (
-    GraphSpec, Graphs, Limits, ModelDims, PackageManifest, SourceCheckpoint, SpecialIds, read_manifest, sha256_of,
-    write_manifest,
-)
 
 log = logging.getLogger(__name__)
 GRAPH_FILES = ("encoder.onnx", "decoder.onnx")
@@ -40,7 +41,7 @@ def manifest_for(model: Transformer, config: dict, checkpoint: Path, weights_sha
     c = model.config
     n = c.n_decoder_layers
     return PackageManifest(
-        format_version=1,
+        format_version=FORMAT_VERSION,
         name=f"{config['src_lang']}-{config['tgt_lang']}",
         source_language=config["src_lang"],
         target_language=config["tgt_lang"],
@@ -63,22 +64,27 @@ def manifest_for(model: Transformer, config: dict, checkpoint: Path, weights_sha
 def export_graphs(model: Transformer, directory: Path) -> tuple[Path, Path, float]:
     """fp32 encoder.onnx and decoder.onnx in `directory`, verified at several shapes → paths, max abs diff."""
     encoder, decoder = export_fp32(model, directory)
-    return encoder, decoder, check_dynamic_shapes(model, encoder, decoder)
+    return encoder, decoder, check_graphs(model, encoder, decoder)
 
 
 def write_variant(fp32_dir: Path, out: Path, precision: str, model: Transformer, per_channel: bool,
                   reduce_range: bool, optimize: bool) -> None:
-    """Write the package's graphs in `precision` from the verified fp32 graphs in `fp32_dir`."""
+    """Write the package's graphs in `precision` from the verified fp32 graphs in `fp32_dir` (the fp16 decoder
+    step is built from the weights, with float32 kept around the attention ops)."""
     for name in GRAPH_FILES:
         source, target = fp32_dir / name, out / name
-        if optimize:  # measured: see README; off by default
-            optimized = fp32_dir / f"optimized_{name}"
+        if optimize and name == "encoder.onnx":  # measured: see README; off by default. The decoder step is
+            optimized = fp32_dir / f"optimized_{name}"  # written fused already.
             optimize_transformer(source, optimized, model.config.n_heads, model.config.d_model)
             source = optimized
         if precision == "fp32":
             shutil.copyfile(source, target)
         elif precision == "int8":
-            quantize_int8(source, target, per_channel=per_channel, reduce_range=reduce_range)
+            quantize_int8(source, target, per_channel=per_channel, reduce_range=reduce_range,
+                          symbolic_shapes=name != "decoder.onnx")
+        elif precision == "fp16" and name == "decoder.onnx":
+            export_decoder(model, target, half=True)
+            check_fp16(target)
         elif precision == "fp16":
             convert_fp16(source, target)
         else:
@@ -107,7 +113,7 @@ def build_package(checkpoint: Path, out: Path, precision: str, max_source_tokens
         facts = {}
         if fp32_dir is None:
             fp32_dir = Path(scratch)
-            *_, facts["dynamic_shapes_max_abs_diff"] = export_graphs(model, fp32_dir)
+            *_, facts["graphs_max_abs_diff"] = export_graphs(model, fp32_dir)
         write_variant(fp32_dir, out, precision, model, per_channel, reduce_range, optimize)
         shutil.copyfile(frozen / "spm.model", out / "spm.model")
         options = {"per_channel": per_channel, "reduce_range": reduce_range} if precision == "int8" else {}

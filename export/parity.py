@@ -44,9 +44,9 @@ def read_sample(tsv: Path, source_language: str, target_language: str, limit: in
 
 
 def teacher_forced_max_diff(model: Transformer, translator: Translator, sources: list[list[int]],
-                            options: SearchOptions, batch_size: int = 16) -> float:
-    """Max |log p_ORT − log p_PyTorch| over every step of decoding PyTorch's greedy outputs, whole batches
-    (padded sources, rows that already ended keep being fed EOS)."""
+                            options: SearchOptions, batch_size: int = 16, k: int = 8) -> float:
+    """Max |log p_ORT − log p_PyTorch| over the k best tokens of every step of decoding PyTorch's greedy
+    outputs, whole batches (padded sources, rows that already ended keep being fed EOS)."""
     torch_model, onnx_model = TorchStepModel(model), translator.step_model
     worst = 0.0
     for start in range(0, len(sources), batch_size):
@@ -58,11 +58,12 @@ def teacher_forced_max_diff(model: Transformer, translator: Translator, sources:
         forced[:, 0] = options.bos_id
         for i, tokens in enumerate(outputs):
             forced[i, 1 : 1 + len(tokens)] = tokens
-        torch_state, onnx_state = torch_model.encode(batch), onnx_model.encode(batch)
+        torch_state, onnx_state = torch_model.start(batch, 1, steps), onnx_model.start(batch, 1, steps)
         for t in range(steps):
-            expected, torch_state = torch_model.step(torch_state, forced[:, t])
-            got, onnx_state = onnx_model.step(onnx_state, forced[:, t])
-            worst = max(worst, float(np.abs(expected - got).max()))
+            expected = torch_model.step(torch_state, forced[:, t], k)
+            got = onnx_model.step(onnx_state, forced[:, t], k)
+            worst = max(worst, float(np.abs(expected.log_probs - got.log_probs).max()),
+                        float(np.abs(expected.eos_log_probs - got.eos_log_probs).max()))
     return worst
 
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.search import SearchOptions, SearchResult, StepModel
+from engine.search import SearchOptions, SearchResult, StageTimes
 from service.metrics import Metrics
 from engine.translator import Translator
 
@@ -103,53 +103,11 @@ class Embedding:
     token_states: np.ndarray  # [length, D]
 
 
-class StageClock:
-    """Wraps a StepModel to time the encoder pass and the decoder loop of one `translate_ids` call,
-    so stage timings reach Prometheus without the runtime knowing about it. One worker thread per
-    model calls it, and the Translator's lock serialises calls, so plain fields are enough."""
-
-    def __init__(self, inner: StepModel):
-        self.inner = inner
-        self.encode_seconds = 0.0
-        self.decode_seconds = 0.0
-
-    def reset(self) -> None:
-        self.encode_seconds = self.decode_seconds = 0.0
-
-    def encode(self, src_ids: np.ndarray) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.inner.encode(src_ids)
-        finally:
-            self.encode_seconds += time.perf_counter() - start
-
-    def step(self, state: Any, tokens: np.ndarray) -> tuple[np.ndarray, Any]:
-        start = time.perf_counter()
-        try:
-            return self.inner.step(state, tokens)
-        finally:
-            self.decode_seconds += time.perf_counter() - start
-
-    def select(self, state: Any, rows: np.ndarray, sources_changed: bool) -> Any:
-        start = time.perf_counter()
-        try:
-            return self.inner.select(state, rows, sources_changed)
-        finally:
-            self.decode_seconds += time.perf_counter() - start
-
-
-def install_stage_clock(translator: Translator) -> StageClock:
-    if not isinstance(translator.step_model, StageClock):
-        translator.step_model = StageClock(translator.step_model)
-    return translator.step_model
-
-
 @dataclass(eq=False)
 class Lane:
     """One model: its waiting groups, its scheduler task and its single inference thread."""
 
     translator: Translator
-    clock: StageClock
     executor: ThreadPoolExecutor
     groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,6 +116,7 @@ class Lane:
     # Source tokens waiting in `groups`, kept by the three methods below (and drain, which empties
     # `groups`): admission reads it for every request under overload, too often to sum the queue.
     queued_tokens: int = 0
+    times: StageTimes = field(default_factory=StageTimes)  # the engine's stage times of the last batch
 
     def enqueue(self, job: Job) -> None:
         self.groups.setdefault(job.group, deque()).append(job)
@@ -193,7 +152,7 @@ class Batcher:
         self.policy = policy
         self.metrics = metrics
         self.lanes = {
-            name: Lane(t, install_stage_clock(t), ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}"))
+            name: Lane(t, ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}"))
             for name, t in translators.items()
         }
         self.depth = 0  # sentences waiting, all lanes
@@ -374,8 +333,8 @@ class Batcher:
         try:
             if key.task == "translate":
                 outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options)
-                # Model time only (the stage clock's): a test holding the model's lock does not skew it.
-                lane.note_batch(sum(lengths), lane.clock.encode_seconds + lane.clock.decode_seconds)
+                # Model time only (the engine's stage times): a test holding the model's lock does not skew it.
+                lane.note_batch(sum(lengths), lane.times.encode_seconds + lane.times.decode_seconds)
             else:
                 outcome = await loop.run_in_executor(lane.executor, self._encode, lane, sources)
         except Exception as error:  # noqa: BLE001 - whatever broke, only this batch's requests hear of it
@@ -399,10 +358,10 @@ class Batcher:
     # --- in the model's inference thread --------------------------------------------------------
     def _translate(self, lane: Lane, sources: list[list[int]], options: SearchOptions) -> list[SearchResult]:
         name, m = lane.translator.name, self.metrics
-        lane.clock.reset()
-        results = lane.translator.translate_ids(sources, options)
-        m.inference_duration.labels(model=name, stage="encode").observe(lane.clock.encode_seconds)
-        m.inference_duration.labels(model=name, stage="decode").observe(lane.clock.decode_seconds)
+        lane.times = StageTimes()
+        results = lane.translator.translate_ids(sources, options, lane.times)
+        m.inference_duration.labels(model=name, stage="encode").observe(lane.times.encode_seconds)
+        m.inference_duration.labels(model=name, stage="decode").observe(lane.times.decode_seconds)
         generated = [len(r.hypotheses[0].tokens) if r.hypotheses else 0 for r in results]
         for count in generated:
             m.output_tokens.labels(model=name).observe(count)

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.onnx_export import check_dynamic_shapes
+from export.decoder_graph import decoder_input_names
+from export.onnx_export import check_graphs, export_decoder
 from export.package import build_package
 from export.parity import ParityError, check_parity
-from export.quantize import check_fp16, convert_fp16, gemm_to_matmul
+from export.quantize import check_fp16, convert_fp16
 from model.checkpoint import load_model
 from model.tokenizer import read_tsv_pairs
 from engine.search import SearchOptions
@@ -31,30 +32,42 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def decoder_feeds(batch: int, src_len: int, past_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for the tiny model's decoder graph (4 heads × 8, 2 layers)."""
+def decoder_feeds(batch: int, src_len: int, past_len: int, width: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for the tiny model's decoder step (4 heads × 8, 2 layers, vocabulary 96), cache capacity 2 × past."""
     rng = np.random.default_rng(seed)
-    feeds = {"input_ids": rng.integers(4, 96, (batch, 1)), "source_padding_mask": np.zeros((batch, src_len), bool)}
-    for i in range(2):
-        for kind in ("key", "value"):
-            feeds[f"cross_{kind}_{i}"] = rng.standard_normal((batch, 4, src_len, 8), dtype=np.float32)
-            feeds[f"past_{kind}_{i}"] = rng.standard_normal((batch, 4, past_len, 8), dtype=np.float32)
+    rows, capacity = batch * width, max(2 * past_len, 4)
+    feeds = {"input_ids": rng.integers(4, 96, rows), "positions": np.full(rows, past_len),
+             "past_length": np.array([past_len], np.int32), "beam_width": np.array([width], np.int32),
+             "cache_indirection": rng.integers(0, width, (batch, width, capacity)).astype(np.int32),
+             "self_attention_mask": np.ones((rows, past_len + 1), np.int32),
+             "source_mask": np.ones((batch, src_len), np.int32), "top_k": np.array([5])}
+    for name in decoder_input_names(2)[len(feeds):]:
+        shape = (batch, 4, src_len, 8) if name.startswith("cross_") else (rows, 4, capacity, 8)
+        feeds[name] = rng.standard_normal(shape, dtype=np.float32)
     return feeds
 
 
 def test_graphs_match_pytorch_at_shapes_the_export_never_saw(tiny_checkpoint, tiny_fp32_graphs):
     model = load_model(tiny_checkpoint)[0]
-    shapes = ((1, 1, 0), (7, 50, 0), (3, 2, 30), (16, 12, 1), (1, 127, 126))  # 127 + 1 = max_positions
-    worst = check_dynamic_shapes(model, tiny_fp32_graphs / "encoder.onnx", tiny_fp32_graphs / "decoder.onnx", shapes)
+    # (batch, source length, beams, steps); 127 + 1 = max_positions
+    shapes = ((1, 1, 1, 1), (7, 50, 1, 3), (3, 2, 4, 30), (16, 12, 2, 5), (1, 127, 1, 127))
+    worst = check_graphs(model, tiny_fp32_graphs / "encoder.onnx", tiny_fp32_graphs / "decoder.onnx", shapes)
     assert worst < 1e-4
 
 
-def test_decoder_cache_grows_by_one_position(tiny_fp32_graphs):
+def test_decoder_step_returns_sorted_candidates_and_writes_one_cache_slot(tiny_fp32_graphs):
     decoder = session(tiny_fp32_graphs / "decoder.onnx")
-    log_probs, *present = decoder.run(None, decoder_feeds(batch=3, src_len=5, past_len=4))
-    assert log_probs.shape == (3, 96)
-    assert np.allclose(np.exp(log_probs).sum(axis=1), 1.0, atol=1e-5)
-    assert all(t.shape == (3, 4, 5, 8) for t in present)
+    feeds = decoder_feeds(batch=3, src_len=5, past_len=4, width=2)
+    top, ids, eos, *caches = decoder.run(None, feeds)
+    assert top.shape == ids.shape == (6, 5) and eos.shape == (6,)
+    assert (np.diff(top, axis=1) <= 0).all() and (top <= 0).all() and ((0 <= ids) & (ids < 96)).all()
+    assert len(set(map(tuple, ids))) > 1
+    for before, after in zip((feeds[n] for n in decoder_input_names(2)[-4:]), caches):
+        assert after.shape == before.shape
+        unchanged = np.ones(before.shape[2], bool)
+        unchanged[4] = False  # slot past_length holds this step's key/value; every other slot is as it was
+        assert np.array_equal(after[:, :, unchanged], before[:, :, unchanged])
+        assert not np.array_equal(after[:, :, 4], before[:, :, 4])
 
 
 def test_fp32_package_parity(tiny_packages):
@@ -65,9 +78,15 @@ def test_fp32_package_parity(tiny_packages):
     assert manifest.parity["passed"] and "parity.json" in manifest.files
 
 
+def test_fp16_package_is_within_bleu(tiny_packages):
+    report = json.loads((tiny_packages["fp16"] / "parity.json").read_text())
+    assert report["passed"] and report["bleu_drop"] <= 0.5 and report["log_probs_max_abs_diff"] < 0.5
+    assert load_package(tiny_packages["fp16"]).precision == "fp16"
+
+
 def test_int8_package_is_quantized_smaller_and_within_bleu(tiny_packages):
     ops = {node.op_type for node in onnx.load(str(tiny_packages["int8"] / "decoder.onnx")).graph.node}
-    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "Gemm" not in ops  # the output projection too
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "MatMul" not in ops  # the output projection too
     fp32_size = (tiny_packages["fp32"] / "decoder.onnx").stat().st_size
     assert (tiny_packages["int8"] / "decoder.onnx").stat().st_size < 0.6 * fp32_size
     report = json.loads((tiny_packages["int8"] / "parity.json").read_text())
@@ -77,23 +96,14 @@ def test_int8_package_is_quantized_smaller_and_within_bleu(tiny_packages):
     assert manifest.precision == "int8" and manifest.versions["opset"] == 18
 
 
-def test_gemm_rewrite_keeps_the_output(tiny_fp32_graphs, tmp_path):
-    model = onnx.load(str(tiny_fp32_graphs / "decoder.onnx"))
-    assert gemm_to_matmul(model) == 1
-    onnx.save(model, str(tmp_path / "decoder.onnx"))
-    feeds = decoder_feeds(batch=2, src_len=6, past_len=3)
-    before = session(tiny_fp32_graphs / "decoder.onnx").run(None, feeds)
-    after = session(tmp_path / "decoder.onnx").run(None, feeds)
-    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(before, after))
-
-
-def test_fp16_variant_is_float16_inside_float32_outside(tiny_fp32_graphs, tmp_path):
-    convert_fp16(tiny_fp32_graphs / "decoder.onnx", tmp_path / "decoder.onnx")  # runs check_fp16
+def test_fp16_variant_is_float16_inside_float32_outside(tiny_checkpoint, tiny_fp32_graphs, tmp_path):
+    convert_fp16(tiny_fp32_graphs / "encoder.onnx", tmp_path / "encoder.onnx")  # runs check_fp16
+    export_decoder(load_model(tiny_checkpoint)[0], tmp_path / "decoder.onnx", half=True)
     check_fp16(tmp_path / "decoder.onnx")
-    feeds = decoder_feeds(batch=2, src_len=6, past_len=3)
+    feeds = decoder_feeds(batch=2, src_len=6, past_len=3, width=2)
     # ONNX Runtime's CPU provider happens to run these ops in fp16: compare with fp32 loosely
     reference = session(tiny_fp32_graphs / "decoder.onnx").run(None, feeds)[0]
-    half = session(tmp_path / "decoder.onnx").run(None, feeds)[0]
+    half = session(tmp_path / "decoder.onnx").run(None, dict(feeds))[0]
     assert half.dtype == np.float32 and np.abs(half - reference).max() < 0.05
 
 
@@ -143,6 +153,6 @@ def test_no_torch_is_imported_by_the_service():
     import subprocess
     import sys
 
-    code = ("import sys, engine.translator, engine.package, engine.sessions, engine.iobinding, engine.search; "
+    code = ("import sys, engine.translator, engine.package, engine.sessions, engine.step_model, engine.search, engine.segmentation; "
             "assert 'torch' not in sys.modules, 'service imports torch'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -12,7 +12,7 @@ from model.checkpoint import load_model
 from model.search import TorchStepModel
 from engine.search import SearchOptions, pad_batch, search
 from engine.package import PackageError, load_package
-from engine.translator import OnnxStepModel, Translator
+from engine.translator import Translator
 from engine.sessions import RuntimeOptions
 
 ONE_THREAD = RuntimeOptions(intra_op_threads=1)
@@ -113,15 +113,44 @@ def test_tokenize_appends_eos_and_detokenize_inverts(fp32):
     assert fp32.detokenize([row[:-1] for row in ids]) == SENTENCES
 
 
-@pytest.mark.parametrize("beam_size, n_best", [(1, 1), (4, 3)])
-def test_onnx_search_equals_pytorch_search(fp32, torch_model, beam_size, n_best):
+# 32 sentences of different lengths: in one batch, sentences finish mid-batch and rows are compacted.
+BATCH_32 = [" ".join([SENTENCES[i % 4]] * (1 + i % 2)) for i in range(32)]
+
+
+@pytest.mark.parametrize("beam_size, n_best", [(1, 1), (4, 3), (8, 8)])
+@pytest.mark.parametrize("texts", [SENTENCES[:1], BATCH_32], ids=["batch1", "batch32"])
+def test_onnx_search_equals_pytorch_search(fp32, torch_model, beam_size, n_best, texts):
     options = SearchOptions(bos_id=2, eos_id=3, beam_size=beam_size, n_best=n_best)
-    batch = pad_batch(fp32.tokenize(SENTENCES), 0)
+    batch = pad_batch(fp32.tokenize(texts), 0)
     expected = search(TorchStepModel(torch_model), batch, 0, options)
-    got = fp32.translate_ids(fp32.tokenize(SENTENCES), options)
+    got = fp32.translate_ids(fp32.tokenize(texts), options)
+    assert len({len(r.hypotheses[0].tokens) for r in expected}) > 1 or len(texts) == 1  # they end at different steps
     for e, g in zip(expected, got):
         assert [h.tokens for h in g.hypotheses] == [h.tokens for h in e.hypotheses]
         assert np.allclose([h.score for h in g.hypotheses], [h.score for h in e.hypotheses], atol=1e-4)
+
+
+def test_decoder_writes_its_caches_in_place(fp32):
+    """The caches bound to the decoder are the state's own arrays: steps write slots, nobody copies them."""
+    model = fp32.step_model
+    state = model.start(pad_batch(fp32.tokenize(SENTENCES), 0), 2, 8)
+    caches = list(state.caches)
+    tokens = np.full(state.rows, 2, dtype=np.int64)
+    for _ in range(3):
+        candidates = model.step(state, tokens, 4)
+        model.reorder(state, np.tile([1, 0], (state.sentences, 1)))
+        tokens = candidates.ids[:, 0].copy()
+    assert all(a is b for a, b in zip(caches, state.caches))
+    assert all(np.abs(c[:, :, :3]).sum(axis=(1, 3)).all() for c in state.caches)  # slots 0..2 written for every row
+    assert (state.indirection[:, :, :3] == [[1, 0, 1], [0, 1, 0]]).all()  # beams swapped after every step
+
+
+def test_package_of_an_older_format_is_refused_with_the_export_command(package_copy):
+    manifest = json.loads((package_copy / "package.json").read_text())
+    manifest["format_version"] = 1
+    (package_copy / "package.json").write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=r"older export.*python -m export --checkpoint .* --out .* --precision int8"):
+        load_package(package_copy)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 4])
@@ -133,34 +162,6 @@ def test_fp32_results_do_not_depend_on_batch_composition(fp32, batch_size):
     for start in range(0, len(ids), batch_size):
         batched += [r.hypotheses[0].tokens for r in fp32.translate_ids(ids[start : start + batch_size], options)]
     assert batched == alone
-
-
-def test_io_binding_path_equals_numpy_path(tiny_packages, fp32):
-    bound = Translator(tiny_packages["fp32"], RuntimeOptions(intra_op_threads=1, io_binding=True))
-    assert bound.io_binding and not isinstance(bound.step_model, OnnxStepModel)
-    for beam_size in (1, 3):
-        options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
-        ids = fp32.tokenize(SENTENCES)
-        expected = [[h.tokens for h in r.hypotheses] for r in fp32.translate_ids(ids, options)]
-        assert [[h.tokens for h in r.hypotheses] for r in bound.translate_ids(ids, options)] == expected
-
-
-def test_embedded_gather_graphs_are_what_they_say():
-    from onnx import TensorProto, helper
-
-    from engine.iobinding import GATHER_ROWS_GRAPHS
-
-    def gather_rows_model(dtype: int) -> bytes:
-        data = helper.make_tensor_value_info("data", dtype, None)
-        rows = helper.make_tensor_value_info("rows", TensorProto.INT64, ["M"])
-        kept = helper.make_tensor_value_info("kept", dtype, None)
-        node = helper.make_node("Gather", ["data", "rows"], ["kept"], axis=0)
-        graph = helper.make_graph([node], "gather_rows", [data, rows], [kept])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8, producer_name="translator")
-        return model.SerializeToString()
-
-    assert GATHER_ROWS_GRAPHS[np.dtype(np.float32)] == gather_rows_model(TensorProto.FLOAT)
-    assert GATHER_ROWS_GRAPHS[np.dtype(np.bool_)] == gather_rows_model(TensorProto.BOOL)
 
 
 def test_translate_returns_n_best_texts(tiny_packages):

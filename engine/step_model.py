@@ -1,0 +1,157 @@
+"""A package's encoder and decoder graphs as a `StepModel`, with caches that are never copied per step.
+
+The decoder graph (export/decoder_graph.py) writes each step's keys/values in place into
+fixed-capacity caches [N, H, C, K] and reads beam histories through a cache-indirection table, so
+a step costs no cache traffic: reordering beams rewrites int32 indices. Every input and output of a
+step lives in a numpy buffer allocated once per batch and wrapped as an OrtValue without a copy
+(IO binding): the caches are bound as both the past input and the present output, and a step only
+writes this step's tokens into the bound buffers and reads the candidates out of theirs.
+
+The caches are allocated for the batch's step limit but not initialised: the memory a step never
+writes is never touched, so it costs address space, not resident memory. Copies happen only when
+finished sentences leave: their rows are compacted to the front of the same buffers, so later steps
+compute only live rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from engine.search import Candidates
+
+CANDIDATE_OUTPUTS = ("top_log_probs", "top_ids", "eos_log_probs")
+
+
+def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
+    """Wrap a C-contiguous numpy array without a copy: the OrtValue reads and writes the array's memory."""
+    return ort.OrtValue.ortvalue_from_numpy(array)
+
+
+@dataclass
+class RowBuffers:
+    """Per-row inputs and outputs of a step, allocated for the batch's first (largest) row count; steps bind
+    prefixes of them."""
+
+    tokens: np.ndarray  # [rows] int64
+    positions: np.ndarray  # [rows] int64
+    attention_mask: np.ndarray  # [rows · capacity] int32, all ones: viewed as [N, T] each step
+    log_probs: np.ndarray  # [rows, k] float32
+    ids: np.ndarray  # [rows, k] int64
+    eos: np.ndarray  # [rows] float32
+
+    @classmethod
+    def allocate(cls, rows: int, capacity: int, k: int) -> "RowBuffers":
+        return cls(np.empty(rows, np.int64), np.empty(rows, np.int64), np.ones(rows * capacity, np.int32),
+                   np.empty((rows, k), np.float32), np.empty((rows, k), np.int64), np.empty(rows, np.float32))
+
+
+@dataclass
+class DecodeState:
+    beam_width: int
+    max_steps: int
+    source_mask: np.ndarray  # [B, S] int32, 1 on real tokens
+    cross: list[np.ndarray]  # 2L × [B, H, S, K]
+    caches: list[np.ndarray]  # 2L × [rows allocated, H, C, K]; rows [0, N) are live
+    indirection: np.ndarray  # [B, W, C] int32: updated in place by `reorder`
+    past_length: np.ndarray  # [1] int32: slots written = position of the next token
+    buffers: RowBuffers | None = None
+    k: int = 0
+    binding: ort.IOBinding | None = None
+    settings: tuple[np.ndarray, np.ndarray] | None = None  # beam_width and top_k, as bound
+    bound_rows: int = -1  # the row count the row inputs, caches and sentence inputs were last bound for
+
+    @property
+    def length(self) -> int:
+        return int(self.past_length[0])
+
+    @property
+    def sentences(self) -> int:
+        return self.source_mask.shape[0]
+
+    @property
+    def rows(self) -> int:
+        return self.sentences * self.beam_width
+
+    @property
+    def capacity(self) -> int:
+        return self.caches[0].shape[2]
+
+
+class OnnxStepModel:
+    def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, pad_id: int,
+                 cross_outputs: list[str], cache_inputs: list[str], cache_outputs: list[str],
+                 cache_shape: tuple[int, int], run_options: ort.RunOptions | None = None):
+        self.encoder, self.decoder = encoder, decoder
+        self.pad_id = pad_id
+        self.cross_names = cross_outputs  # cross_key_0, cross_value_0, ...: encoder outputs and decoder inputs
+        self.cache_inputs, self.cache_outputs = cache_inputs, cache_outputs
+        self.heads, self.head_dim = cache_shape
+        self.run_options = run_options
+
+    # --- StepModel -----------------------------------------------------------------------------
+    def start(self, src_ids: np.ndarray, beam_width: int, max_steps: int) -> DecodeState:
+        cross = self.encoder.run(self.cross_names, {"input_ids": src_ids}, self.run_options)
+        batch = src_ids.shape[0]
+        capacity = max_steps
+        shape = (batch * beam_width, self.heads, capacity, self.head_dim)
+        # Slots past `past_length` are never read: no zeroing, so untouched pages never become resident.
+        caches = [np.empty(shape, dtype=np.float32) for _ in self.cache_inputs]
+        indirection = np.zeros((batch, beam_width, capacity), dtype=np.int32)
+        return DecodeState(beam_width, max_steps, (src_ids != self.pad_id).astype(np.int32), cross, caches, indirection,
+                           np.zeros(1, dtype=np.int32))
+
+    def step(self, state: DecodeState, tokens: np.ndarray, k: int) -> Candidates:
+        binding = self.bind(state, k)
+        rows, length, buffers = state.rows, state.length, state.buffers
+        buffers.tokens[:rows] = tokens
+        buffers.positions[:rows] = length
+        mask = buffers.attention_mask[: rows * (length + 1)].reshape(rows, length + 1)  # contiguous: a prefix
+        binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
+        self.decoder.run_with_iobinding(binding, self.run_options)
+        state.indirection[:, :, length] = np.arange(state.beam_width, dtype=np.int32)  # each beam wrote its own slot
+        state.past_length[0] += 1
+        return Candidates(buffers.log_probs[:rows], buffers.ids[:rows], buffers.eos[:rows])
+
+    def reorder(self, state: DecodeState, parents: np.ndarray) -> None:
+        written = state.indirection[:, :, : state.length]
+        written[...] = np.take_along_axis(written, parents[:, :, None].astype(np.intp), axis=1)
+
+    def keep(self, state: DecodeState, sentences: np.ndarray) -> None:
+        width, length = state.beam_width, state.length
+        rows = (sentences[:, None] * width + np.arange(width)).reshape(-1)
+        moved = int(np.argmax(rows != np.arange(len(rows)))) if (rows != np.arange(len(rows))).any() else len(rows)
+        for cache in state.caches:  # compact the live rows to the front of the same buffers; rows before
+            cache[moved : len(rows), :, :length] = cache[rows[moved:], :, :length]  # the first gap stay
+        state.cross = [c[sentences] for c in state.cross]
+        state.source_mask = state.source_mask[sentences]
+        state.indirection = np.ascontiguousarray(state.indirection[sentences])
+
+    # --- buffers -------------------------------------------------------------------------------
+    def bind(self, state: DecodeState, k: int) -> ort.IOBinding:
+        """(Re)bind everything but the attention mask when the batch changed shape since the last step."""
+        if state.binding is not None and state.bound_rows == state.rows and state.k == k:
+            return state.binding
+        if state.buffers is None or state.k != k:
+            state.buffers = RowBuffers.allocate(state.caches[0].shape[0], state.capacity, k)
+            state.k = k
+        binding = state.binding = state.binding or self.decoder.io_binding()
+        rows, buffers = state.rows, state.buffers
+        # Outputs first: `get_outputs` would list them in the order first bound.
+        for name, buffer in zip(CANDIDATE_OUTPUTS, (buffers.log_probs, buffers.ids, buffers.eos)):
+            binding.bind_ortvalue_output(name, as_ortvalue(buffer[:rows]))
+        for input_name, output_name, cache in zip(self.cache_inputs, self.cache_outputs, state.caches):
+            value = as_ortvalue(cache[:rows])  # a prefix of a C-contiguous array is contiguous
+            binding.bind_ortvalue_input(input_name, value)
+            binding.bind_ortvalue_output(output_name, value)
+        # A binding does not keep its arrays alive: every array bound here is held by the state.
+        state.settings = (np.array([state.beam_width], np.int32), np.array([k], np.int64))
+        inputs = {"input_ids": buffers.tokens[:rows], "positions": buffers.positions[:rows], "past_length": state.past_length,
+                  "beam_width": state.settings[0], "top_k": state.settings[1], "cache_indirection": state.indirection,
+                  "source_mask": state.source_mask, **dict(zip(self.cross_names, state.cross))}
+        for name, array in inputs.items():
+            binding.bind_ortvalue_input(name, as_ortvalue(array))
+        state.bound_rows = rows
+        return binding
