@@ -1,0 +1,160 @@
+"""The general-language readers (model/corpus/) on small fixtures in the real formats (tests/fixtures/corpus/):
+a .mo made by msgfmt, a .qm made by lrelease, a roff man page pair, Mallard, DocBook and HTML page pairs, and a
+MediaWiki JSON pair. No network."""
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model.corpus.blocks import (
+    align, docbook_blocks, document_pairs, html_blocks, mallard_blocks, same_name_pages,
+)
+from model.corpus.gettext_mo import mo_entries, mo_pairs
+from model.corpus.json_i18n import json_pairs
+from model.corpus.qm import QmError, read_qm
+from model.corpus.roff import man_blocks, man_page_pairs, unescape
+from model.corpus.text import consistent, markup_to_text, sentence_pairs, split_paragraphs
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "corpus"
+
+
+def test_mo_catalog_gives_msgid_msgstr_with_markup_removed_and_placeholders_kept():
+    entries = dict(mo_entries(FIXTURES / "wesnoth-test.mo"))
+    assert "one turn" not in entries and "Untranslated line stays" not in entries  # plural, empty msgstr
+    assert entries["I am ready to fight."] == "Ich bin bereit zu kämpfen."  # msgctxt dropped
+    pairs = list(mo_pairs([FIXTURES / "wesnoth-test.mo"], markup=True))
+    assert ("Victory: Defeat $enemy_leader| before the end of turns",
+            "Sieg: Besiege $enemy_leader| vor Ablauf der Runden") in pairs
+    assert ("translator-credits", "Max Mustermann <max@example.org>") in pairs  # dropped later by model.data
+
+
+@pytest.mark.skipif(shutil.which("msgfmt") is None, reason="msgfmt (Debian package gettext) is not installed")
+def test_the_mo_fixture_is_what_msgfmt_makes_of_its_po_source(tmp_path):
+    import subprocess
+
+    subprocess.run(["msgfmt", "-o", str(tmp_path / "x.mo"), str(FIXTURES / "wesnoth-test.po")], check=True)
+    assert dict(mo_entries(tmp_path / "x.mo")) == dict(mo_entries(FIXTURES / "wesnoth-test.mo"))
+
+
+def test_paragraph_pairs_split_into_sentences_only_when_both_sides_agree():
+    en = "We must hurry. The orcs will be here by nightfall! Gather the men."
+    de = "Wir müssen uns beeilen. Die Orks werden bei Einbruch der Nacht hier sein! Sammelt die Männer."
+    assert sentence_pairs(en, de) == [("We must hurry.", "Wir müssen uns beeilen."),
+                                      ("The orcs will be here by nightfall!",
+                                       "Die Orks werden bei Einbruch der Nacht hier sein!"),
+                                      ("Gather the men.", "Sammelt die Männer.")]
+    assert sentence_pairs("Open it. Then close it.", "Öffnen und schließen Sie es.") == [
+        ("Open it. Then close it.", "Öffnen und schließen Sie es.")]
+    assert list(split_paragraphs([("Dr. Smith  came.\nHe left.", "Dr. Smith kam.\nEr ging.")])) == [
+        ("Dr. Smith came.", "Dr. Smith kam."), ("He left.", "Er ging.")]
+
+
+def test_markup_to_text_removes_tags_and_unescapes_entities():
+    assert markup_to_text("<span color='red'>Warning:</span> <b>Tom</b> &amp; Jerry") == "Warning: Tom & Jerry"
+    assert markup_to_text("a &lt; b and 3 > 2") == "a < b and 3 > 2"
+
+
+def test_qm_catalog_made_by_lrelease():
+    assert read_qm(FIXTURES / "activities_de.qm") == [
+        ("ActivityInfo", "Drop the weights on the left side of the scales to balance it.",
+         "Stelle Gewichte auf der linken Seite zusammen, um die Waage auszugleichen."),
+        ("ActivityInfo", "Learn additions", "Lerne die Addition."),
+        ("WarnMonster", "Be careful, a troggle!", "Sei vorsichtig, ein Troggel!"),
+    ]  # the unfinished message is not in the file, the plural (numerus) one is skipped
+
+
+def test_qm_reader_refuses_other_files(tmp_path):
+    (tmp_path / "x.qm").write_bytes(b"not a catalog at all")
+    with pytest.raises(QmError):
+        read_qm(tmp_path / "x.qm")
+
+
+def test_roff_escapes_and_blocks():
+    assert unescape(r"\fB\-\-sort\fR and \(lqquoted\(rq \e \(em x\&") == "--sort and “quoted” \\ — x"
+    blocks = man_blocks((FIXTURES / "ls.en.1").read_text())
+    texts = [text for _, text in blocks]
+    assert texts == [
+        "NAME", "ls - list directory contents", "DESCRIPTION",
+        "List information about the FILEs (the current directory by default). Sort entries alphabetically if none "
+        "of -cftuvSUX nor --sort is specified.",
+        "Mandatory arguments to long options are mandatory for short options too.",
+        "-a, --all", "do not ignore entries starting with .", "--author",
+        "with -l, print the author of each file", "See dircolors(1) for details.",
+        "AUTHOR", "Written by Richard M. Stallman and David MacKenzie.",
+    ]  # the .nf block (a command) is skipped
+
+
+def test_man_pages_align_by_block_and_drop_the_translators_section(tmp_path):
+    for language, root in (("en", tmp_path / "man"), ("de", tmp_path / "man" / "de")):
+        (root / "man1").mkdir(parents=True, exist_ok=True)
+        (root / "man1" / "ls.1.gz").write_bytes(gzip.compress((FIXTURES / f"ls.{language}.1").read_bytes()))
+    pairs = list(man_page_pairs([tmp_path / "man"], tmp_path / "man" / "de"))
+    assert len(pairs) == 12
+    assert ("See dircolors(1) for details.", "Siehe dircolors(1) für Einzelheiten.") in pairs
+    assert ("with -l, print the author of each file", "Mit -l den Autor jeder Datei ausgeben") in pairs
+    assert not any("Eichwalder" in de for _, de in pairs)
+
+
+def test_mallard_pages_align_and_skip_credits_and_screens():
+    pages = same_name_pages(FIXTURES / "mallard" / "C", FIXTURES / "mallard" / "de", "*/*.page")
+    pairs = list(document_pairs(pages, mallard_blocks))
+    assert pairs == [  # <info> (credits, translators, the page's description) is metadata: skipped
+        ("Print a booklet", "Eine Broschüre drucken"),
+        ("To print a booklet, open the Print dialog. Then press CtrlP.",
+         "Um eine Broschüre zu drucken, öffnen Sie den Dialog Drucken. Drücken Sie dann StrgP."),
+        ("Click Page Setup.", "Klicken Sie auf Seite einrichten."),
+        ("Select booklet.pdf and click Print.", "Wählen Sie booklet.pdf und klicken Sie auf Drucken."),
+    ]
+
+
+def test_docbook_chapters_align_and_skip_metadata_and_screens():
+    pairs = list(document_pairs(same_name_pages(FIXTURES / "docbook" / "C", FIXTURES / "docbook" / "de", "*.xml"),
+                                lambda path: docbook_blocks(path, {})))
+    assert pairs == [
+        ("Desktop Basics", "Grundlagen der Arbeitsfläche"),
+        ("The panel is at the top of the screen. It holds the Applications menu.",
+         "Das Panel befindet sich oben auf dem Bildschirm. Es enthält das Menü Anwendungen."),
+        ("Drag a launcher onto the panel.", "Ziehen Sie einen Starter auf das Panel."),
+    ]
+
+
+def test_docbook_entities_come_from_the_given_table(tmp_path):
+    (tmp_path / "index.docbook").write_text(
+        '<?xml version="1.0"?><!DOCTYPE book [<!ENTITY kappname "Dolphin">]>'
+        "<book><para>&kappname; shows files &amp; folders in &kde;.</para></book>", encoding="utf-8")
+    assert docbook_blocks(tmp_path / "index.docbook", {"kappname": "Dolphin", "kde": "KDE"}) == [
+        (False, "Dolphin shows files & folders in KDE.")]
+
+
+def test_html_pages_align_by_name_and_block_order():
+    pages = same_name_pages(FIXTURES / "html", FIXTURES / "html", "*.en.html", lambda p: p.replace(".en.", ".de."))
+    pairs = list(document_pairs(pages, html_blocks))
+    assert pairs == [
+        ("1.1. Console basics", "1.1. Grundlagen der Konsole"),
+        ("The system is managed from the shell. Type ls -l and press Enter.",
+         "Das System wird über die Shell verwaltet. Geben Sie ls -l ein und drücken Sie die Eingabetaste."),
+        ("Use man to read the manual.", "Verwenden Sie man, um das Handbuch zu lesen."),
+        ("Log out with exit.", "Melden Sie sich mit exit ab."),
+        ("Ctrl-D", "Strg-D"), ("End of input", "Ende der Eingabe"),
+    ]  # <pre>, <script> and the head's <title>/<style> are not running text; the ¶ anchors are dropped
+
+
+def test_a_shifted_alignment_is_not_consistent_and_gives_nothing():
+    english = [(False, "A short first paragraph here."), (False, "A much longer second paragraph " * 4),
+               (False, "Third paragraph of medium length."), (False, "Fourth one, also of medium size.")]
+    german = [(False, "Ein viel längerer zweiter Absatz " * 4), (False, "Ein kurzer erster Absatz hier.")] * 2
+    assert align(english, german) == []
+    assert consistent([("x" * 30, "y" * 33)] * 5)
+
+
+def test_json_messages_align_by_key_and_skip_metadata():
+    pairs = list(json_pairs([FIXTURES / "i18n"]))
+    assert pairs == [
+        ("Search", "Suchen"),
+        ("Showing $1 results for $2.", "Es werden $1 Ergebnisse für $2 angezeigt."),
+        ("There were no results matching the query.",
+         "Es wurden keine Ergebnisse gefunden, die der Suchanfrage entsprechen."),
+        ("See {{PLURAL:$1|the help page|the help pages}}.", "Siehe {{PLURAL:$1|die Hilfeseite|die Hilfeseiten}}."),
+    ]  # the last is dropped by model.data's template filter
