@@ -14,14 +14,13 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import health, libretranslate, native, openapi
+from service.api import middleware, openapi
 from service.api.deps import ServiceState
-from service.api.errors import BodyLimitMiddleware
-from service.api.security import Gate, KeysFileError, install_cors
-from service.api.shedding import ROUTE_TEMPLATE, LoadSheddingMiddleware
+from service.api.files import FilesUnavailable, FileStore
+from service.api.routes import files, health, libretranslate, native, suggest, web
+from service.api.security import Gate, KeysFileError
+from service.api.suggestions import SuggestionStore, SuggestionsUnavailable
 from service.batcher import Batcher, BatchPolicy
 from service.config import Settings
 from service.langid import detector_for
@@ -33,8 +32,9 @@ from engine.sessions import ProviderUnavailable
 log = logging.getLogger(__name__)
 PAIR_DIRECTORY = re.compile(r"^([a-z]{2,3})-([a-z]{2,3})$")
 # What refuses a start with a message instead of serving half-broken: a bad package, a provider that
-# strict mode requires but cannot run, an unreadable keys file.
-STARTUP_REFUSALS = (PackageError, ProviderUnavailable, KeysFileError)
+# strict mode requires but cannot run, an unreadable keys file, a suggestions database that cannot be opened,
+# a files directory that cannot be made.
+STARTUP_REFUSALS = (PackageError, ProviderUnavailable, KeysFileError, SuggestionsUnavailable, FilesUnavailable)
 
 
 def load_translators(settings: Settings) -> dict[str, Translator]:
@@ -69,12 +69,14 @@ def batch_policy(settings: Settings) -> BatchPolicy:
 async def prepare(state: ServiceState) -> None:
     """Warm-up and loading the language identifier, side by side; then ready."""
     detector = asyncio.create_task(asyncio.to_thread(detector_for, tuple(state.source_languages)))
+    identifier = asyncio.create_task(asyncio.to_thread(detector_for, tuple(state.languages)))
     try:
         if state.settings.warmup:
             started = time.perf_counter()
             await state.batcher.warmup(batch_size=min(state.settings.max_batch_sentences, 8))
             log.info("warm-up done in %.2f s", time.perf_counter() - started)
         state.detector = await detector
+        state.identifier = await identifier
         if state.detector.unknown:
             log.warning("language detection cannot recognise %s", ", ".join(state.detector.unknown))
     except Exception:  # noqa: BLE001 - stay alive but unready: /ready keeps the load balancer away
@@ -82,6 +84,7 @@ async def prepare(state: ServiceState) -> None:
         return
     finally:
         detector.cancel()
+        identifier.cancel()
     # What exists now (models, app, schemas, ~70k objects) lives as long as the process: move it out of
     # the collector's reach, or every full collection walks it, a 25-35 ms stall of the event loop
     # on busy cores (refusals under overload queue behind it).
@@ -111,32 +114,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("drained")
 
 
-class RequestMetricsMiddleware:
-    """Request duration by route template (never the raw path) and status code."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500  # stays 500 if the app raises before answering
-
-        async def send_and_note_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note_status)
-        finally:
-            route = scope.get("route")
-            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else scope.get(ROUTE_TEMPLATE, "unmatched")
-            self.metrics.request_duration.labels(route=template, status=str(status)).observe(time.perf_counter() - started)
-
-
 async def internal_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
@@ -154,12 +131,12 @@ def create_app(settings: Settings | None = None, translators: dict[str, Translat
         exception_handlers={Exception: internal_error},
     )
     gate = Gate.from_settings(settings)  # reads the keys file: raises KeysFileError before anything listens
-    app.state.service = ServiceState(settings=settings, metrics=metrics, translators=dict(translators or {}), gate=gate)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(LoadSheddingMiddleware)  # outside the body limit: a refusal reads no body
-    install_cors(app, settings)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # added last: outermost, times everything
-    for module in (native, libretranslate, health):
+    app.state.service = ServiceState(
+        settings=settings, metrics=metrics, translators=dict(translators or {}), gate=gate,
+        files=FileStore.from_settings(settings) if settings.files_translation else None,
+        suggestions=SuggestionStore(settings.suggestions_db) if settings.suggestions else None)
+    middleware.install(app, settings, metrics)
+    for module in (native, libretranslate, files, suggest, health, web):
         app.include_router(module.router)
     openapi.document(app, settings, keys_required=gate.keys.required)
     return app

@@ -34,7 +34,7 @@ def split_list(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", extra="ignore", frozen=True, populate_by_name=True)
 
     # --- serving ---------------------------------------------------------------------------------
     models_dir: Path = Field(Path("models"), description="Directory of model packages, one sub-directory per language pair (`models/en-de/`).")
@@ -81,7 +81,12 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Value of the Retry-After header sent with overload errors.")
 
     # --- input limits ------------------------------------------------------------------------------
-    max_text_chars: int = Field(2000, ge=1, description="Most characters in one text (a longer one is a 400 error).")
+    max_text_chars: int = Field(5000, ge=1, validation_alias=AliasChoices("TRANSLATOR_MAX_TEXT_CHARS", "TRANSLATOR_CHAR_LIMIT"),
+                                description=(
+        "Most characters in one text (`TRANSLATOR_CHAR_LIMIT` also works, LibreTranslate's name); a longer one is a 400 error. "
+        "A text is cut into sentences, each translated on its own, so any text up to this limit is translated whole."))
+    max_sentences_per_request: int = Field(256, ge=1, description=(
+        "Most sentences (after segmentation) in one request's texts, and never more than TRANSLATOR_QUEUE_LIMIT; more is a 400 error."))
     max_texts_per_request: int = Field(64, ge=1, description="Most texts in one request.")
     max_body_bytes: int = Field(1 << 20, ge=1, description="Most bytes in a request body, enforced before parsing (413).")
 
@@ -102,8 +107,38 @@ class Settings(BaseSettings):
         "Requests per second each API key (without keys: each client address) may send to the translation routes; "
         "0 = no limit. Over it: 429 with Retry-After."))
     rate_limit_burst: int = Field(20, ge=1, description="Requests a key may send at once before the per-second rate applies (token bucket size).")
+    key_policy: Literal["required", "libretranslate"] = Field("required", description=(
+        "With API keys configured: `required` = every translation route needs a valid key (ours, the default); "
+        "`libretranslate` = as LibreTranslate: a request without a key is served (rate-limited by client address), "
+        "only a wrong key is refused (403 `Invalid API key`)."))
     cors_origins: CommaList = Field((), description=(
         "Origins whose web pages may call the API (CORS), e.g. `https://app.example.com`, or `*`; empty = no CORS headers."))
+
+    # --- LibreTranslate extras: suggestions, file translation, the web page ------------------------------
+    suggestions: bool = Field(False, description=(
+        "Accept `POST /suggest` (a better translation proposed by a user), stored in SQLite at TRANSLATOR_SUGGESTIONS_DB; "
+        "off: 403 `Suggestions are disabled on this server.`"))
+    suggestions_db: Path = Field(Path("db/suggestions.sqlite3"), description=(
+        "SQLite file of the suggestions (created when missing; put it on a volume: the container's root is read-only)."))
+    files_translation: bool = Field(True, description="Accept `POST /translate_file` (.txt, .html, .docx, .odt).")
+    files_dir: Path | None = Field(None, description=(
+        "Directory of the translated files waiting for download (default: `translator-files` in the system's temporary directory)."))
+    max_file_bytes: int = Field(8 << 20, ge=1, description=(
+        "Most bytes of an uploaded file (the request body of `/translate_file` may be this large; other routes keep TRANSLATOR_MAX_BODY_BYTES)."))
+    max_file_chars: int = Field(20000, ge=1, description="Most characters of text in one uploaded file; more is a 400 error.")
+    files_max_age_s: float = Field(1800.0, gt=0, description="A translated file is deleted this many seconds after it was made.")
+    files_max_total_bytes: int = Field(64 << 20, ge=1, description=(
+        "Most bytes of translated files kept at once; beyond it the oldest are deleted first."))
+    frontend_timeout_ms: int = Field(500, ge=0, description=(
+        "The web page translates this many milliseconds after the last keystroke (`frontendTimeout` of /frontend/settings)."))
+    frontend_language_source: str = Field("auto", description="Source language the web page starts with (`auto` = detect).")
+    frontend_language_target: str = Field("de", description=(
+        "Target language the web page starts with (another served one when this is not served)."))
+    web_page: bool = Field(True, description="Serve the translation web page at `/`.")
+    html_strategy: Literal["align", "placeholders"] = Field("align", description=(
+        "How `format: html` carries inline markup (`<b>`, `<a>`, …) into a translated sentence: `align` translates the sentence "
+        "without markup and puts each element around its text's translation; `placeholders` has the model copy numbered markers "
+        "(README, \"HTML\", has the measurement behind the default)."))
 
     @field_validator("providers", "api_keys", "length_buckets", "cors_origins", mode="before")
     @classmethod

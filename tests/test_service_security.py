@@ -85,7 +85,7 @@ def test_keys_come_from_a_file_as_well_and_the_schema_says_which_routes_need_one
     paths = schema.json()["paths"]
     gated = {f"{method.upper()} {path}" for path, operations in paths.items()
              for method, operation in operations.items() if "security" in operation}
-    assert gated == {"POST /v1/translate", "POST /v1/encode", "POST /translate", "POST /detect"}
+    assert gated == {"POST /v1/translate", "POST /v1/encode", "POST /translate", "POST /detect", "POST /translate_file", "POST /suggest"}
     assert set(schema.json()["components"]["securitySchemes"]) == {"bearerKey", "headerKey"}
 
 

@@ -1,11 +1,12 @@
-"""What every route needs: the service's state (models, batcher, metrics, settings) and a way to stop
-waiting when the client goes away."""
+"""What every route needs: the service's state (models, batcher, metrics, settings, language
+identification, the translated-file store, the suggestions) through one dependency, `StateDep`, and a
+way to stop waiting when the client goes away."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated, Awaitable, TypeVar
+from typing import TYPE_CHECKING, Annotated, Awaitable, TypeVar
 
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
@@ -17,6 +18,10 @@ from service.langid import LanguageDetector
 from service.metrics import Metrics
 from engine.translator import Translator
 
+if TYPE_CHECKING:
+    from service.api.files import FileStore
+    from service.api.suggestions import SuggestionStore
+
 T = TypeVar("T")
 
 
@@ -26,9 +31,12 @@ class ServiceState:
     metrics: Metrics
     translators: dict[str, Translator] = field(default_factory=dict)  # by name, "en-de"
     batcher: Batcher | None = None
-    detector: LanguageDetector | None = None
+    detector: LanguageDetector | None = None  # among the languages translated from (/detect, source "auto")
+    identifier: LanguageDetector | None = None  # among every served language (is a text already in the target?)
     gate: Gate = field(default_factory=lambda: Gate(KeyRing(()), None))  # API keys and rate limits (none by default)
     ready: bool = False  # models loaded, warmed up, language identification loaded
+    files: "FileStore | None" = None  # translated files waiting for download (TRANSLATOR_FILES_TRANSLATION)
+    suggestions: "SuggestionStore | None" = None  # TRANSLATOR_SUGGESTIONS
 
     def model_for(self, source: str, target: str) -> Translator | None:
         return self.translators.get(f"{source}-{target}")
@@ -39,6 +47,11 @@ class ServiceState:
     @property
     def source_languages(self) -> list[str]:
         return sorted({t.source_language for t in self.translators.values()})
+
+    @property
+    def languages(self) -> list[str]:
+        """Every served language, source or target."""
+        return sorted({code for t in self.translators.values() for code in (t.source_language, t.target_language)})
 
 
 async def get_state(request: Request) -> ServiceState:  # async: FastAPI runs a plain def in a worker thread

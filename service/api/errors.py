@@ -1,9 +1,10 @@
-"""Errors as the two API flavours answer them: native routes with `{"detail": ...}`, LibreTranslate
-routes with `{"error": ...}` and LibreTranslate's status codes (429, not 503, when overloaded).
+"""Error types and how the two API flavours render them: native routes with `{"detail": ...}`,
+LibreTranslate routes with `{"error": ...}`, LibreTranslate's status codes and wording (429 "Slowdown: …",
+not 503, when overloaded; 403 "Invalid API key").
 
-Each router's route class catches everything its endpoints raise (validation, body size, batcher
-backpressure, bugs) and renders it in its flavour, so a client never sees a traceback and every
-message names the problem. Rejections are counted once, here.
+Each router's route class runs the body checks (service.api.bodies), then the endpoint, and catches
+everything they raise (validation, body size, batcher backpressure, bugs) to render it in its flavour,
+so a client never sees a traceback and every message names the problem. Rejections are counted once, here.
 """
 
 from __future__ import annotations
@@ -19,22 +20,22 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException  # what request.form() raises
 from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batcher import DeadlineExceeded, InferenceFailed, QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["invalid", "validation", "too_large", "unauthorized", "forbidden", "rate_limited", "overloaded", "deadline",
-               "unavailable", "disconnected", "internal"]
+Kind = Literal["invalid", "validation", "not_found", "too_large", "unauthorized", "forbidden", "rate_limited", "overloaded",
+               "deadline", "unavailable", "disconnected", "internal"]
 CLIENT_CLOSED_REQUEST = 499  # nginx's code for "the client went away"; nobody reads the answer
 
 # kind → (native status, LibreTranslate status, rejection reason or None)
 STATUS: dict[str, tuple[int, int, str | None]] = {
     "invalid": (400, 400, "invalid_request"),
     "validation": (422, 400, "invalid_request"),
+    "not_found": (404, 404, None),
     "too_large": (413, 413, "body_too_large"),
-    "unauthorized": (401, 403, "unauthorized"),
+    "unauthorized": (401, 403, "unauthorized"),  # LibreTranslate 1.9 answers a required, missing key with 400
     "forbidden": (403, 403, "forbidden"),
     "rate_limited": (429, 429, "rate_limited"),
     "overloaded": (503, 429, "queue_full"),
@@ -44,6 +45,7 @@ STATUS: dict[str, tuple[int, int, str | None]] = {
     "internal": (500, 500, None),
 }
 RETRY_LATER = {"rate_limited", "overloaded", "deadline", "unavailable"}
+SLOWDOWN = "Slowdown: "  # LibreTranslate's prefix of every 429 message
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ApiError(Exception):
     kind: Kind
     message: str
     retry_after: int | None = None  # seconds; None: the configured TRANSLATOR_RETRY_AFTER_S
+    libretranslate: str | None = None  # LibreTranslate's own wording, where it differs from ours
 
     def __str__(self) -> str:
         return self.message
@@ -108,36 +111,46 @@ def as_api_error(error: BaseException, body_limit: int) -> ApiError:
 
 
 class ShapedErrorRoute(APIRoute):
-    """Runs the endpoint and renders any error in the router's flavour."""
+    """Runs the body checks and the endpoint, and renders any error in the router's flavour."""
 
     flavour: ClassVar[int] = 0  # index into STATUS: 0 native, 1 LibreTranslate
-    json_only: ClassVar[bool] = True  # LibreTranslate routes take forms too
+    json_only: ClassVar[bool] = True  # LibreTranslate routes take forms and query strings too
 
-    @staticmethod
-    def body(message: str) -> dict[str, Any]:
+    @classmethod
+    def body(cls, message: str) -> dict[str, Any]:
         return {"detail": message}
+
+    @classmethod
+    def message(cls, error: ApiError) -> str:
+        return error.message
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
 
         async def handle(request: Request) -> Response:
+            from service.api.bodies import body_limit, check_body  # bodies raise these errors: imported late
+
             try:
                 await check_body(request, self.json_only)
                 return await handler(request)
             except Exception as raised:  # noqa: BLE001 - rendered below; unexpected ones are logged there
                 service = request.app.state.service
-                error = as_api_error(raised, service.settings.max_body_bytes)
-                status, reason = STATUS[error.kind][self.flavour], STATUS[error.kind][2]
-                if reason:
-                    service.metrics.reject(reason)
-                headers = {}
-                if error.kind in RETRY_LATER:
-                    headers["Retry-After"] = str(service.settings.retry_after_s if error.retry_after is None else error.retry_after)
-                if status == 401:
-                    headers["WWW-Authenticate"] = "Bearer"
-                return JSONResponse(self.body(error.message), status_code=status, headers=headers)
+                error = as_api_error(raised, body_limit(service.settings, request.url.path))
+                return self.render(service, error)
 
         return handle
+
+    @classmethod
+    def render(cls, service: Any, error: ApiError) -> JSONResponse:
+        status, reason = STATUS[error.kind][cls.flavour], STATUS[error.kind][2]
+        if reason:
+            service.metrics.reject(reason)
+        headers = {}
+        if error.kind in RETRY_LATER:
+            headers["Retry-After"] = str(service.settings.retry_after_s if error.retry_after is None else error.retry_after)
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(cls.body(cls.message(error)), status_code=status, headers=headers)
 
 
 class NativeRoute(ShapedErrorRoute):
@@ -148,61 +161,21 @@ class LibreTranslateRoute(ShapedErrorRoute):
     flavour = 1
     json_only = False
 
-    @staticmethod
-    def body(message: str) -> dict[str, Any]:
+    @classmethod
+    def body(cls, message: str) -> dict[str, Any]:
         return {"error": message}
+
+    @classmethod
+    def message(cls, error: ApiError) -> str:
+        text = error.libretranslate or error.message
+        if STATUS[error.kind][1] == 429 and not text.startswith(SLOWDOWN):
+            text = SLOWDOWN + text
+        return text
 
 
 class BodyTooLarge(HTTPException):
     def __init__(self) -> None:
         super().__init__(status_code=413, detail="request body too large")
-
-
-class BodyLimitMiddleware:
-    """Counts request body bytes as they arrive and stops reading past the limit, whatever
-    Content-Length claimed (or when there is none): the endpoint's body read raises BodyTooLarge."""
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
-        self.app, self.limit = app, max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        received = 0
-
-        async def receive_capped() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge()
-            return message
-
-        await self.app(scope, receive_capped, send)
-
-
-async def check_body(request: Request, json_only: bool) -> None:
-    """Before parsing: refuse a body whose declared size is over the limit without reading it; insist
-    on JSON where only JSON is understood; JSON must be UTF-8 (RFC 8259): say so instead of a bare
-    parse error. Reading the body here is free: it is cached for the endpoint."""
-    if request.method not in ("POST", "PUT", "PATCH"):
-        return
-    limit = request.app.state.service.settings.max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge()
-    content_type = request.headers.get("content-type", "")
-    if "json" not in content_type:
-        if json_only:
-            raise ApiError("invalid", f"the body must be JSON (Content-Type: application/json), not {content_type or 'untyped'}")
-        return
-    body = await request.body()
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ApiError("invalid", f"the request body is not valid UTF-8 (byte 0x{body[error.start]:02x} at position {error.start})") from None
 
 
 RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}

@@ -1,88 +1,584 @@
-"""`format: "html"`: translate the text between tags, keep the markup as it was.
+"""`format: "html"`: translate the prose of an HTML document, keep its markup.
 
-Each text node with letters in it is translated on its own (tags, comments, doctype, character
-references and the contents of <script>/<style> pass through unchanged, and a node's leading and
-trailing whitespace is kept). Inline markup therefore splits a sentence: `Click <b>OK</b> now`
-is translated as three pieces, which keeps every tag in place at the cost of some fluency.
+The document is read into a stream of text and tags, with every piece's source kept byte for byte, and
+cut into *runs*: stretches of text and inline markup (a, b, i, em, strong, span, code, …) between block
+tags (p, li, h1, td, br, …), comments and untranslatable parts. A run is one text for the sentence
+segmenter, so inline markup never cuts a sentence in two: `Click <b>OK</b> to close.` is translated as
+one sentence, and its markup is carried into the translation by one of two strategies:
+
+- `align` (the default, chosen by measurement, see README "HTML"): the sentence is translated without
+  its markup (the model never saw tags in training), each inline element's text is translated on its
+  own, and the element is put around the place in the translation where that text's translation (or
+  the text itself: names, UI labels, numbers) occurs; void and untranslatable inline elements are put
+  at the same relative position, at a word boundary.
+- `placeholders`: the inline elements are replaced by numbered markers (`[1]…[/1]`) that the model
+  is expected to copy, and the markers in the output become the tags again.
+
+When a strategy cannot place every element (a translation the text's translation does not occur in, a
+marker lost or doubled), that sentence falls back to translating the text between its tags piece by
+piece with every tag kept in place: never a lost or broken tag.
+
+Kept untranslated and byte for byte: elements with `translate="no"` or class `notranslate` (Mastodon
+wraps custom emoji in `<span translate="no">`), `<code>`, `<kbd>`, `<samp>`, `<var>`, `<pre>`,
+`<script>`, `<style>`, comments, the doctype, attributes, character references of untranslated text,
+and whitespace between sentences. Attribute values (`title`, `alt`) are not translated.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from typing import Awaitable, Callable, Literal
 
-RAW_TEXT_TAGS = {"script", "style"}  # the parser hands their content over unparsed: pass it through as is
-KEEP_TAGS = {"code", "pre", "kbd", "samp", "var"}  # parsed, but not prose: keep untranslated
+from engine.segmentation import segment
+
+Strategy = Literal["align", "placeholders"]
+Translate = Callable[[list[str]], Awaitable[list[str]]]  # texts → translations, in order
+
+INLINE = {"a", "abbr", "b", "bdi", "bdo", "big", "cite", "dfn", "em", "font", "i", "ins", "del", "label", "mark", "q",
+          "s", "small", "span", "strike", "strong", "sub", "sup", "time", "tt", "u"}
+VOID_INLINE = {"img", "wbr", "input"}  # inline and empty: carried as an atom
+KEEP = {"code", "kbd", "samp", "var"}  # inline, kept untranslated (an atom)
+RAW = {"script", "style", "textarea"}  # the parser hands script/style content over unparsed; a textarea is user input
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
+OPAQUE_BLOCKS = {"pre", "script", "style", "svg", "math", "template"}
+MARKER = re.compile(r"\[(/?)(\d+)\]")
+
+
+def untranslatable(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
+    values = dict(attrs)
+    return (values.get("translate") or "").strip().lower() == "no" or "notranslate" in (values.get("class") or "").split()
+
+
+# --- the document as pieces -------------------------------------------------------------------------------
+@dataclass
+class Text:
+    chunks: list[tuple[str, str]]  # (source, decoded): plain characters, or one character reference
+
+    @property
+    def decoded(self) -> str:
+        return "".join(decoded for _, decoded in self.chunks)
+
+    def split(self, offsets: list[int]) -> list[tuple[int, int, str]]:
+        """Cut at decoded offsets → (start, end, source) spans covering the text."""
+        spans, start, position, source = [], 0, 0, []
+        cuts = sorted(set(o for o in offsets if 0 < o < len(self.decoded)))
+        for raw, decoded in self.chunks:
+            if raw == decoded:
+                for char in raw:
+                    if cuts and position == cuts[0]:
+                        spans.append((start, position, "".join(source)))
+                        start, source = position, []
+                        cuts.pop(0)
+                    source.append(char)
+                    position += 1
+            else:  # a character reference: never cut inside one
+                if cuts and position >= cuts[0]:
+                    spans.append((start, position, "".join(source)))
+                    start, source = position, []
+                    while cuts and cuts[0] <= position:
+                        cuts.pop(0)
+                source.append(raw)
+                position += len(decoded)
+        spans.append((start, position, "".join(source)))
+        return [span for span in spans if span[1] > span[0] or span[2]]
+
+
+@dataclass
+class Tag:
+    source: str
+    name: str
+    kind: Literal["open", "close", "atom"]  # atom: a void or untranslatable inline element, whole
+    text: str = ""  # an atom's text (what it says, not translated)
+
+
+@dataclass
+class Other:
+    source: str  # block tags, comments, untranslatable blocks: a break between runs, kept as it is
+
+
+Piece = Text | Tag | Other
+
+
+class _Reader(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.pieces: list[Piece] = []
+        self.hidden: list[str] = []  # open untranslatable elements: their source is gathered into one piece
+        self.hidden_source: list[str] = []
+        self.hidden_text: list[str] = []
+        self.hidden_inline = False
+
+    # Everything inside an untranslatable element is kept as one piece.
+    def _hide(self, source: str, text: str = "") -> bool:
+        if not self.hidden:
+            return False
+        self.hidden_source.append(source)
+        self.hidden_text.append(text)
+        return True
+
+    def _text(self, source: str, decoded: str) -> None:
+        if self._hide(source, decoded):
+            return
+        if self.pieces and isinstance(self.pieces[-1], Text):
+            self.pieces[-1].chunks.append((source, decoded))
+        else:
+            self.pieces.append(Text([(source, decoded)]))
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        source = self.get_starttag_text() or f"<{tag}>"
+        if self.hidden:
+            self.hidden_source.append(source)
+            if tag not in VOID:
+                self.hidden.append(tag)
+            return
+        inline = tag in INLINE or tag in KEEP or tag in VOID_INLINE
+        if (untranslatable(tag, attrs) or tag in KEEP or tag in OPAQUE_BLOCKS or tag in RAW) and tag not in VOID:
+            self.hidden, self.hidden_source, self.hidden_text, self.hidden_inline = [tag], [source], [], inline
+            return
+        if tag in VOID_INLINE:
+            self.pieces.append(Tag(source, tag, "atom"))
+        elif tag in INLINE:
+            self.pieces.append(Tag(source, tag, "open"))
+        else:
+            self.pieces.append(Other(source))
+
+    def handle_startendtag(self, tag: str, attrs: list) -> None:
+        source = self.get_starttag_text() or f"<{tag}/>"
+        if self._hide(source):
+            return
+        self.pieces.append(Tag(source, tag, "atom") if tag in INLINE | VOID_INLINE | KEEP else Other(source))
+
+    def handle_endtag(self, tag: str) -> None:
+        source = f"</{tag}>"
+        if self.hidden:
+            self.hidden_source.append(source)
+            if tag in self.hidden:  # close it and anything left open inside it
+                del self.hidden[len(self.hidden) - 1 - self.hidden[::-1].index(tag):]
+            if not self.hidden:
+                whole = "".join(self.hidden_source)
+                self.pieces.append(Tag(whole, tag, "atom", "".join(self.hidden_text)) if self.hidden_inline else Other(whole))
+            return
+        self.pieces.append(Tag(source, tag, "close") if tag in INLINE else Other(source))
+
+    def handle_data(self, data: str) -> None:
+        self._text(data, data)
+
+    def handle_entityref(self, name: str) -> None:
+        self._text(f"&{name};", html.unescape(f"&{name};"))
+
+    def handle_charref(self, name: str) -> None:
+        self._text(f"&#{name};", html.unescape(f"&#{name};"))
+
+    def _other(self, source: str) -> None:
+        if not self._hide(source):
+            self.pieces.append(Other(source))
+
+    def handle_comment(self, data: str) -> None:
+        self._other(f"<!--{data}-->")
+
+    def handle_decl(self, decl: str) -> None:
+        self._other(f"<!{decl}>")
+
+    def handle_pi(self, data: str) -> None:
+        self._other(f"<?{data}>")
+
+    def unknown_decl(self, data: str) -> None:
+        self._other(f"<![{data}]>")
+
+    def finish(self) -> list[Piece]:
+        self.close()
+        if self.hidden:  # an untranslatable element never closed: keep what followed it as it was
+            self.pieces.append(Other("".join(self.hidden_source)))
+        return self.pieces
+
+
+def read(markup: str) -> list[Piece]:
+    reader = _Reader()
+    reader.feed(markup)
+    return reader.finish()
+
+
+# --- runs, sentences and their markup ----------------------------------------------------------------------
+@dataclass
+class Element:
+    open: int  # index of the open tag in the run's pieces
+    close: int
+    start: int = 0  # decoded offsets of its content in the run's text
+    end: int = 0
+
+
+@dataclass
+class Sentence:
+    """One sentence of a run: its text, and its inline markup as offsets into that text."""
+
+    text: str
+    elements: list[tuple[int, int, str, str]] = field(default_factory=list)  # (start, end, open source, close source)
+    atoms: list[tuple[int, str, str]] = field(default_factory=list)  # (offset, source, text)
+
+    @property
+    def plain(self) -> bool:
+        return not self.elements and not self.atoms
+
+    def pieces(self) -> list[tuple[str, str | None]]:
+        """The fallback: (markup before, text) pieces, cut at every tag; text None after the last tag."""
+        events: list[tuple[int, int, str]] = []  # (offset, order, source): closes before atoms before opens
+        for start, end, open_source, close_source in self.elements:
+            events += [(start, 2, open_source), (end, 0, close_source)]
+        events += [(offset, 1, source) for offset, source, _ in self.atoms]
+        events.sort(key=lambda e: (e[0], e[1]))
+        pieces, position, markup = [], 0, []
+        for offset, _, source in events:
+            if offset > position:
+                pieces.append(("".join(markup), self.text[position:offset]))
+                markup, position = [], offset
+            markup.append(source)
+        pieces.append(("".join(markup), self.text[position:] if position < len(self.text) else None))
+        return pieces
+
+
+@dataclass
+class Part:
+    """What the document is rebuilt from: source kept as it was, or the translation of a sentence."""
+
+    source: str | None = None
+    sentence: Sentence | None = None
+
+
+def has_letters(text: str) -> bool:
+    return any(c.isalpha() for c in text)
+
+
+def pair(run: list[Piece], fixed: set[int]) -> list[Element]:
+    stack: list[int] = []
+    elements = []
+    for i, piece in enumerate(run):
+        if not isinstance(piece, Tag) or i in fixed or piece.kind == "atom":
+            continue
+        if piece.kind == "open":
+            stack.append(i)
+        elif stack and run[stack[-1]].name == piece.name:
+            elements.append(Element(stack.pop(), i))
+        else:
+            fixed.add(i)
+    fixed.update(stack)
+    return elements
+
+
+def split_run(run: list[Piece], language: str) -> list[Part]:
+    """A run → parts: its sentences (with their inner markup) and the source around them."""
+    fixed: set[int] = set()
+    while True:
+        elements = pair(run, fixed)
+        groups, current = [], []  # sub-runs: piece indices between fixed tags
+        for i in range(len(run)):
+            if i in fixed:
+                groups.append(current)
+                groups.append([i])
+                current = []
+            else:
+                current.append(i)
+        groups.append(current)
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        crossing = {i for e in elements if group_of[e.open] != group_of[e.close] for i in (e.open, e.close)}
+        layouts = []
+        for members in groups:
+            if len(members) == 1 and members[0] in fixed:
+                layouts.append(None)
+                continue
+            layout = lay_out(run, members, [e for e in elements if e.open in members and e.close in members], language)
+            crossing |= layout[1]
+            layouts.append(layout[0])
+        if not crossing:
+            break
+        fixed |= crossing
+    parts: list[Part] = []
+    for members, layout in zip(groups, layouts):
+        parts += [Part(source=run[members[0]].source)] if layout is None else layout
+    return parts
+
+
+def lay_out(run: list[Piece], members: list[int], elements: list[Element], language: str) -> tuple[list[Part], set[int]]:
+    """One sub-run → (parts, tags of elements that cross a sentence boundary). Offsets are into the
+    sub-run's text, the decoded text of its Text pieces."""
+    offsets, text = {}, []
+    position = 0
+    for i in members:
+        offsets[i] = position
+        if isinstance(run[i], Text):
+            text.append(run[i].decoded)
+            position += len(run[i].decoded)
+    plain = "".join(text)
+    for element in elements:
+        element.start, element.end = offsets[element.open], offsets[element.close]
+    spans, position = [], 0  # sentences with letters: (start, end)
+    for sentence, space in segment(plain, language):
+        if has_letters(sentence):
+            spans.append((position, position + len(sentence)))
+        position += len(sentence) + len(space)
+    crossing, owner = set(), {}  # piece index → sentence number (tags inside a sentence)
+    for element in elements:
+        content = plain[element.start:element.end]
+        start = element.start + len(content) - len(content.lstrip())  # the content, whitespace trimmed
+        end = element.end - (len(content) - len(content.rstrip()))
+        inside = [k for k, (s, e) in enumerate(spans) if s <= start and end <= e and start < end]
+        touched = [k for k, (s, e) in enumerate(spans) if start < e and s < end]
+        if len(touched) > 1:
+            crossing |= {element.open, element.close}
+        elif inside and spans[inside[0]] != (start, end):
+            owner[element.open] = owner[element.close] = inside[0]
+    for i in members:
+        piece = run[i]
+        if isinstance(piece, Tag) and piece.kind == "atom":
+            k = next((k for k, (s, e) in enumerate(spans) if s < offsets[i] < e), None)
+            if k is not None:
+                owner[i] = k
+    if crossing:
+        return [], crossing
+    sentences = [Sentence(plain[s:e]) for s, e in spans]
+    for element in elements:
+        if element.open in owner:
+            k = owner[element.open]
+            s = spans[k][0]
+            sentences[k].elements.append((max(element.start, s) - s, min(element.end, spans[k][1]) - s,
+                                          run[element.open].source, run[element.close].source))
+    for sentence in sentences:
+        sentence.elements.sort(key=lambda e: (e[0], -e[1]))
+    for i, k in owner.items():
+        piece = run[i]
+        if isinstance(piece, Tag) and piece.kind == "atom":
+            sentences[k].atoms.append((offsets[i] - spans[k][0], piece.source, piece.text))
+    parts: list[Part] = []
+    emitted: set[int] = set()
+
+    def sentence_at(offset: int) -> int | None:
+        return next((k for k, (s, e) in enumerate(spans) if s <= offset < e), None)
+
+    for i in members:
+        piece = run[i]
+        if i in owner:
+            k = owner[i]
+            if k not in emitted:
+                emitted.add(k)
+                parts.append(Part(sentence=sentences[k]))
+            continue
+        if isinstance(piece, Text):
+            cuts = [c - offsets[i] for s, e in spans for c in (s, e)]
+            for start, end, source in piece.split(cuts):
+                k = sentence_at(offsets[i] + start) if end > start else None
+                if k is None:
+                    parts.append(Part(source=source))
+                elif k not in emitted:
+                    emitted.add(k)
+                    parts.append(Part(sentence=sentences[k]))
+        else:
+            parts.append(Part(source=piece.source))
+    return parts, set()
 
 
 @dataclass
 class HtmlDocument:
-    """The document cut into verbatim pieces and translatable texts: pieces[i] is markup, or None
-    where the next translatable text goes."""
+    parts: list[Part]
 
-    pieces: list[str | None] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    margins: list[tuple[str, str]] = field(default_factory=list)  # whitespace around each text
-
-    def render(self, translations: list[str]) -> str:
-        out, texts = [], iter(zip(translations, self.margins))
-        for piece in self.pieces:
-            if piece is None:
-                translation, (before, after) = next(texts)
-                out.append(before + html.escape(translation, quote=False) + after)
-            else:
-                out.append(piece)
-        return "".join(out)
+    @property
+    def sentences(self) -> list[Sentence]:
+        return [part.sentence for part in self.parts if part.sentence is not None]
 
 
-class _Splitter(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.document = HtmlDocument()
-        self.depth = {tag: 0 for tag in RAW_TEXT_TAGS | KEEP_TAGS}
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.document.pieces.append(self.get_starttag_text() or f"<{tag}>")
-        if tag in self.depth:
-            self.depth[tag] += 1
-
-    def handle_startendtag(self, tag: str, attrs: list) -> None:
-        self.document.pieces.append(self.get_starttag_text() or f"<{tag}/>")
-
-    def handle_endtag(self, tag: str) -> None:
-        self.document.pieces.append(f"</{tag}>")
-        if self.depth.get(tag):
-            self.depth[tag] -= 1
-
-    def handle_data(self, data: str) -> None:
-        stripped = data.strip()
-        if any(self.depth[tag] for tag in RAW_TEXT_TAGS):
-            self.document.pieces.append(data)
-            return
-        if any(self.depth[tag] for tag in KEEP_TAGS) or not any(c.isalpha() for c in stripped):
-            self.document.pieces.append(html.escape(data, quote=False))  # code, numbers, punctuation
-            return
-        start = data.index(stripped[0])
-        self.document.pieces.append(None)
-        self.document.texts.append(stripped)
-        self.document.margins.append((data[:start], data[start + len(stripped):]))
-
-    def handle_comment(self, data: str) -> None:
-        self.document.pieces.append(f"<!--{data}-->")
-
-    def handle_decl(self, decl: str) -> None:
-        self.document.pieces.append(f"<!{decl}>")
-
-    def handle_pi(self, data: str) -> None:
-        self.document.pieces.append(f"<?{data}>")
-
-    def unknown_decl(self, data: str) -> None:
-        self.document.pieces.append(f"<![{data}]>")
+def split_html(markup: str, language: str = "en") -> HtmlDocument:
+    pieces = read(markup)
+    parts: list[Part] = []
+    run: list[Piece] = []
+    for piece in pieces + [Other("")]:
+        if isinstance(piece, Other):
+            if run:
+                parts += split_run(run, language)
+                run = []
+            if piece.source:
+                parts.append(Part(source=piece.source))
+        else:
+            run.append(piece)
+    return HtmlDocument(parts)
 
 
-def split_html(markup: str) -> HtmlDocument:
-    splitter = _Splitter()
-    splitter.feed(markup)
-    splitter.close()
-    return splitter.document
+# --- carrying the markup into the translation ---------------------------------------------------------------
+def escape(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def collapse(text: str) -> str:
+    """What the model reads: HTML's whitespace is one space however it is written."""
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def with_placeholders(sentence: Sentence) -> str:
+    events = []
+    for n, (start, end, _, _) in enumerate(sentence.elements, 1):
+        events += [(start, 2, f"[{n}]"), (end, 0, f"[/{n}]")]
+    events += [(offset, 1, f"[{n}]") for n, (offset, _, _) in enumerate(sentence.atoms, len(sentence.elements) + 1)]
+    out, position = [], 0
+    for offset, _, marker in sorted(events, key=lambda e: (e[0], e[1])):
+        out.append(sentence.text[position:offset])
+        out.append(marker)
+        position = offset
+    out.append(sentence.text[position:])
+    return "".join(out)
+
+
+def from_placeholders(sentence: Sentence, translation: str) -> str | None:
+    """The translation with its markers turned back into the tags; None unless every marker came back
+    exactly once and the elements nest as they did."""
+    count = len(sentence.elements)
+    expected = {f"[{n}]" for n in range(1, count + len(sentence.atoms) + 1)} | {f"[/{n}]" for n in range(1, count + 1)}
+    found = [m.group() for m in MARKER.finditer(translation)]
+    if sorted(found) != sorted(expected):
+        return None
+    out, position, stack = [], 0, []
+    for match in MARKER.finditer(translation):
+        out.append(escape(translation[position:match.start()]))
+        position = match.end()
+        n = int(match.group(2))
+        if n > count:  # an atom
+            out.append(sentence.atoms[n - count - 1][1])
+        elif match.group(1):
+            if not stack or stack.pop() != n:
+                return None
+            out.append(sentence.elements[n - 1][3])
+        else:
+            stack.append(n)
+            out.append(sentence.elements[n - 1][2])
+    out.append(escape(translation[position:]))
+    return "".join(out)
+
+
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def trigrams(text: str) -> set[str]:
+    text = f"  {text.casefold()} "
+    return {text[i:i + 3] for i in range(len(text) - 2)}
+
+
+def locate(translation: str, wanted: list[str], within: tuple[int, int]) -> tuple[int, int] | None:
+    """Where in `translation[within]` one of `wanted` occurs (first exact, case-insensitive, at word
+    boundaries), else the span of words most like the first of them (character trigrams, Dice ≥ 0.5)."""
+    low, high = within
+    folded = translation.casefold()
+    for text in wanted:
+        text = text.strip()
+        if not text:
+            continue
+        for match in re.finditer(re.escape(text.casefold()), folded[low:high]):
+            start, end = low + match.start(), low + match.end()
+            before_ok = start == 0 or not (translation[start - 1].isalnum() and text[0].isalnum())
+            after_ok = end == len(translation) or not (translation[end].isalnum() and text[-1].isalnum())
+            if before_ok and after_ok:
+                return start, end
+    target = next((t.strip() for t in wanted if t.strip()), "")
+    if not target:
+        return None
+    words = [m for m in WORD.finditer(translation) if m.start() >= low and m.end() <= high]
+    best, best_score, grams = None, 0.0, trigrams(target)
+    size = len(WORD.findall(target)) or 1
+    for i in range(len(words)):
+        for j in range(i, min(len(words), i + size + 2)):
+            start, end = words[i].start(), words[j].end()
+            other = trigrams(translation[start:end])
+            score = 2 * len(grams & other) / (len(grams) + len(other))
+            if score > best_score:
+                best, best_score = (start, end), score
+    return best if best_score >= 0.5 else None
+
+
+def aligned(sentence: Sentence, translation: str, spans: dict[str, str]) -> str | None:
+    """The translation of the plain sentence with each inline element put around the place where its
+    text's translation occurs; None when an element cannot be placed or two would overlap."""
+    placed: list[tuple[int, int, int]] = []  # (start, end, element number)
+    order = sorted(range(len(sentence.elements)), key=lambda n: (sentence.elements[n][0], -sentence.elements[n][1]))
+    for n in order:
+        start, end, _, _ = sentence.elements[n]
+        source = sentence.text[start:end]
+        # inside the element that contains this one in the source, if any
+        parent = next((p for p in reversed(placed) if sentence.elements[p[2]][0] <= start and end <= sentence.elements[p[2]][1]), None)
+        within = (parent[0], parent[1]) if parent else (0, len(translation))
+        if not has_letters(source) and not source.strip():
+            return None
+        where = locate(translation, [spans.get(collapse(source), ""), collapse(source)], within)
+        if where is None:
+            return None
+        for other in placed:  # siblings must not overlap; a parent must contain
+            if other is parent:
+                continue
+            if where[0] < other[1] and other[0] < where[1] and not (other[0] <= where[0] and where[1] <= other[1]):
+                return None
+        placed.append((where[0], where[1], n))
+    events = []  # (offset, order, source)
+    for start, end, n in placed:
+        events += [(start, 2, -(end - start), sentence.elements[n][2]), (end, 0, end - start, sentence.elements[n][3])]
+    for offset, source, _ in sentence.atoms:  # at the same relative place, after a word
+        before = offset > 0 and sentence.text[offset - 1].isspace()
+        after = offset < len(sentence.text) and sentence.text[offset].isspace()
+        wanted = round(offset / max(len(sentence.text), 1) * len(translation)) if offset else 0
+        ends = [0] + [m.end() for m in re.finditer(r"\S+", translation)]
+        at = min(ends, key=lambda b: abs(b - wanted))
+        events.append((at, 1, 0, (" " if before and at else "") + source + (" " if after and not at else "")))
+    out, position = [], 0
+    for offset, _, _, source in sorted(events, key=lambda e: (e[0], e[1], e[2])):
+        out.append(escape(translation[position:offset]))
+        out.append(source)
+        position = offset
+    out.append(escape(translation[position:]))
+    return "".join(out)
+
+
+@dataclass
+class Outcome:
+    html: list[str]  # the translated documents
+    sentences: int = 0  # sentences with inline markup
+    carried: int = 0  # … whose markup the strategy carried (the rest fell back to piece by piece)
+
+
+async def translate_documents(documents: list[HtmlDocument], translate: Translate, strategy: Strategy = "align") -> Outcome:
+    """Translate the sentences of every document (one call for all, then one for the markup's needs)."""
+    sentences = [s for document in documents for s in document.sentences]
+    marked = [s for s in sentences if not s.plain]
+    first = [collapse(with_placeholders(s) if strategy == "placeholders" and not s.plain else s.text) for s in sentences]
+    if strategy == "align":  # the elements' own texts, and every fallback piece, in the same call
+        extra = sorted({collapse(s.text[a:b]) for s in marked for a, b, _, _ in s.elements if s.text[a:b].strip()}
+                       | {collapse(text) for s in marked for _, text in s.pieces() if text and has_letters(text)})
+    else:
+        extra = []
+    answers = await translate(first + extra) if first + extra else []
+    translation = dict(zip(sentences_ids := [id(s) for s in sentences], answers[:len(sentences)]))
+    spans = dict(zip(extra, answers[len(sentences):]))
+    rendered: dict[int, str] = {}
+    failed = []
+    for s in sentences:
+        if s.plain:
+            rendered[id(s)] = escape(translation[id(s)])
+            continue
+        result = (from_placeholders(s, translation[id(s)]) if strategy == "placeholders"
+                  else aligned(s, translation[id(s)], spans))
+        if result is None:
+            failed.append(s)
+        else:
+            rendered[id(s)] = result
+    if failed:
+        needed = sorted({collapse(text) for s in failed for _, text in s.pieces() if text and has_letters(text)} - set(spans))
+        if needed:
+            spans.update(zip(needed, await translate(needed)))
+        for s in failed:
+            out = []
+            for markup, text in s.pieces():
+                out.append(markup)
+                if text:
+                    stripped = text.strip()
+                    translated = spans.get(collapse(text), stripped) if has_letters(text) else stripped
+                    out.append(escape(text[: len(text) - len(text.lstrip())] + translated + text[len(text.rstrip()):]))
+            rendered[id(s)] = "".join(out)
+    del sentences_ids
+    out_documents = ["".join(part.source if part.sentence is None else rendered[id(part.sentence)] for part in document.parts)
+                     for document in documents]
+    return Outcome(out_documents, len(marked), len(marked) - len(failed))

@@ -21,8 +21,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import Request
 
 from service.api.errors import ApiError
 from service.config import Settings
@@ -105,42 +104,45 @@ def presented_key(request: Request) -> str | None:
 
 
 class Gate:
-    """The service's admission check for translation routes: key, then rate."""
+    """The service's admission check for translation routes: key, then rate.
 
-    def __init__(self, keys: KeyRing, limiter: RateLimiter | None):
-        self.keys, self.limiter = keys, limiter
+    Key policies (TRANSLATOR_KEY_POLICY), when keys are configured: `required` (ours) refuses a request
+    without a key; `libretranslate` serves it, rate-limited by its client address, as LibreTranslate
+    does with `--api-keys`. A wrong key is refused under both."""
+
+    def __init__(self, keys: KeyRing, limiter: RateLimiter | None, policy: str = "required"):
+        self.keys, self.limiter, self.policy = keys, limiter, policy
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Gate":
         limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst) if settings.rate_limit_per_s > 0 else None
-        return cls(KeyRing.from_settings(settings), limiter)
+        return cls(KeyRing.from_settings(settings), limiter, settings.key_policy)
+
+    @property
+    def key_required(self) -> bool:
+        """A request without a key is refused."""
+        return self.keys.required and self.policy == "required"
 
     def admit(self, request: Request, presented: str | None) -> None:
         """Missing key: "unauthorized", wrong key: "forbidden"; the route's error flavour picks the status
-        (native 401/403; LibreTranslate answers 403 to both, as LibreTranslate does)."""
+        (native 401/403; LibreTranslate routes 403 to both, with LibreTranslate's words)."""
         client: Hashable = ("address", request.client.host if request.client else "")
-        if self.keys.required:
+        if self.keys.required and (presented is not None or self.key_required):
             if presented is None:
                 raise ApiError("unauthorized", "an API key is required: send `Authorization: Bearer KEY`, `X-API-Key: KEY` "
-                                               "or, on the LibreTranslate routes, the `api_key` field")
+                                               "or, on the LibreTranslate routes, the `api_key` field",
+                               libretranslate="Please contact the server operator to get an API key")
             index = self.keys.identify(presented)
             if index is None:
-                raise ApiError("forbidden", "invalid API key")
+                raise ApiError("forbidden", "invalid API key", libretranslate="Invalid API key")
             client = ("key", index)
         if self.limiter:
             wait = self.limiter.take(client)
             if wait:
-                raise ApiError("rate_limited", "rate limit exceeded; retry later", retry_after=math.ceil(wait))
+                raise ApiError("rate_limited", "rate limit exceeded; retry later", retry_after=math.ceil(wait),
+                               libretranslate=f"Slowdown: {self.limiter.burst} per burst, {self.limiter.rate:g} per second")
 
 
 async def api_key_gate(request: Request) -> None:
     """Dependency of the native translation routes: the key in the headers."""
     request.app.state.service.gate.admit(request, presented_key(request))
-
-
-def install_cors(app: FastAPI, settings: Settings) -> None:
-    """Browsers may call the API from the configured origins only (no CORS headers when there are none)."""
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["Retry-After"], max_age=600)

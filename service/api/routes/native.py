@@ -21,7 +21,9 @@ class TranslateRequest(BaseModel):
     model_config = STRICT_JSON | ConfigDict(json_schema_extra={"examples": [
         {"text": ["Open the file.", "Click OK."], "source": "en", "target": "de", "beam_size": 4, "alternatives": 1}]})
 
-    text: str | list[str] = Field(description="One text or a list; a list is answered in its order.")
+    text: str | list[str] = Field(description=(
+        "One text or a list; a list is answered in its order. A text is cut into sentences, each translated on its own, "
+        "and put back together with its whitespace and line breaks."))
     source: str = Field(description="Source language code, e.g. `en`.", examples=["en"])
     target: str = Field(description="Target language code, e.g. `de`.", examples=["de"])
     beam_size: int | None = Field(None, ge=1, description="Beam size (1 = greedy); default from TRANSLATOR_DEFAULT_BEAM_SIZE.")
@@ -32,9 +34,13 @@ class TranslateRequest(BaseModel):
 class TranslationItem(BaseModel):
     text: str = Field(description="The best translation.")
     alternatives: list[str] = Field(description="Runner-up translations, best first (empty unless asked for).")
-    score: float | None = Field(description="Length-normalised log-probability of the best translation.")
-    source_tokens: int = Field(description="Source tokens the model read (including end of sentence).")
-    target_tokens: int = Field(description="Tokens generated for the best translation.")
+    score: float | None = Field(description=(
+        "Length-normalised log-probability of the best translation (over several sentences: weighted by their lengths); "
+        "null when the text came back unchanged."))
+    source_tokens: int = Field(description="Source tokens the model read (including end of sentence), over all the text's sentences.")
+    target_tokens: int = Field(description="Tokens generated for the best translation, over all the text's sentences.")
+    sentences: int = Field(description=(
+        "Sentences the model translated (0: the text came back unchanged: no letters in it, or already in the target language)."))
 
 
 class TranslateResponse(BaseModel):
@@ -74,7 +80,7 @@ async def translate(body: TranslateRequest, request: Request, state: StateDep) -
         beam_size=body.beam_size, alternatives=body.alternatives, max_length=body.max_length))
     return TranslateResponse(model=translator.name, translations=[
         TranslationItem(text=r.text, alternatives=r.alternatives, score=r.score, source_tokens=r.source_tokens,
-                        target_tokens=r.target_tokens) for r in results])
+                        target_tokens=r.target_tokens, sentences=r.sentences) for r in results])
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, response_model_exclude_none=True,

@@ -1,0 +1,122 @@
+"""Every ASGI middleware of the app, outermost first as `install` adds them:
+
+- RequestMetricsMiddleware: request duration by route template (never the raw path) and status.
+- CORS (Starlette's), only for the configured origins.
+- LoadSheddingMiddleware: with the batcher saturated (queue full, or every model's backlog over the
+  admission limit), a translation request is answered 503 (429 "Slowdown: …" on the LibreTranslate
+  routes) with Retry-After before its body is read, parsed, validated or tokenised and before any
+  route code runs. Under several times the capacity most requests are refusals; refusing the full way
+  costs a few milliseconds of the event loop each, on the cores inference needs, and refusals then
+  queue behind each other for seconds. Here one costs the check and a canned response. Shedding comes
+  before the API-key gate on purpose: an overloaded server refuses everyone alike, and checking keys
+  first would spend the work shedding saves.
+- BodyLimitMiddleware: counts request body bytes as they arrive and stops reading past the limit
+  (TRANSLATOR_MAX_BODY_BYTES; TRANSLATOR_MAX_FILE_BYTES for uploads), whatever Content-Length claimed
+  or when there is none: the endpoint's body read raises BodyTooLarge (413).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.bodies import body_limit
+from service.api.errors import STATUS, BodyTooLarge, LibreTranslateRoute, NativeRoute, ShapedErrorRoute
+from service.config import Settings
+from service.metrics import Metrics
+
+ROUTE_TEMPLATE = "translator.route_template"  # scope key: the route label of a request no route handled
+# The routes whose work goes through the batcher, and the flavour their errors are written in.
+SHED_ROUTES: dict[str, type[ShapedErrorRoute]] = {
+    "/v1/translate": NativeRoute,
+    "/v1/encode": NativeRoute,
+    "/translate": LibreTranslateRoute,
+    "/translate_file": LibreTranslateRoute,
+}
+
+
+class RequestMetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500  # stays 500 if the app raises before answering
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = scope.get("route")
+            template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else scope.get(ROUTE_TEMPLATE, "unmatched")
+            self.metrics.request_duration.labels(route=template, status=str(status)).observe(time.perf_counter() - started)
+
+
+class LoadSheddingMiddleware:
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route_class = SHED_ROUTES.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if route_class is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state.service
+        reason = state.batcher.refusal() if state.batcher is not None else None
+        if reason is None:
+            await self.app(scope, receive, send)
+            return
+        status = STATUS["overloaded"][route_class.flavour]
+        state.metrics.reject(STATUS["overloaded"][2])
+        scope[ROUTE_TEMPLATE] = scope["path"]  # no route ran to name it; these paths have no parameters
+        message = f"too many requests waiting ({reason}); retry later"
+        body = json.dumps(route_class.body(("Slowdown: " if status == 429 else "") + message)).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(state.settings.retry_after_s).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, received = body_limit(self.settings, scope.get("path", "")), 0
+
+        async def receive_capped() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        await self.app(scope, receive_capped, send)
+
+
+def install(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Add the middleware; the last added is the outermost."""
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(LoadSheddingMiddleware)  # outside the body limit: a refusal reads no body
+    if settings.cors_origins:  # browsers may call the API from the configured origins only
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"], expose_headers=["Retry-After"], max_age=600)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: times everything

@@ -1,0 +1,116 @@
+"""`POST /translate_file` and `GET /download_file/<name>` (LibreTranslate-compatible): a file in, the
+URL of its translation out (service.api.files does the formats and keeps the translations)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from service.api.bodies import read_fields
+from service.api.deps import ServiceState, StateDep, unless_disconnected
+from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
+from service.api.files import SUPPORTED_EXTENSIONS, Translate, download_name, extension_of, translate_file
+from service.api.openapi import KEY_GATED
+from service.api.routes.libretranslate import GATE, check_language, detect
+from service.api.translation import TooManySentences, translate_with
+
+router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
+GROUP_CHARS = 3000  # texts of a file go to the batcher in groups of about this many characters, one group at a time
+DISABLED = "Files translation are disabled on this server."  # sic: LibreTranslate's words
+
+
+class TranslatedFile(BaseModel):
+    translatedFileUrl: str = Field(description="Where to download the translation (GET; kept for a limited time).")
+
+
+UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "source", "target"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": f"The file: {', '.join(SUPPORTED_EXTENSIONS)}."},
+        "source": {"type": "string", "description": "Source language code, or `auto`."},
+        "target": {"type": "string", "description": "Target language code."},
+        "api_key": {"type": "string"}}}}}}}
+
+
+def file_translator(state: ServiceState, source: str, target: str) -> tuple[Translate, list[str]]:
+    """A translate function for a whole file's texts: in groups (each a batcher request, so other clients'
+    requests are served in between), and, for source `auto`, the language detected from the first texts."""
+    chosen: list[str] = []
+
+    async def translate(texts: list[str]) -> list[str]:
+        if not chosen:
+            language = source
+            if source == "auto":
+                candidates = sorted(t.source_language for t in state.translators.values() if t.target_language == target)
+                language = detect(state, " ".join(texts)[:5000], candidates or [target]).language
+            chosen.append(language)
+        if chosen[0] == target:
+            return list(texts)
+        translator = state.model_for(chosen[0], target)
+        if translator is None:
+            raise ApiError("invalid", f"{target} is not available as a target language from {chosen[0]}")
+        out: list[str] = [""] * len(texts)
+        groups, current, size = [], [], 0
+        for i, text in enumerate(texts):
+            if current and (size + len(text) > GROUP_CHARS or len(current) >= state.settings.max_texts_per_request):
+                groups.append(current)
+                current, size = [], 0
+            current.append(i)
+            size += len(text)
+        groups.append(current)
+        while groups:
+            group = groups.pop(0)
+            try:
+                results = await translate_with(state, translator, [texts[i] for i in group], field="file", keep_target_language=False)
+            except TooManySentences:
+                if len(group) == 1:
+                    raise
+                half = len(group) // 2
+                groups[:0] = [group[:half], group[half:]]
+                continue
+            for i, result in zip(group, results):
+                out[i] = result.text
+        return out
+
+    return translate, chosen
+
+
+@router.post("/translate_file", response_model=TranslatedFile, dependencies=GATE, openapi_extra=UPLOAD | KEY_GATED,
+             responses=error_responses(LibreTranslateError, 400, 403, 413, 429, 500, 503),
+             summary="Translate a file (LibreTranslate-compatible): .txt, .html, .docx, .odt")
+async def translate_file_route(request: Request, state: StateDep) -> TranslatedFile:
+    if not state.settings.files_translation or state.files is None:
+        raise ApiError("forbidden", DISABLED)
+    fields = await read_fields(request)
+    upload = fields.files.get("file")
+    if upload is None:
+        raise ApiError("invalid", "Invalid request: missing file parameter")
+    source, target = fields.language("source"), fields.language("target")
+    filename = upload.filename or ""
+    if not filename:
+        raise ApiError("invalid", "Invalid request: empty file")
+    if extension_of(filename) not in SUPPORTED_EXTENSIONS:
+        raise ApiError("invalid", "Invalid request: file format not supported")
+    if source != "auto":
+        check_language(state, source)
+    check_language(state, target)
+    data = await upload.read()
+    translate, _ = file_translator(state, source, target)
+    if source == "auto":  # sentence rules of the likeliest source; the language itself is detected from the text
+        source = next((t.source_language for t in state.translators.values() if t.target_language == target), target)
+        translate, _ = file_translator(state, "auto", target)
+    translated = await unless_disconnected(request, translate_file(data, filename, translate, state.settings, source))
+    name = state.files.save(translated, filename)
+    return TranslatedFile(translatedFileUrl=str(request.url_for("download_file", name=name)))
+
+
+@router.get("/download_file/{name}", response_class=FileResponse, responses={
+    200: {"content": {"application/octet-stream": {}}, "description": "The translated file."},
+    **error_responses(LibreTranslateError, 400, 404)}, summary="Download a translated file (LibreTranslate-compatible)")
+async def download_file(name: str, state: StateDep) -> FileResponse:
+    if not state.settings.files_translation or state.files is None:
+        raise ApiError("invalid", DISABLED)
+    path = state.files.path(name)
+    if path is None:
+        raise ApiError("not_found", "File not found (unknown, or expired)")
+    return FileResponse(path, filename=download_name(name), media_type="application/octet-stream")
