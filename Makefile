@@ -29,12 +29,14 @@ run: install-serve
 	$(VENV)/bin/translator serve --host $(HOST) --port $(PORT)
 
 # promtool (Prometheus config/rules checks and a real Prometheus for the dashboard test), nginx (load balancer
-# config check) and msgfmt (.mo fixtures) come from Debian; installed when missing and we are root.
+# config check), msgfmt (.mo fixtures) and chromium with its driver (the web page test) come from Debian;
+# installed when missing and we are root.
 system-tools:
-	@if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null || ! command -v msgfmt >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null || ! command -v msgfmt >/dev/null \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx-light gettext >/dev/null; \
-	  else echo "note: install prometheus, nginx-light and gettext for the deploy tests (they skip otherwise)"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx-light gettext chromium chromium-driver >/dev/null; \
+	  else echo "note: install prometheus, nginx-light, gettext, chromium and chromium-driver for the deploy and web page tests (they skip otherwise)"; fi; \
 	fi
 
 test: install-dev system-tools
