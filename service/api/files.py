@@ -379,7 +379,11 @@ def odf_rebuild(paragraph, pieces: list[Piece], keep: list) -> None:
     from odf.element import Element, Text
 
     for child in list(paragraph.childNodes):
-        paragraph.removeChild(child)
+        if child.nodeType == child.TEXT_NODE:  # odfpy's removeChild takes elements only
+            paragraph.childNodes.remove(child)
+            child.parentNode = child.nextSibling = child.previousSibling = None
+        else:
+            paragraph.removeChild(child)
     for piece in pieces:
         original = keep[piece.key]
         if piece.text is None:
