@@ -53,7 +53,8 @@ from tests.kustomize_render import render as render_in_python
 from tests.service_support import free_port, wait_until
 
 COMPOSE = ROOT / "docker-compose.yml"
-NGINX_CONF = DEPLOY / "nginx" / "translator.conf"
+NGINX_CONF = DEPLOY / "nginx" / "translator.conf"  # a template: the nginx image's entrypoint fills it in
+NGINX_RESOLVER_SCRIPT = DEPLOY / "nginx" / "15-translator-resolver.envsh"
 DOCKERFILES = {"cpu": DEPLOY / "Dockerfile", "cuda": DEPLOY / "Dockerfile.cuda"}
 # COPY sources that are build outputs rather than repository files (the README says how to make them).
 BUILD_OUTPUTS = ("build/models-fp16",)
@@ -176,10 +177,47 @@ def nginx_wrapper(directory: Path, server_conf: Path) -> Path:
     return conf
 
 
+def nginx_conf(resolver: str = "127.0.0.1") -> str:
+    """The server block as the image's entrypoint writes it: the template's environment variables filled in
+    (TRANSLATOR_RESOLVER, from 15-translator-resolver.envsh; nothing else)."""
+    template = NGINX_CONF.read_text()
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == {"TRANSLATOR_RESOLVER"}, "a new template variable: fill it in here"
+    return template.replace("${TRANSLATOR_RESOLVER}", resolver)
+
+
 def test_nginx_config_passes_nginx_t(tmp_path):
     nginx = tool("nginx", "apt-get install -y --no-install-recommends nginx-light")
-    result = run([nginx, "-t", "-p", str(tmp_path), "-c", str(nginx_wrapper(tmp_path, NGINX_CONF))])
+    (tmp_path / "translator.conf").write_text(nginx_conf())
+    result = run([nginx, "-t", "-p", str(tmp_path), "-c", str(nginx_wrapper(tmp_path, tmp_path / "translator.conf"))])
     assert result.returncode == 0, result.stderr
+
+
+def test_nginx_template_and_resolver_script_are_mounted_where_the_entrypoint_reads_them():
+    volumes = {source: target for source, target, *_ in (v.split(":") for v in compose()["services"]["nginx"]["volumes"])}
+    assert volumes[f"./{NGINX_CONF.relative_to(ROOT)}"] == "/etc/nginx/templates/default.conf.template"
+    target = volumes[f"./{NGINX_RESOLVER_SCRIPT.relative_to(ROOT)}"]
+    assert target.startswith("/docker-entrypoint.d/") and target.endswith(".envsh")
+    assert NGINX_RESOLVER_SCRIPT.stat().st_mode & 0o111, "the entrypoint sources only executable .envsh files"
+
+
+def test_resolver_script_takes_the_first_nameserver(tmp_path):
+    """podman lists its network's DNS server (aardvark-dns) first and the host's after it; nginx would ask
+    them in turn, and the host's cannot resolve the replicas."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search dns.podman\nnameserver 10.89.1.1\nnameserver 10.255.255.53\n")
+    script = NGINX_RESOLVER_SCRIPT.read_text().replace("/etc/resolv.conf", str(resolv))
+    result = subprocess.run(["sh", "-c", f"{script}\nprintf %s \"$TRANSLATOR_RESOLVER\""], capture_output=True, text=True, check=True)
+    assert result.stdout == "10.89.1.1"
+    resolv.write_text("nameserver fd00::1\n")
+    result = subprocess.run(["sh", "-c", f"{script}\nprintf %s \"$TRANSLATOR_RESOLVER\""], capture_output=True, text=True, check=True)
+    assert result.stdout == "[fd00::1]"
+
+
+def test_nginx_retries_only_the_translation_routes_on_another_replica():
+    """POSTs are resent to the next replica only where that is harmless: routes that store nothing."""
+    blocks = dict(re.findall(r"location ([^{]+?) \{(.*?)\n    \}", NGINX_CONF.read_text(), re.DOTALL))
+    retried = {where.strip() for where, body in blocks.items() if "non_idempotent" in body}
+    assert retried == {"~ ^/(translate|detect|v1/translate|v1/encode)$"}, retried
 
 
 class Backend(http.server.BaseHTTPRequestHandler):
@@ -215,7 +253,7 @@ def nginx_in_front_of(backend_port: int, directory: Path):
     (no Docker DNS here) and the listen port by a free one."""
     nginx = tool("nginx", "apt-get install -y --no-install-recommends nginx-light")
     port = free_port()
-    conf = NGINX_CONF.read_text()
+    conf = nginx_conf()
     for old, new in (("listen 8080;", f"listen 127.0.0.1:{port};"),
                      ("set $translator http://translator:8000;", f"set $translator http://127.0.0.1:{backend_port};")):
         assert old in conf, f"{NGINX_CONF} no longer has `{old}`: update this test"
