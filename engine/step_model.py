@@ -9,8 +9,9 @@ writes this step's tokens into the bound buffers and reads the candidates out of
 
 The caches are allocated for the batch's step limit but not initialised: the memory a step never
 writes is never touched, so it costs address space, not resident memory. Copies happen only when
-finished sentences leave: their rows are compacted to the front of the same buffers, so later steps
-compute only live rows.
+finished sentences leave, and lazily: a finished sentence's rows keep being computed (and ignored)
+until a quarter of the batch has finished, then the live rows are compacted to the front of the same
+buffers, so later steps compute only those.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import onnxruntime as ort
 from engine.search import Candidates
 
 CANDIDATE_OUTPUTS = ("top_log_probs", "top_ids", "eos_log_probs")
+COMPACT_SHARE = 0.25  # compact once this share of the batch's sentences has finished (measured: README)
 
 
 def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
@@ -50,17 +52,22 @@ class RowBuffers:
 
 @dataclass
 class DecodeState:
+    """The batch as the decoder sees it: B sentences in the buffers (the first B of those allocated), of which
+    `alive` are still searched. Arrays are allocated for the first batch and compacted in place."""
+
     beam_width: int
     max_steps: int
-    source_mask: np.ndarray  # [B, S] int32, 1 on real tokens
-    cross: list[np.ndarray]  # 2L × [B, H, S, K]
-    caches: list[np.ndarray]  # 2L × [rows allocated, H, C, K]; rows [0, N) are live
-    indirection: np.ndarray  # [B, W, C] int32: updated in place by `reorder`
+    sentences: int  # B: sentences in the decoder's batch, finished or not
+    alive: np.ndarray  # [n] int64: the decoder-batch index of each sentence the search still runs
+    source_mask: np.ndarray  # [B₀, S] int32, 1 on real tokens
+    cross: list[np.ndarray]  # 2L × [B₀, H, S, K]
+    caches: list[np.ndarray]  # 2L × [B₀·W, H, C, K]
+    indirection: np.ndarray  # [B₀, W, C] int32: updated in place by `reorder`
     past_length: np.ndarray  # [1] int32: slots written = position of the next token
     buffers: RowBuffers | None = None
     k: int = 0
     binding: ort.IOBinding | None = None
-    settings: tuple[np.ndarray, np.ndarray] | None = None  # beam_width and top_k, as bound
+    settings: tuple[np.ndarray, ...] | None = None  # beam_width, top_k and query_shape, as bound
     bound_rows: int = -1  # the row count the row inputs, caches and sentence inputs were last bound for
 
     @property
@@ -68,12 +75,15 @@ class DecodeState:
         return int(self.past_length[0])
 
     @property
-    def sentences(self) -> int:
-        return self.source_mask.shape[0]
-
-    @property
     def rows(self) -> int:
         return self.sentences * self.beam_width
+
+    @property
+    def all_alive(self) -> bool:
+        return len(self.alive) == self.sentences
+
+    def alive_rows(self) -> np.ndarray:
+        return (self.alive[:, None] * self.beam_width + np.arange(self.beam_width)).reshape(-1)
 
     @property
     def capacity(self) -> int:
@@ -100,34 +110,48 @@ class OnnxStepModel:
         # Slots past `past_length` are never read: no zeroing, so untouched pages never become resident.
         caches = [np.empty(shape, dtype=np.float32) for _ in self.cache_inputs]
         indirection = np.zeros((batch, beam_width, capacity), dtype=np.int32)
-        return DecodeState(beam_width, max_steps, (src_ids != self.pad_id).astype(np.int32), cross, caches, indirection,
-                           np.zeros(1, dtype=np.int32))
+        return DecodeState(beam_width, max_steps, batch, np.arange(batch), (src_ids != self.pad_id).astype(np.int32),
+                           cross, caches, indirection, np.zeros(1, dtype=np.int32))
 
     def step(self, state: DecodeState, tokens: np.ndarray, k: int) -> Candidates:
         binding = self.bind(state, k)
         rows, length, buffers = state.rows, state.length, state.buffers
-        buffers.tokens[:rows] = tokens
+        # Rows of finished sentences keep their last token: computed, never read.
+        live = slice(0, rows) if state.all_alive else state.alive_rows()
+        buffers.tokens[live] = tokens
         buffers.positions[:rows] = length
         mask = buffers.attention_mask[: rows * (length + 1)].reshape(rows, length + 1)  # contiguous: a prefix
         binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
         self.decoder.run_with_iobinding(binding, self.run_options)
         state.indirection[:, :, length] = np.arange(state.beam_width, dtype=np.int32)  # each beam wrote its own slot
         state.past_length[0] += 1
-        return Candidates(buffers.log_probs[:rows], buffers.ids[:rows], buffers.eos[:rows])
+        return Candidates(buffers.log_probs[live], buffers.ids[live], buffers.eos[live])
 
     def reorder(self, state: DecodeState, parents: np.ndarray) -> None:
-        written = state.indirection[:, :, : state.length]
-        written[...] = np.take_along_axis(written, parents[:, :, None].astype(np.intp), axis=1)
+        parents = parents[:, :, None].astype(np.intp)
+        if state.all_alive:
+            written = state.indirection[: state.sentences, :, : state.length]
+            written[...] = np.take_along_axis(written, parents, axis=1)
+        else:
+            written = state.indirection[state.alive, :, : state.length]
+            state.indirection[state.alive, :, : state.length] = np.take_along_axis(written, parents, axis=1)
 
     def keep(self, state: DecodeState, sentences: np.ndarray) -> None:
-        width, length = state.beam_width, state.length
-        rows = (sentences[:, None] * width + np.arange(width)).reshape(-1)
-        moved = int(np.argmax(rows != np.arange(len(rows)))) if (rows != np.arange(len(rows))).any() else len(rows)
-        for cache in state.caches:  # compact the live rows to the front of the same buffers; rows before
-            cache[moved : len(rows), :, :length] = cache[rows[moved:], :, :length]  # the first gap stay
-        state.cross = [c[sentences] for c in state.cross]
-        state.source_mask = state.source_mask[sentences]
-        state.indirection = np.ascontiguousarray(state.indirection[sentences])
+        state.alive = state.alive[sentences]
+        if len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
+            self.compact(state)
+
+    def compact(self, state: DecodeState) -> None:
+        """Move the live sentences' rows to the front of every buffer; later steps compute only those."""
+        alive, length = state.alive, state.length
+        rows = state.alive_rows()
+        first_moved = int(np.argmax(alive != np.arange(len(alive)))) if (alive != np.arange(len(alive))).any() else len(alive)
+        moved_rows = slice(first_moved * state.beam_width, len(rows))  # rows before the first gap stay put
+        for cache in state.caches:
+            cache[moved_rows, :, :length] = cache[rows[moved_rows], :, :length]
+        for array in (*state.cross, state.source_mask, state.indirection):
+            array[first_moved : len(alive)] = array[alive[first_moved:]]
+        state.sentences, state.alive = len(alive), np.arange(len(alive))
 
     # --- buffers -------------------------------------------------------------------------------
     def bind(self, state: DecodeState, k: int) -> ort.IOBinding:
@@ -147,10 +171,13 @@ class OnnxStepModel:
             binding.bind_ortvalue_input(input_name, value)
             binding.bind_ortvalue_output(output_name, value)
         # A binding does not keep its arrays alive: every array bound here is held by the state.
-        state.settings = (np.array([state.beam_width], np.int32), np.array([k], np.int64))
+        batch = state.sentences
+        state.settings = (np.array([state.beam_width], np.int32), np.array([k], np.int64),
+                          np.array([batch, state.beam_width, self.heads * self.head_dim], np.int64))
         inputs = {"input_ids": buffers.tokens[:rows], "positions": buffers.positions[:rows], "past_length": state.past_length,
-                  "beam_width": state.settings[0], "top_k": state.settings[1], "cache_indirection": state.indirection,
-                  "source_mask": state.source_mask, **dict(zip(self.cross_names, state.cross))}
+                  "beam_width": state.settings[0], "top_k": state.settings[1], "query_shape": state.settings[2],
+                  "cache_indirection": state.indirection[:batch], "source_mask": state.source_mask[:batch],
+                  **{name: cross[:batch] for name, cross in zip(self.cross_names, state.cross)}}
         for name, array in inputs.items():
             binding.bind_ortvalue_input(name, as_ortvalue(array))
         state.bound_rows = rows

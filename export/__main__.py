@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-source-tokens", type=int, default=256, help="longest source the service accepts (with EOS)")
     parser.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
     parser.add_argument("--reduce-range", action="store_true", help="int8: 7-bit weights (avoids u8s8 saturation on AVX2 without VNNI)")
-    parser.add_argument("--optimize", action="store_true", help="run onnxruntime.transformers' optimizer first")
     parser.add_argument("--threads", type=int, default=1, help="threads for the parity run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     staging = args.out.parent / f".{args.out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     model, _, facts = build_package(args.checkpoint, staging, args.precision, args.max_source_tokens,
-                                    args.per_channel, args.reduce_range, args.optimize)
+                                    args.per_channel, args.reduce_range)
     try:
         report = check_parity(model, staging, parity_data, args.parity_sentences, threads=args.threads, extra=facts)
     except ParityError as error:

@@ -21,7 +21,8 @@ Graph convention (L layers, B sentences, W beams, N = B·W rows, C cache capacit
        cache_indirection    int32 [B, W, C]    slot t of beam w was written by beam cache_indirection[b, w, t]
        self_attention_mask  int32 [N, T]       1 where a row may attend (T = past_length + 1)
        source_mask          int32 [B, S]       1 on real source tokens, 0 on padding
-       top_k                int64 [1]          candidates per row
+       top_k                int64 [1]          candidates per row (at most 64 × ⌈V / 64⌉)
+       query_shape          int64 [3]          [B, W, D]: the rows as sentences × beams, for cross-attention
        cross_key_i, cross_value_i   float [B, H, S, K]   from the encoder, per sentence
        key_cache_i, value_cache_i   float [N, H, C, K]   fixed capacity, updated in place
   out  top_log_probs        float [N, top_k]   best log-probabilities of each row, best first
@@ -39,14 +40,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
-MS_DOMAIN = "com.microsoft"
-OPSET = 18
-FLOAT, INT32, INT64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+from export.graph_builder import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder, Linear, Norm, make_model, residual_block
 INPUTS = ["input_ids", "positions", "past_length", "beam_width", "cache_indirection", "self_attention_mask",
-          "source_mask", "top_k"]
+          "source_mask", "top_k", "query_shape"]
 OUTPUTS = ["top_log_probs", "top_ids", "eos_log_probs"]
+TOP_K_GROUP = 64  # vocabulary entries per group of the two-pass top-k
 
 
 def cache_names(n_layers: int, prefix: str, suffix: str = "") -> list[str]:
@@ -59,18 +59,6 @@ def decoder_input_names(n_layers: int) -> list[str]:
 
 def decoder_output_names(n_layers: int) -> list[str]:
     return [*OUTPUTS, *cache_names(n_layers, "", "_cache_out")]
-
-
-@dataclass
-class Linear:
-    weight: np.ndarray  # [in, out]: x @ weight + bias
-    bias: np.ndarray | None = None
-
-
-@dataclass
-class Norm:
-    weight: np.ndarray
-    bias: np.ndarray
 
 
 @dataclass
@@ -103,67 +91,31 @@ class DecoderWeights:
     extra: dict = field(default_factory=dict)
 
 
-class GraphBuilder:
-    """Collects nodes and initializers with unique names. `half`: weights and activations in float16, except
-    around the attention ops (their CPU kernels are float32, and they update the float32 caches in place)."""
-
-    def __init__(self, half: bool = False):
-        self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
-        self.count = 0
-        self.half = half
-        self.weight_dtype = np.float16 if half else np.float32
-
-    def to_float32(self, x: str) -> str:
-        return self.op("Cast", [x], to=FLOAT) if self.half else x
-
-    def to_compute(self, x: str) -> str:
-        return self.op("Cast", [x], to=TensorProto.FLOAT16) if self.half else x
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}_{self.count}"
-
-    def constant(self, array: np.ndarray, hint: str) -> str:
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.require(array, requirements="C"), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: list[str] | int = 1,
-           domain: str = "", **attributes) -> str | list[str]:
-        names = outputs if isinstance(outputs, list) else [self.name(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(op_type), domain=domain or None,
-                                           **attributes))
-        return names[0] if len(names) == 1 else names
-
-    def weight(self, array: np.ndarray, hint: str) -> str:
-        return self.constant(array.astype(self.weight_dtype), hint)
-
-    def linear(self, x: str, linear: Linear, hint: str) -> str:
-        y = self.op("MatMul", [x, self.weight(linear.weight, f"{hint}_weight")], hint)
-        if linear.bias is None:
-            return y
-        return self.op("Add", [y, self.weight(linear.bias, f"{hint}_bias")], hint)
-
-    def norm(self, x: str, norm: Norm, eps: float, hint: str) -> str:
-        return self.op("LayerNormalization", [x, self.weight(norm.weight, f"{hint}_weight"),
-                                              self.weight(norm.bias, f"{hint}_bias")], hint, axis=-1, epsilon=eps)
-
-    def activation(self, x: str, kind: str) -> str:
-        if kind == "relu":
-            return self.op("Relu", [x])
-        if kind == "gelu":
-            return self.op("Gelu", [x], domain=MS_DOMAIN)
-        if kind == "swish":  # x · sigmoid(x)
-            return self.op("Mul", [x, self.op("Sigmoid", [x])])
-        raise ValueError(f"unsupported activation {kind!r}")
+def padded_output(output: Linear, group: int) -> tuple[Linear, int]:
+    """The vocabulary projection widened to a multiple of `group` columns that never win (bias −10⁴:
+    exp(−10⁴) is 0, so the log-softmax's normaliser is unchanged) → the projection and the group count."""
+    vocab = output.weight.shape[1]
+    groups = -(-vocab // group)
+    extra = groups * group - vocab
+    bias = output.bias if output.bias is not None else np.zeros(vocab, np.float32)
+    return Linear(np.pad(output.weight, ((0, 0), (0, extra))), np.pad(bias, (0, extra), constant_values=-1e4)), groups
 
 
-def residual_block(g: GraphBuilder, x: str, norm: Norm, eps: float, pre_norm: bool, body) -> str:
-    """Pre-norm: x + body(LN(x)); post-norm: LN(x + body(x))."""
-    if pre_norm:
-        return g.op("Add", [x, body(g.norm(x, norm, eps, "norm"))])
-    return g.norm(g.op("Add", [x, body(x)]), norm, eps, "norm")
+def grouped_top_k(g: GraphBuilder, log_probs: str, groups: int, group: int) -> None:
+    """TopK over [N, G·c] in two small passes: the k best tokens lie in the k groups of c with the best maxima,
+    so pick those groups by their maxima, then the k best of their k·c entries. A single TopK over the
+    vocabulary cost as much as the vocabulary projection."""
+    grouped = g.op("Reshape", [log_probs, g.constant(np.array([0, groups, group], np.int64), "grouped_shape")])
+    maxima = g.op("ReduceMax", [grouped, g.constant(np.array([2], np.int64), "last_axis")], keepdims=0)  # [N, G]
+    group_count = g.op("Min", ["top_k", g.constant(np.array([groups], np.int64), "groups")])  # k, or every group
+    _, best_groups = g.op("TopK", [maxima, group_count], outputs=2, axis=-1, largest=1, sorted=1)  # [N, k]
+    picked = g.op("GatherND", [grouped, g.op("Unsqueeze", [best_groups, g.constant(np.array([2], np.int64), "axis2")])],
+                  batch_dims=1)  # [N, k, c]
+    flat = g.op("Reshape", [picked, g.constant(np.array([0, -1], np.int64), "flat_shape")])  # [N, k·c]
+    g.op("TopK", [flat, "top_k"], outputs=["top_log_probs", "local_ids"], axis=-1, largest=1, sorted=1)
+    size = g.constant(np.array(group, np.int64), "group_size")
+    group_of = g.op("GatherElements", [best_groups, g.op("Div", ["local_ids", size])], axis=1)
+    g.op("Add", [g.op("Mul", [group_of, size]), g.op("Mod", ["local_ids", size])], outputs=["top_ids"])
 
 
 def build_decoder_step(weights: DecoderWeights, half: bool = False) -> onnx.ModelProto:
@@ -173,10 +125,7 @@ def build_decoder_step(weights: DecoderWeights, half: bool = False) -> onnx.Mode
     heads, n_layers = weights.n_heads, len(weights.layers)
     head_dim = d_model // heads
     one_row = g.constant(np.array([-1, 1, d_model], dtype=np.int64), "rows_shape")  # [N] → [N, 1, D]
-    # Rows → sentences × beams for cross-attention: [N, 1, D] → [B, W, D].
-    width = g.op("Cast", ["beam_width"], to=INT64)
-    by_sentence = g.op("Concat", [g.constant(np.array([-1], np.int64), "minus_one"), width,
-                                  g.constant(np.array([d_model], np.int64), "d_model")], axis=0)
+    by_sentence = "query_shape"  # rows → sentences × beams for cross-attention: [N, 1, D] → [B, W, D]
 
     token = g.op("Gather", [g.weight(weights.embedding, "embedding"), "input_ids"], axis=0)
     position = g.op("Gather", [g.weight(weights.positions, "position_table"), "positions"], axis=0)
@@ -218,10 +167,11 @@ def build_decoder_step(weights: DecoderWeights, half: bool = False) -> onnx.Mode
     if weights.final_norm is not None:
         x = g.norm(x, weights.final_norm, weights.layer_norm_eps, "final_norm")
     hidden = g.op("Squeeze", [x, g.constant(np.array([1], np.int64), "axis1")])  # [N, D]
-    log_probs = g.op("LogSoftmax", [g.to_float32(g.linear(hidden, weights.output, "logits"))], axis=-1)  # [N, V]
-    g.op("TopK", [log_probs, "top_k"], outputs=["top_log_probs", "top_ids"], axis=-1, largest=1, sorted=1)
+    output, groups = padded_output(weights.output, TOP_K_GROUP)
+    log_probs = g.op("LogSoftmax", [g.to_float32(g.linear(hidden, output, "logits"))], axis=-1)  # [N, G·c]
     g.op("Gather", [log_probs, g.constant(np.array(weights.eos_id, np.int64), "eos_id")], outputs=["eos_log_probs"],
          axis=1)
+    grouped_top_k(g, log_probs, groups, TOP_K_GROUP)
 
     rows, sentences, beams, capacity, source, total = "N", "B", "W", "C", "S", "T"
     cache_shape = [rows, heads, capacity, head_dim]
@@ -235,6 +185,7 @@ def build_decoder_step(weights: DecoderWeights, half: bool = False) -> onnx.Mode
         helper.make_tensor_value_info("self_attention_mask", INT32, [rows, total]),
         helper.make_tensor_value_info("source_mask", INT32, [sentences, source]),
         helper.make_tensor_value_info("top_k", INT64, [1]),
+        helper.make_tensor_value_info("query_shape", INT64, [3]),
         *[helper.make_tensor_value_info(name, FLOAT, cross_shape) for name in cache_names(n_layers, "cross_")],
         *[helper.make_tensor_value_info(name, FLOAT, cache_shape) for name in cache_names(n_layers, "", "_cache")],
     ]
@@ -244,8 +195,4 @@ def build_decoder_step(weights: DecoderWeights, half: bool = False) -> onnx.Mode
         helper.make_tensor_value_info("eos_log_probs", FLOAT, [rows]),
         *[helper.make_tensor_value_info(name, FLOAT, cache_shape) for name in cache_names(n_layers, "", "_cache_out")],
     ]
-    graph = helper.make_graph(g.nodes, "decoder_step", inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-                              producer_name="translator-export")
-    model.ir_version = 9
-    return model
+    return make_model(g, "decoder_step", inputs, outputs)

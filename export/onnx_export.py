@@ -1,28 +1,15 @@
-"""PyTorch → ONNX: the encoder graph, and the decoder step graph built from the same weights.
+"""A trained model → its ONNX graphs: the encoder and the decoder step, written node by node from the weights.
 
-The encoder is exported by torch.onnx from the model's own modules (a small wrapper fixes its
-flat, named outputs), so the exported network is exactly the network that was trained. The
-decoder step is written node by node by export/decoder_graph.py from the model's weights, because
-its fast form uses ONNX Runtime contrib ops that torch.onnx cannot emit; `check_graphs` runs both
-graphs against PyTorch at several shapes.
-
-  encoder.onnx
-    in   input_ids            int64 [B, S]         right-padded with pad_id
-    out  memory               float [B, S, D]      encoder output (for sentence embeddings)
-         cross_key_i          float [B, H, S, K]   layer i's cross-attention keys, computed once
-         cross_value_i        float [B, H, S, K]
-  decoder.onnx                see export/decoder_graph.py
-
-Exporter: torch.onnx's dynamo exporter (the default of torch 2.13) at a fixed opset. The
-legacy TorchScript exporter froze sequence lengths of attention reshapes (toolchain notes),
-so dynamic axes are declared with torch.export dims and verified by `check_graphs`.
+`encoder_weights` and `decoder_weights` read the model's parameters into the builders' plain-array form
+(export/encoder_graph.py, export/decoder_graph.py); the builders emit ONNX Runtime's contrib attention
+ops, which torch.onnx cannot. `check_graphs` runs both graphs against the PyTorch model at several
+shapes, beam widths and step counts: the graphs are only as right as that check.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +18,19 @@ import torch
 import torch.nn as nn
 
 from export.decoder_graph import (
-    OPSET, DecoderLayerWeights, DecoderWeights, Linear, Norm, build_decoder_step, decoder_input_names, decoder_output_names,
+    DecoderLayerWeights, DecoderWeights, build_decoder_step, decoder_input_names, decoder_output_names,
 )
+from export.encoder_graph import EncoderLayerWeights, EncoderWeights, build_encoder, encoder_output_names
+from export.graph_builder import OPSET, Linear, Norm
 from model.transformer import Transformer
 
-EXPORTER = "torch.onnx.export(dynamo=True)"
+EXPORTER = "export.graph_builder: ONNX written from the weights"
 log = logging.getLogger(__name__)
 
 
-def encoder_output_names(n_layers: int) -> list[str]:
-    return ["memory"] + [f"cross_{kind}_{i}" for i in range(n_layers) for kind in ("key", "value")]
-
-
 class EncoderGraph(nn.Module):
-    """input_ids → memory and every decoder layer's cross-attention keys/values."""
+    """The PyTorch reference of encoder.onnx: input_ids → memory and every decoder layer's cross-attention
+    keys/values."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -56,42 +42,50 @@ class EncoderGraph(nn.Module):
         return (memory, *[t for kv in cross for t in kv])
 
 
-def export_encoder(model: Transformer, path: Path) -> None:
-    n = model.config.n_decoder_layers
-    batch, src_len = torch.export.Dim("batch"), torch.export.Dim("src_len", max=model.config.max_positions)
-    input_ids = torch.randint(4, model.config.vocab_size, (3, 7))
-    program = quiet_export(
-        EncoderGraph(model).eval(),
-        (input_ids,),
-        input_names=["input_ids"],
-        output_names=encoder_output_names(n),
-        dynamic_shapes={"input_ids": {0: batch, 1: src_len}},
-    )
-    save(program, path)
+def array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().numpy().copy()
+
+
+def linear(m: nn.Linear) -> Linear:
+    return Linear(array(m.weight).T.copy(), array(m.bias))
+
+
+def norm(m: nn.LayerNorm) -> Norm:
+    return Norm(array(m.weight), array(m.bias))
+
+
+def fused(*projections: nn.Linear) -> Linear:
+    """Projections of the same input side by side: one [D, n·D] matrix product instead of n."""
+    return Linear(np.concatenate([array(p.weight).T for p in projections], axis=1),
+                  np.concatenate([array(p.bias) for p in projections]))
+
+
+def encoder_weights(model: Transformer) -> EncoderWeights:
+    """The model's encoder, and every decoder layer's cross-attention key/value projection (applied to the
+    encoder output once per sentence)."""
+    c = model.config
+    layers = [EncoderLayerWeights(norm(layer.self_attn_norm), fused(layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                                     layer.self_attn.v_proj),
+                                  linear(layer.self_attn.out_proj), norm(layer.ffn_norm), linear(layer.ffn.up),
+                                  linear(layer.ffn.down))
+              for layer in model.encoder.layers]
+    cross = fused(*[p for layer in model.decoder.layers for p in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)])
+    return EncoderWeights(
+        embedding=array(model.embedding.weight) * math.sqrt(c.d_model), positions=array(model.encoder.positions.table),
+        layers=layers, final_norm=norm(model.encoder.final_norm), cross=cross, n_heads=c.n_heads, pad_id=c.pad_id,
+        activation=c.activation, layer_norm_eps=c.layer_norm_eps)
 
 
 def decoder_weights(model: Transformer) -> DecoderWeights:
     """The model's decoder, as the step-graph builder takes it: fused QKV, [in, out] matrices, the
     embedding pre-scaled by √D, the tied embedding as the output projection."""
     c = model.config
-
-    def array(t: torch.Tensor) -> np.ndarray:
-        return t.detach().float().numpy().copy()
-
-    def linear(m: nn.Linear) -> Linear:
-        return Linear(array(m.weight).T.copy(), array(m.bias))
-
-    def norm(m: nn.LayerNorm) -> Norm:
-        return Norm(array(m.weight), array(m.bias))
-
     layers = []
     for layer in model.decoder.layers:
         attn = layer.self_attn
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        qkv = Linear(np.concatenate([array(p.weight).T for p in projections], axis=1),
-                     np.concatenate([array(p.bias) for p in projections]))
         layers.append(DecoderLayerWeights(
-            norm(layer.self_attn_norm), qkv, linear(attn.out_proj), norm(layer.cross_attn_norm),
+            norm(layer.self_attn_norm), fused(attn.q_proj, attn.k_proj, attn.v_proj), linear(attn.out_proj),
+            norm(layer.cross_attn_norm),
             linear(layer.cross_attn.q_proj), linear(layer.cross_attn.out_proj), norm(layer.ffn_norm),
             linear(layer.ffn.up), linear(layer.ffn.down)))
     embedding = array(model.embedding.weight)
@@ -101,36 +95,27 @@ def decoder_weights(model: Transformer) -> DecoderWeights:
         n_heads=c.n_heads, eos_id=c.eos_id, activation=c.activation, layer_norm_eps=c.layer_norm_eps)
 
 
-def export_decoder(model: Transformer, path: Path, half: bool = False) -> None:
-    """The decoder step graph, float32 or (half) float16 inside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    graph = build_decoder_step(decoder_weights(model), half)
+def save(graph: onnx.ModelProto, path: Path) -> None:
+    """One self-contained .onnx file (our models are far below protobuf's 2 GB limit), checked first."""
     onnx.checker.check_model(graph, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(graph, str(path))
 
 
-def quiet_export(module: nn.Module, args: tuple, **options):
-    """torch.onnx.export, without the deprecation and axis-renaming warnings torch 2.13 prints on every call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-        return torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, **options)
+def export_encoder(model: Transformer, path: Path, half: bool = False) -> None:
+    save(build_encoder(encoder_weights(model.eval()), half), path)
 
 
-def save(program, path: Path) -> None:
-    """One self-contained .onnx file (our models are far below protobuf's 2 GB limit)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
+def export_decoder(model: Transformer, path: Path, half: bool = False) -> None:
+    """The decoder step graph, float32 or (half) float16 inside."""
+    save(build_decoder_step(decoder_weights(model.eval()), half), path)
 
 
 def export_fp32(model: Transformer, directory: Path) -> tuple[Path, Path]:
-    """→ paths of encoder.onnx and decoder.onnx, exported in float32 from the model in eval mode."""
-    model = model.eval().float()
+    """→ paths of encoder.onnx and decoder.onnx, exported in float32 from the model."""
     encoder_path, decoder_path = directory / "encoder.onnx", directory / "decoder.onnx"
-    with torch.no_grad():
-        export_encoder(model, encoder_path)
-        export_decoder(model, decoder_path)
+    export_encoder(model, encoder_path)
+    export_decoder(model, decoder_path)
     return encoder_path, decoder_path
 
 

@@ -18,9 +18,9 @@ from engine.package import (
 )
 from export.onnx_export import (
     EXPORTER, OPSET, check_graphs, decoder_input_names, decoder_output_names, encoder_output_names, export_decoder,
-    export_fp32,
+    export_encoder, export_fp32,
 )
-from export.quantize import check_fp16, convert_fp16, optimize_transformer, quantize_int8
+from export.quantize import check_fp16, quantize_int8
 from model.checkpoint import load_model
 from model.transformer import Transformer
 
@@ -68,25 +68,20 @@ def export_graphs(model: Transformer, directory: Path) -> tuple[Path, Path, floa
 
 
 def write_variant(fp32_dir: Path, out: Path, precision: str, model: Transformer, per_channel: bool,
-                  reduce_range: bool, optimize: bool) -> None:
-    """Write the package's graphs in `precision` from the verified fp32 graphs in `fp32_dir` (the fp16 decoder
-    step is built from the weights, with float32 kept around the attention ops)."""
+                  reduce_range: bool) -> None:
+    """Write the package's graphs in `precision`: int8 quantized from the verified fp32 graphs in `fp32_dir`,
+    fp16 built from the weights in fp16 (float32 kept around the attention ops)."""
+    if precision == "fp16":
+        export_encoder(model, out / "encoder.onnx", half=True)
+        export_decoder(model, out / "decoder.onnx", half=True)
+        for name in GRAPH_FILES:
+            check_fp16(out / name)
+        return
     for name in GRAPH_FILES:
-        source, target = fp32_dir / name, out / name
-        if optimize and name == "encoder.onnx":  # measured: see README; off by default. The decoder step is
-            optimized = fp32_dir / f"optimized_{name}"  # written fused already.
-            optimize_transformer(source, optimized, model.config.n_heads, model.config.d_model)
-            source = optimized
         if precision == "fp32":
-            shutil.copyfile(source, target)
+            shutil.copyfile(fp32_dir / name, out / name)
         elif precision == "int8":
-            quantize_int8(source, target, per_channel=per_channel, reduce_range=reduce_range,
-                          symbolic_shapes=name != "decoder.onnx")
-        elif precision == "fp16" and name == "decoder.onnx":
-            export_decoder(model, target, half=True)
-            check_fp16(target)
-        elif precision == "fp16":
-            convert_fp16(source, target)
+            quantize_int8(fp32_dir / name, out / name, per_channel=per_channel, reduce_range=reduce_range)
         else:
             raise ValueError(f"unknown precision {precision!r}")
 
@@ -101,7 +96,7 @@ def snapshot(checkpoint: Path, directory: Path) -> Path:
 
 
 def build_package(checkpoint: Path, out: Path, precision: str, max_source_tokens: int = 256,
-                  per_channel: bool = False, reduce_range: bool = False, optimize: bool = False,
+                  per_channel: bool = False, reduce_range: bool = False,
                   fp32_dir: Path | None = None) -> tuple[Transformer, PackageManifest, dict]:
     """Checkpoint → package directory (without the parity report). `fp32_dir` reuses graphs already exported
     from this checkpoint by `export_graphs`. → the model exported, the manifest, and facts for the parity report."""
@@ -114,11 +109,11 @@ def build_package(checkpoint: Path, out: Path, precision: str, max_source_tokens
         if fp32_dir is None:
             fp32_dir = Path(scratch)
             *_, facts["graphs_max_abs_diff"] = export_graphs(model, fp32_dir)
-        write_variant(fp32_dir, out, precision, model, per_channel, reduce_range, optimize)
+        write_variant(fp32_dir, out, precision, model, per_channel, reduce_range)
         shutil.copyfile(frozen / "spm.model", out / "spm.model")
         options = {"per_channel": per_channel, "reduce_range": reduce_range} if precision == "int8" else {}
         manifest = manifest_for(model, config, checkpoint, sha256_of(frozen / "model.safetensors"), precision,
-                                max_source_tokens, {**options, "transformer_optimizer": optimize})
+                                max_source_tokens, options)
     write_manifest(out, manifest)
     log.info("package %s (%s) written to %s", manifest.name, precision, out)
     return model, manifest, facts

@@ -1,12 +1,13 @@
-"""Precision variants of the exported fp32 graphs: int8 (CPU) and fp16 (CUDA), and graph optimisation.
+"""Precision variants of the exported fp32 graphs: int8 (CPU), and the check of fp16 graphs (CUDA; built in fp16
+by export/graph_builder.py).
 
 int8: dynamic quantization (weights int8 per tensor or per channel, activations quantized at run
 time: MatMulInteger, fused by ONNX Runtime into DynamicQuantizeMatMul). `quantize_dynamic` only
 quantizes MatMul and Gather in this mode; every projection of both graphs, the vocabulary
 projection included, is a MatMul.
 
-fp16: `onnxruntime.transformers.float16` with float32 inputs/outputs kept, so that the service's
-arrays (caches, log-probabilities) stay float32 whatever the package precision.
+fp16: float16 weights and compute with float32 inputs and outputs, so that the service's arrays (caches,
+log-probabilities) stay float32 whatever the package precision.
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ import onnx
 log = logging.getLogger(__name__)
 
 
-def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False,
-                  symbolic_shapes: bool = True) -> None:
-    """fp32 graph → int8 weights (QInt8), dynamic activation quantization. `symbolic_shapes=False` for graphs
-    with contrib ops that ONNX Runtime's symbolic shape inference does not know (the decoder step)."""
+def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False) -> None:
+    """fp32 graph → int8 weights (QInt8), dynamic activation quantization."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -31,7 +30,9 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference for the transformer graph, then ORT's basic optimisations (folds the
         # constant subgraphs the quantizer would otherwise miss).
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=not symbolic_shapes)
+        # ORT's basic optimisations (constant folding); its symbolic shape inference does not know the contrib
+        # attention ops, and the graphs declare their shapes already.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(
             str(prepared),
             str(target),
@@ -45,18 +46,6 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_
     onnx.checker.check_model(str(target))
 
 
-def convert_fp16(source: Path, target: Path) -> None:
-    """fp32 graph (the encoder) → fp16 weights and compute, float32 inputs/outputs (keep_io_types). The decoder
-    step is built in fp16 directly (export/decoder_graph.py)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
-
-    model = OnnxModel(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True))
-    model.topological_sort()  # the converter appends its input casts after their consumers
-    onnx.save(model.model, str(target))
-    check_fp16(target)
-
-
 def check_fp16(path: Path) -> None:
     """Structural check of an fp16 graph: valid ONNX, float32 I/O, no float32 weight left behind."""
     model = onnx.load(str(path))
@@ -67,11 +56,3 @@ def check_fp16(path: Path) -> None:
     for value in [*model.graph.input, *model.graph.output]:
         if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
             raise AssertionError(f"{path.name}: {value.name} is float16; inputs/outputs must stay float32")
-
-
-def optimize_transformer(source: Path, target: Path, n_heads: int, d_model: int) -> None:
-    """ONNX Runtime's transformer optimizer (LayerNorm/SkipLayerNorm/attention fusions), model type bart."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    optimized = optimize_model(str(source), model_type="bart", num_heads=n_heads, hidden_size=d_model, opt_level=1)
-    optimized.save_model_to_file(str(target))

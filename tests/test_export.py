@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from export.decoder_graph import decoder_input_names
-from export.onnx_export import check_graphs, export_decoder
+from export.onnx_export import check_graphs, export_decoder, export_encoder
 from export.package import build_package
 from export.parity import ParityError, check_parity
-from export.quantize import check_fp16, convert_fp16
+from export.quantize import check_fp16
 from model.checkpoint import load_model
 from model.tokenizer import read_tsv_pairs
 from engine.search import SearchOptions
@@ -40,7 +40,8 @@ def decoder_feeds(batch: int, src_len: int, past_len: int, width: int = 1, seed:
              "past_length": np.array([past_len], np.int32), "beam_width": np.array([width], np.int32),
              "cache_indirection": rng.integers(0, width, (batch, width, capacity)).astype(np.int32),
              "self_attention_mask": np.ones((rows, past_len + 1), np.int32),
-             "source_mask": np.ones((batch, src_len), np.int32), "top_k": np.array([5])}
+             "source_mask": np.ones((batch, src_len), np.int32), "top_k": np.array([5]),
+             "query_shape": np.array([batch, width, 32])}
     for name in decoder_input_names(2)[len(feeds):]:
         shape = (batch, 4, src_len, 8) if name.startswith("cross_") else (rows, 4, capacity, 8)
         feeds[name] = rng.standard_normal(shape, dtype=np.float32)
@@ -97,9 +98,11 @@ def test_int8_package_is_quantized_smaller_and_within_bleu(tiny_packages):
 
 
 def test_fp16_variant_is_float16_inside_float32_outside(tiny_checkpoint, tiny_fp32_graphs, tmp_path):
-    convert_fp16(tiny_fp32_graphs / "encoder.onnx", tmp_path / "encoder.onnx")  # runs check_fp16
-    export_decoder(load_model(tiny_checkpoint)[0], tmp_path / "decoder.onnx", half=True)
-    check_fp16(tmp_path / "decoder.onnx")
+    model = load_model(tiny_checkpoint)[0]
+    export_encoder(model, tmp_path / "encoder.onnx", half=True)
+    export_decoder(model, tmp_path / "decoder.onnx", half=True)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        check_fp16(tmp_path / name)
     feeds = decoder_feeds(batch=2, src_len=6, past_len=3, width=2)
     # ONNX Runtime's CPU provider happens to run these ops in fp16: compare with fp32 loosely
     reference = session(tiny_fp32_graphs / "decoder.onnx").run(None, feeds)[0]
