@@ -136,6 +136,47 @@ def html_blocks(path: Path) -> list[tuple[bool, str]]:
     return [] if body is None else leaf_blocks(body, HTML_BLOCKS, HTML_SKIP)
 
 
+def html_string_blocks(markup: str, drop: str | None = None) -> list[tuple[bool, str]]:
+    """`html_blocks` of a string; `drop`: an XPath of elements removed first (navigation, credits)."""
+    root = lxml_html.document_fromstring(markup, parser=lxml_html.HTMLParser(encoding="utf-8", remove_comments=True))
+    if drop:
+        for element in root.xpath(drop):
+            element.drop_tree()
+    body = root.find("body")
+    return [] if body is None else leaf_blocks(body, HTML_BLOCKS, HTML_SKIP)
+
+
+# KDE handbooks ship index.cache.bz2: every page of the rendered DocBook (entities resolved by KDE's own
+# toolchain), each wrapped in <FILENAME filename="…">. Pages pair by file name; the header, navigation bars,
+# table of contents and author/translator credits are not running text.
+KDE_PAGE = re.compile(r'<FILENAME filename="([^"]+)">(.*?)</FILENAME>', re.S)
+KDE_DROP = ('//*[@id="header" or @id="footer" or @id="footer_text" or contains(@class, "navCenter") '
+            'or contains(@class, "navigation") or contains(@class, "toc") or contains(@class, "authorgroup") '
+            'or contains(@class, "othercredit") or contains(@class, "author") or contains(@class, "copyright") '
+            'or contains(@class, "legalnotice") or contains(@class, "releaseinfo") or contains(@class, "pubdate")]')
+
+
+def kde_cache_pages(path: Path) -> dict[str, str]:
+    import bz2
+
+    text = bz2.decompress(path.read_bytes()).decode("utf-8", errors="replace")
+    return {name: page for name, page in KDE_PAGE.findall(text)}
+
+
+def kde_handbook_pairs(english: Path, german: Path) -> Iterator[tuple[str, str]]:
+    """Aligned blocks of the pages with the same file name in two index.cache.bz2 files."""
+    try:
+        en_pages, de_pages = kde_cache_pages(english), kde_cache_pages(german)
+    except (OSError, ValueError):
+        return
+    for name, en_page in en_pages.items():
+        if name in de_pages:
+            try:
+                yield from align(html_string_blocks(en_page, KDE_DROP), html_string_blocks(de_pages[name], KDE_DROP))
+            except (etree.Error, ValueError):
+                continue
+
+
 def document_pairs(pages: list[tuple[Path, Path]], reader: Callable[[Path], list[tuple[bool, str]]]
                    ) -> Iterator[tuple[str, str]]:
     """Aligned blocks of each (English file, German file), in the given order; unreadable files skipped."""

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.corpus.blocks import docbook_blocks, document_pairs, html_blocks, mallard_blocks, same_name_pages
+from model.corpus.blocks import (
+    docbook_blocks, document_pairs, html_blocks, kde_handbook_pairs, mallard_blocks, same_name_pages,
+)
 from model.corpus.gettext_mo import mo_pairs
 from model.corpus.json_i18n import json_pairs
 from model.corpus.qm import read_qm
@@ -89,6 +91,31 @@ def _chain(*readers: Reader) -> Reader:
     return read
 
 
+# bookworm packages that ship a KDE handbook (doc/HTML/en and doc/HTML/de, index.cache.bz2) in both languages
+KDE_HANDBOOKS = (
+    "akregator", "ark", "artikulate", "blinken", "bomber", "bovo", "cantor", "dolphin", "dragonplayer", "filelight",
+    "granatier", "gwenview", "juk", "kaddressbook", "kajongg", "kalarm", "kanagram", "kapman", "kate5-data",
+    "katomic", "kbackup", "kblackbox", "kblocks", "kbounce", "kbreakout", "kbruch", "kcachegrind", "kcalc",
+    "kcharselect", "kdeconnect", "kdenlive-data", "kdf", "kdiamond", "kfind", "kfourinline", "kget", "kgoldrunner",
+    "kgpg", "khangman", "khelpcenter", "kig", "kigo", "killbots", "kinfocenter", "kiriki", "kiten", "kjumpingcube",
+    "kleopatra", "klickety", "klines", "kmahjongg", "kmail", "kmenuedit", "kmines", "kmix", "kmplot",
+    "knavalbattle", "knetwalk", "knights", "kolf", "kollision", "kolourpaint", "kompare", "konquest", "konsole",
+    "korganizer", "kpat", "krdc", "kreversi", "krfb", "kshisen", "ksirk", "ksnakeduel", "kspaceduel", "ksquares",
+    "ksudoku", "ksystemlog", "kteatime", "ktimer", "kturtle", "kubrick", "kwalletmanager", "kwordquiz", "kwrite",
+    "lokalize", "okular", "partitionmanager", "picmi", "plasma-desktop-data", "rocs", "step", "sweeper",
+    "systemsettings",
+)
+
+
+def _kde(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    for name in KDE_HANDBOOKS:
+        html = packages[name].root / "usr/share/doc/HTML"
+        for english in sorted(html.glob("en/*/index.cache.bz2")):
+            german = html / "de" / english.relative_to(html / "en")
+            if german.exists():
+                yield from split_paragraphs(kde_handbook_pairs(english, german))
+
+
 def _mediawiki(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
     root = packages["mediawiki"].root / "usr/share/mediawiki"
     directories = sorted({p.parent for p in root.glob("**/i18n/**/en.json") if (p.parent / "de.json").exists()}
@@ -153,6 +180,11 @@ SOURCES: tuple[Source, ...] = (
            _help_pages("harden-doc", "harden-doc", "usr/share/doc/harden-doc/html/en-US",
                        "usr/share/doc/harden-doc/html/de-DE", "*.html", html_blocks), "HTML en-US/ vs de-DE/"),
     Source("mediawiki", UI, ("mediawiki",), _mediawiki, "JSON i18n catalogs en.json vs de.json by message key"),
+    # Sources added later go last: dedupe lets an earlier source win, so existing splits keep their pairs and
+    # nothing a model already trained on can become a held-out pair.
+    Source("kde-handbooks", DESKTOP_HELP, KDE_HANDBOOKS, _kde,
+           "rendered handbooks (index.cache.bz2, entities resolved by KDE's toolchain) en/ vs de/, pages paired by "
+           "file name, block order; navigation, tables of contents and credits removed"),
 )
 
 
