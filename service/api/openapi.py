@@ -31,21 +31,21 @@ def branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return schema.get("anyOf", [schema])
 
 
-def bound_text(schema: dict[str, Any], settings: Settings) -> None:
+def bound_text(schema: dict[str, Any], settings: Settings, empty_items: bool = False) -> None:
     text = {"minLength": 1, "maxLength": settings.max_text_chars}
     for branch in branches(schema):
         if branch.get("type") == "string":
             branch.update(text)
         elif branch.get("type") == "array":
             branch.update(minItems=1, maxItems=settings.max_texts_per_request)
-            branch.setdefault("items", {"type": "string"}).update(text)
+            branch.setdefault("items", {"type": "string"}).update(text, **({"minLength": 0} if empty_items else {}))
 
 
 def bound_body(schema: dict[str, Any], settings: Settings) -> None:
     limits = field_limits(settings)
     for name, field in schema.get("properties", {}).items():
         if name in TEXT_FIELDS:
-            bound_text(field, settings)
+            bound_text(field, settings, empty_items=name == "q")  # LibreTranslate answers an empty item with an empty one
         for branch in branches(field):
             if name in limits and branch.get("type") == "integer":
                 branch.update(limits[name])
