@@ -158,3 +158,29 @@ def test_json_messages_align_by_key_and_skip_metadata():
          "Es wurden keine Ergebnisse gefunden, die der Suchanfrage entsprechen."),
         ("See {{PLURAL:$1|the help page|the help pages}}.", "Siehe {{PLURAL:$1|die Hilfeseite|die Hilfeseiten}}."),
     ]  # the last is dropped by model.data's template filter
+
+
+KDE_PAGE = ('<FILENAME filename="{name}"><html><head><title>{title}</title></head><body><div id="content">'
+            '<div id="header">KDE</div><div class="navCenter"><table class="navigation"><tr><td>{nav}</td></tr>'
+            '</table></div><div id="contentBody"><div class="titlepage"><h1 class="title">{title}</h1>'
+            '<div class="authorgroup"><p class="author">Jane Doe <code class="email">&lt;jane@example.org&gt;</code>'
+            '</p></div></div><p>{text}</p></div></div></body></html></FILENAME>')
+
+
+def test_kde_handbook_caches_pair_pages_by_file_name_without_navigation_or_credits(tmp_path):
+    import bz2
+
+    pages = {
+        "en": [("index.html", "The Konsole Handbook", "Next", "Konsole is KDE's terminal emulator."),
+               ("only-en.html", "Extra", "Next", "This page was not translated.")],
+        "de": [("index.html", "Das Handbuch zu Konsole", "Weiter", "Konsole ist der Terminal-Emulator für KDE.")],
+    }
+    for language, content in pages.items():
+        text = "".join(KDE_PAGE.format(name=n, title=t, nav=v, text=x) for n, t, v, x in content)
+        (tmp_path / f"{language}.cache.bz2").write_bytes(bz2.compress(text.encode("utf-8")))
+    from model.corpus.blocks import kde_handbook_pairs
+
+    assert list(kde_handbook_pairs(tmp_path / "en.cache.bz2", tmp_path / "de.cache.bz2")) == [
+        ("The Konsole Handbook", "Das Handbuch zu Konsole"),
+        ("Konsole is KDE's terminal emulator.", "Konsole ist der Terminal-Emulator für KDE."),
+    ]
