@@ -42,6 +42,36 @@ system-tools:
 test: install-dev system-tools
 	$(PY) -m pytest -q
 
+# Containers with podman (README "Deploy"). `make image` builds translator:0.1.0-cpu from deploy/Dockerfile on a
+# Debian base made by mmdebstrap (no registry needed); `make test-deploy` builds every image from the committed
+# files (IMAGE_SOURCE=HEAD; worktree for uncommitted edits) and runs tests/deploy/run.py: the image, the compose
+# stack with failover, podman kube play; report in results/deploy/report.json. podman, runc, mmdebstrap,
+# catatonit (kube play's pause image), iptables, netavark and aardvark-dns come from Debian, installed when
+# missing and we are root; the podman settings they need are passed per command (deploy/podman/env.sh).
+.PHONY: image test-deploy deploy-tools
+DEPLOY_PACKAGES := podman runc mmdebstrap catatonit iptables netavark aardvark-dns
+IMAGE ?= translator:0.1.0-cpu
+IMAGE_SOURCE ?= worktree
+DEPLOY_TEST_ARGS ?=
+
+deploy-tools:
+	@missing=$$(for p in $(DEPLOY_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "note: install $$missing (Debian packages) for the container images and tests"; fi; \
+	fi
+
+image: deploy-tools | $(VENV)/bin/python
+	IMAGE=$(IMAGE) IMAGE_SOURCE=$(IMAGE_SOURCE) PYTHON=$(PY) deploy/podman/images.sh translator
+
+$(VENV)/.deploy-test-installed: requirements/deploy-test.txt $(CONSTRAINTS) | $(VENV)/bin/python
+	$(PIP) install -c $(CONSTRAINTS) -r requirements/deploy-test.txt
+	touch $@
+
+test-deploy: install-dev deploy-tools $(VENV)/.deploy-test-installed
+	IMAGE=$(IMAGE) $(PY) -m tests.deploy.run $(DEPLOY_TEST_ARGS)
+
 # Fuzzing (docs/reliability.md): schemathesis on every route, at least 1,000 cases, and the text-path
 # property tests with more examples than `make test` runs. Counts: results/reliability/fuzz.json.
 .PHONY: fuzz soak

@@ -160,6 +160,10 @@ def healthcheck(name: str) -> tuple[bool, str]:
     return result.returncode == 0, status
 
 
+def iso(seconds: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 10)}Z" if seconds else None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -615,6 +619,7 @@ def failover(report: Report, args, lb: str, api: Prometheus, replicas: list[str]
         **summary, "clients": args.clients, "duration_s": args.failover_seconds, "killed": victim, "instance": instance,
         "instance_after_restart": new_instance, "restart_count": int(inspect(victim, "{{.RestartCount}}")),
         "restarted_at": restarted_at,
+        "killed_at": iso(killed_at), "prometheus_down_at": iso(down), "prometheus_up_again_at": iso(up_again),
         "prometheus_down_after_kill_s": round(down - killed_at, 1) if down else None,
         "prometheus_up_after_kill_s": round(up_again - killed_at, 1) if up_again else None,
         "prometheus_down_for_s": round(up_again - down, 1) if down and up_again else None,
