@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.bodies import Fields, read_fields
 from service.api.deps import ServiceState, StateDep, unless_disconnected
 from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
+from service.api.files import SUPPORTED_EXTENSIONS
 from service.api.html import split_html, translate_documents
 from service.api.openapi import KEY_GATED
 from service.api.security import presented_key
@@ -304,8 +305,6 @@ def frontend_languages(state: ServiceState) -> FrontendLanguages:
 
 @router.get("/frontend/settings", response_model=FrontendSettings, summary="Settings for a web page (LibreTranslate-compatible)")
 async def frontend_settings(state: StateDep) -> FrontendSettings:
-    from service.api.files import SUPPORTED_EXTENSIONS  # the files module builds on this one
-
     settings = state.settings
     return FrontendSettings(
         charLimit=settings.max_text_chars, frontendTimeout=settings.frontend_timeout_ms, apiKeys=state.gate.keys.required,
