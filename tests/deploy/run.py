@@ -494,6 +494,8 @@ def phase_compose(report: Report, args) -> None:
     override = config_dir / "compose.test.yml"
     override.write_text(yaml.safe_dump({"services": {"prometheus": {"volumes": [f"{config_dir}:/etc/prometheus:ro"]}}}))
     files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "deploy/podman/compose.podman.yml"), "-f", str(override)]
+    for extra in args.compose_override:  # a variant to try (or a control: the checks must catch what it breaks)
+        files += ["-f", str(Path(extra).resolve())]
     env = {**ENV, "LB_PORT": f"127.0.0.1:{lb_port}", "PROMETHEUS_PORT": str(prometheus_port)}
     up = [*command, "-p", PREFIX, *files, "up", "-d", "--no-build", "--scale", f"translator={args.replicas}", "translator", "nginx", "prometheus"]
     report.note("$ " + " ".join(up).replace(str(ROOT) + "/", ""))
@@ -615,6 +617,12 @@ def failover(report: Report, args, lb: str, api: Prometheus, replicas: list[str]
     others_down = [s["metric"]["instance"] for s in series if s["metric"]["instance"] not in (instance, new_instance)
                    and any(v == "0" for _, v in s["values"])]
     during = [r for r in load.results if killed_at <= r[0] <= (up_again or end)]
+    # What nginx did with the requests that met the dead replica (its error log names the upstream address):
+    # each was passed to the next replica, so the client saw an answer.
+    nginx_log = podman("logs", "--since", str(int(killed_at) - 1), f"{PREFIX}_nginx_1")
+    met = [line for line in (nginx_log.stdout + nginx_log.stderr).splitlines() if f'upstream: "http://{ips[victim]}:8000' in line]
+    retried = {"while connecting": sum("while connecting to upstream" in line for line in met),
+               "in flight (reset or closed)": sum("while reading response header" in line for line in met)}
     figures = {
         **summary, "clients": args.clients, "duration_s": args.failover_seconds, "killed": victim, "instance": instance,
         "instance_after_restart": new_instance, "restart_count": int(inspect(victim, "{{.RestartCount}}")),
@@ -623,13 +631,14 @@ def failover(report: Report, args, lb: str, api: Prometheus, replicas: list[str]
         "prometheus_down_after_kill_s": round(down - killed_at, 1) if down else None,
         "prometheus_up_after_kill_s": round(up_again - killed_at, 1) if up_again else None,
         "prometheus_down_for_s": round(up_again - down, 1) if down and up_again else None,
-        "requests_while_down": len(during),
+        "requests_while_down": len(during), "nginx_passed_to_next_replica": retried,
         "up_series": "".join("1" if v == "1" else "0" for _, v in samples),
     }
     report.figure("failover", **figures)
     report.check("failover.no_failed_requests", summary["requests"] > 0 and summary["failed"] == 0,
                  f"{summary['requests']} requests, {summary['failed']} failed {summary['failures'] or ''}; "
-                 f"p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms, max {summary['latency_max_ms']} ms")
+                 f"p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms, max {summary['latency_max_ms']} ms; "
+                 f"{len(during)} sent while it was down; nginx passed to the next replica: {retried}")
     report.check("failover.restarted_by_policy", bool(back), f"restart count {restarts_before} → {figures['restart_count']}, "
                  f"ready again (restart policy {inspect(victim, '{{.HostConfig.RestartPolicy.Name}}')})")
     report.check("failover.prometheus_down_then_up", bool(down and up_again) and not others_down,
@@ -764,6 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="failover: concurrent clients")
     parser.add_argument("--failover-seconds", type=float, default=30)
     parser.add_argument("--kill-after", type=float, default=8)
+    parser.add_argument("--compose-override", action="append", default=[], metavar="FILE",
+                        help="a further compose file merged over the stack (absolute paths inside it)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "deploy")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
