@@ -331,13 +331,13 @@ def phase_image(report: Report, args) -> bool:
     else:
         started = time.time()
         env = {**ENV, "IMAGE": IMAGE, "IMAGE_SOURCE": args.image_source, "PYTHON": sys.executable}
-        with open(args.out / "build.log", "w") as log:
+        with open(args.logs / "build.log", "w") as log:
             result = subprocess.run([str(ROOT / "deploy/podman/images.sh"), "all"], stdout=log, stderr=subprocess.STDOUT,
                                     env=env, timeout=1800, check=False)
         seconds = round(time.time() - started, 1)
         report.figure("image", build_s=seconds, image_source=args.image_source)
         if not report.check("image.build", result.returncode == 0, f"deploy/podman/images.sh all in {seconds} s "
-                            f"(IMAGE_SOURCE={args.image_source}; log {args.out / 'build.log'})", seconds=seconds):
+                            f"(IMAGE_SOURCE={args.image_source}; log {args.logs / 'build.log'})", seconds=seconds):
             return False
     missing = [image for image in (IMAGE, NGINX_IMAGE, PROMETHEUS_IMAGE) if podman("image", "exists", image).returncode]
     if not report.check("image.exists", not missing, f"missing {missing}" if missing else f"{IMAGE}, {NGINX_IMAGE}, {PROMETHEUS_IMAGE}"):
@@ -501,9 +501,9 @@ def phase_compose(report: Report, args) -> None:
     report.note("$ " + " ".join(up).replace(str(ROOT) + "/", ""))
     started = time.time()
     result = subprocess.run(up, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    (args.out / "compose-up.log").write_text(result.stdout + result.stderr)
+    (args.logs / "compose-up.log").write_text(result.stdout + result.stderr)
     try:
-        if not report.check("compose.up", result.returncode == 0, f"exit {result.returncode} (log {args.out / 'compose-up.log'})"):
+        if not report.check("compose.up", result.returncode == 0, f"exit {result.returncode} (log {args.logs / 'compose-up.log'})"):
             return
         replicas = [f"{PREFIX}_translator_{n}" for n in range(1, args.replicas + 1)]
         healthy = wait_for(lambda: all(healthcheck(name)[0] for name in replicas), timeout=180, interval=0.5)
@@ -586,7 +586,7 @@ def phase_compose(report: Report, args) -> None:
     finally:
         logs = {name: podman("logs", "--tail", "200", name) for name in podman("ps", "-a", "--format", "{{.Names}}",
                 "--filter", f"label=io.podman.compose.project={PREFIX}").stdout.split()}
-        (args.out / "compose-logs.txt").write_text("".join(f"=== {n}\n{r.stdout}{r.stderr}\n" for n, r in logs.items()))
+        (args.logs / "compose-logs.txt").write_text("".join(f"=== {n}\n{r.stdout}{r.stderr}\n" for n, r in logs.items()))
         shutil.rmtree(config_dir, ignore_errors=True)
 
 
@@ -775,9 +775,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=float, default=8)
     parser.add_argument("--compose-override", action="append", default=[], metavar="FILE",
                         help="a further compose file merged over the stack (absolute paths inside it)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "deploy")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "deploy", help="where report.json goes")
+    parser.add_argument("--logs", type=Path, default=ROOT / "results" / "tmp" / "deploy",
+                        help="the build's and the containers' logs (not committed: pip's log names this machine's index)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.logs.mkdir(parents=True, exist_ok=True)
     report = Report(args.out / "report.json")
     optional = os.environ.get("DEPLOY_TEST_OPTIONAL") == "1"
     ENV.update(podman_env() if shutil.which("podman") else os.environ)
