@@ -11,11 +11,16 @@ The caches are allocated for the batch's step limit but not initialised: the mem
 writes is never touched, so it costs address space, not resident memory. Copies happen only when
 finished sentences leave, and lazily: a finished sentence's rows keep being computed (and ignored)
 until a quarter of the batch has finished, then the live rows are compacted to the front of the same
-buffers, so later steps compute only those.
+buffers, so later steps compute only those, and the memory of the rows behind them goes back to the
+operating system. The encoder runs in slices of at most ENCODER_TOKENS padded tokens, which bounds
+the largest activations ONNX Runtime's arena ever grows to.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +30,33 @@ from engine.search import Candidates
 
 CANDIDATE_OUTPUTS = ("top_log_probs", "top_ids", "eos_log_probs")
 COMPACT_SHARE = 0.25  # compact once this share of the batch's sentences has finished (measured: README)
+ENCODER_TOKENS = 2048  # padded source tokens per encoder run (measured: README)
+MADV_DONTNEED = 4
+HUGE_PAGE_ADVICE_BYTES = 1 << 22  # numpy's threshold for madvise(MADV_HUGEPAGE)
+LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+
+
+def lazy_array(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised array whose pages become resident only when written. numpy asks for transparent huge
+    pages for arrays of 4 MB and more, which makes a cache resident in 2 MB pieces as soon as each row's first
+    slot is written: those come from an anonymous memory map instead. Smaller ones come from numpy (malloc
+    reuses warm memory; a map per batch would cost system calls and page faults)."""
+    count = int(np.prod(shape))
+    if count * np.dtype(dtype).itemsize < HUGE_PAGE_ADVICE_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, count * np.dtype(dtype).itemsize), dtype=dtype, count=count).reshape(shape)
+
+
+def release_rows(array: np.ndarray, first: int) -> None:
+    """Give the pages of rows [first, end) of a C-contiguous array back to the operating system (Linux): they
+    read as zeros if touched again. The rows must hold nothing that is read later."""
+    if LIBC is None:
+        return
+    page = mmap.PAGESIZE
+    start = -(-(array.ctypes.data + first * array.strides[0]) // page) * page  # whole pages inside the rows only:
+    end = (array.ctypes.data + array.nbytes) // page * page  # a page shared with other memory is never released
+    if end > start:
+        LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
 
 
 def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
@@ -102,13 +134,22 @@ class OnnxStepModel:
         self.run_options = run_options
 
     # --- StepModel -----------------------------------------------------------------------------
+    def encode(self, src_ids: np.ndarray) -> list[np.ndarray]:
+        """→ every decoder layer's cross-attention keys and values [B, H, S, K], encoded in slices."""
+        rows = max(1, ENCODER_TOKENS // src_ids.shape[1])
+        if rows >= len(src_ids):
+            return self.encoder.run(self.cross_names, {"input_ids": src_ids}, self.run_options)
+        parts = [self.encoder.run(self.cross_names, {"input_ids": src_ids[i : i + rows]}, self.run_options)
+                 for i in range(0, len(src_ids), rows)]
+        return [np.concatenate(pieces) for pieces in zip(*parts)]
+
     def start(self, src_ids: np.ndarray, beam_width: int, max_steps: int) -> DecodeState:
-        cross = self.encoder.run(self.cross_names, {"input_ids": src_ids}, self.run_options)
+        cross = self.encode(src_ids)
         batch = src_ids.shape[0]
         capacity = max_steps
         shape = (batch * beam_width, self.heads, capacity, self.head_dim)
-        # Slots past `past_length` are never read: no zeroing, so untouched pages never become resident.
-        caches = [np.empty(shape, dtype=np.float32) for _ in self.cache_inputs]
+        # Slots past `past_length` are never touched, so their pages never become resident.
+        caches = [lazy_array(shape) for _ in self.cache_inputs]
         indirection = np.zeros((batch, beam_width, capacity), dtype=np.int32)
         return DecodeState(beam_width, max_steps, batch, np.arange(batch), (src_ids != self.pad_id).astype(np.int32),
                            cross, caches, indirection, np.zeros(1, dtype=np.int32))
@@ -149,6 +190,7 @@ class OnnxStepModel:
         moved_rows = slice(first_moved * state.beam_width, len(rows))  # rows before the first gap stay put
         for cache in state.caches:
             cache[moved_rows, :, :length] = cache[rows[moved_rows], :, :length]
+            release_rows(cache, len(rows))
         for array in (*state.cross, state.source_mask, state.indirection):
             array[first_moved : len(alive)] = array[alive[first_moved:]]
         state.sentences, state.alive = len(alive), np.arange(len(alive))

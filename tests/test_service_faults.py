@@ -108,36 +108,33 @@ def test_cuda_without_cuda_refuses_the_start_when_strict(models_dir, tmp_path): 
 
 
 class FailingBatch:
-    """Fault injection around the real step model: the next batch's encoder pass raises, as an
-    ONNX Runtime error (out of memory, a bad kernel) would; every later call runs the model."""
+    """The translator's step model, failing the first batch it starts: a real inference error, in the real
+    decoding loop, at a place the batcher cannot see coming."""
 
     def __init__(self, inner):
         self.inner, self.armed = inner, True
 
-    def encode(self, src_ids):
+    def start(self, src_ids, beam_width, max_steps):
         if self.armed:
             self.armed = False
             raise RuntimeError("injected fault in /srv/secret/path/model.py")
-        return self.inner.encode(src_ids)
+        return self.inner.start(src_ids, beam_width, max_steps)
 
-    def step(self, state, tokens):
-        return self.inner.step(state, tokens)
-
-    def select(self, state, rows, sources_changed):
-        return self.inner.select(state, rows, sources_changed)
+    def __getattr__(self, name):  # step, reorder, keep: the real ones
+        return getattr(self.inner, name)
 
 
 def test_a_failing_batch_answers_its_requests_with_500_and_the_server_serves_the_next(models_dir, translators, caplog):  # noqa: F811
     # Three sentences fill a batch (the cap), and the long wait guarantees they go together.
     with serving(models_dir, translators, max_batch_sentences=3, max_wait_ms=3000) as server, ThreadPoolExecutor(3) as pool:
-        clock = server.app.state.service.batcher.lanes["en-de"].clock
-        healthy = clock.inner
-        clock.inner = FailingBatch(healthy)
+        translator = server.app.state.service.batcher.lanes["en-de"].translator
+        healthy = translator.step_model
+        translator.step_model = FailingBatch(healthy)
         try:
             failed = list(pool.map(lambda _: httpx.post(server.url + "/v1/translate", json=NATIVE, timeout=60), range(3)))
             after = list(pool.map(lambda _: httpx.post(server.url + "/v1/translate", json=NATIVE, timeout=60), range(3)))
         finally:
-            clock.inner = healthy
+            translator.step_model = healthy
         ready = httpx.get(server.url + "/ready").status_code
         exposition = server.metrics()
     assert [answer.status_code for answer in failed] == [500] * 3
