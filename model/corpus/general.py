@@ -207,9 +207,8 @@ SKIPPED = """## Sources looked at and not used (yet)
   languages (see the list in model/corpus/sources.py), not from `index.docbook`, whose `&entities;` need KDE's
   DocBook customisation; other packages with handbooks were not searched for.
 - Firefox (omni.ja Fluent/.properties vs `firefox-esr-l10n-de`'s language pack), Stellarium, hedgewars (Lua
-  tables and Qt catalogs), and the large UI catalogues (blender-data, inkscape, digikam-data, calibre, gramps,
-  gimp-data, kstars-data, krita-l10n, kmymoney-common, labplot-data): UI strings, the lowest value for general
-  language; not read in this round.
+  tables and Qt catalogs) and calibre (its catalogs ship inside a zip archive): UI strings, the lowest value for
+  general language; not read in this round.
 - 0ad-data (a 1.4 GB download for 4.7k pairs) and dict-freedict-eng-deu (repeats Ding).
 - Reserved for independent evaluation and never read: the package `wesnoth-1.16-utbs` (and its catalog
   `wesnoth-utbs.mo` wherever it ships) and apt's `Translation-*` description indexes.

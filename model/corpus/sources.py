@@ -123,6 +123,9 @@ def _mediawiki(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
     yield from json_pairs(directories)
 
 
+# Large applications' German UI catalogs (calibre's ship inside a zip archive and are not read).
+APP_CATALOGUES = ("blender-data", "inkscape", "digikam-data", "gramps", "gimp-data", "kstars-data", "krita-l10n",
+                  "kmymoney-common", "labplot-data")
 WESNOTH_MO = "usr/share/games/wesnoth/1.16/locale/de/LC_MESSAGES/*.mo"
 LOCALE_MO = "usr/share/locale/de/LC_MESSAGES/*.mo"
 
@@ -185,6 +188,8 @@ SOURCES: tuple[Source, ...] = (
     Source("kde-handbooks", DESKTOP_HELP, KDE_HANDBOOKS, _kde,
            "rendered handbooks (index.cache.bz2, entities resolved by KDE's toolchain) en/ vs de/, pages paired by "
            "file name, block order; navigation, tables of contents and credits removed"),
+    Source("app-catalogues", UI, APP_CATALOGUES, _mo(LOCALE_MO, accelerators=True),
+           ".mo catalogs of large applications (UI strings); accelerators and markup removed"),
 )
 
 
