@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from tuning.corpus import SentencePicker, read_corpus
-from tuning.load import LoadResult, LoadSpec, load
-from tuning.server import LocalServer
+from loadtest.corpus import SentencePicker, read_corpus
+from loadtest.load import LoadResult, LoadSpec, load
+from loadtest.server import LocalServer
 
 MODES = {"on": None, "off": "1"}  # TRANSLATOR_MAX_BATCH_SENTENCES per mode (None: the configured default)
 

@@ -5,7 +5,7 @@ capacity for a fixed time, then back to a light load.
     python -m bench.overload --duration 10 --capacity-s 5 --recovery-s 5      # a quick look
 
 1. idle: sequential requests, the latency of an unloaded server;
-2. capacity: a closed loop of --clients clients (tuning.load) for --capacity-s seconds: answered
+2. capacity: a closed loop of --clients clients (loadtest.load) for --capacity-s seconds: answered
    requests per second with the server saturated;
 3. overload: Poisson arrivals at --factor × capacity for --duration seconds, each request one test
    sentence, whatever the server does;
@@ -32,11 +32,11 @@ from typing import Any, Coroutine, TypeVar
 import aiohttp
 import uvloop
 
-from tuning.corpus import SentencePicker, read_corpus
-from tuning.load import LoadSpec, Latency, percentiles, run_load
-from tuning.scrape import scrape
 from bench.reliability import finish, parser_for, server_environment
-from tuning.server import LocalServer
+from loadtest.corpus import SentencePicker, read_corpus
+from loadtest.load import LoadSpec, Latency, percentiles, run_load
+from loadtest.scrape import scrape
+from loadtest.server import LocalServer
 
 T = TypeVar("T")
 RETRY_LATER = (429, 503)

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 
-from tuning.corpus import SentencePieceCounter, package_max_source_tokens, package_tokenizer, read_corpus
-from tuning.lengths import texts_of_length
 from bench.reliability import finish, parser_for, server_environment
-from tuning.server import LocalServer
+from loadtest.corpus import (SentencePieceCounter, package_max_source_tokens, package_tokenizer, read_corpus,
+                             texts_of_length)
+from loadtest.server import LocalServer
 
 MIB = 1 << 20
 VARIANTS = 4  # texts per length, so that equal lengths are not equal texts

@@ -4,7 +4,7 @@
     translator data|train|evaluate|export ...                     the training side, delegated to
                                                                   model.data, model.train, model.evaluate, export
     translator load|tune ...                                      load generator and batching/length tuner,
-                                                                  delegated to tuning.load, tuning.tune
+                                                                  delegated to loadtest.load, tuning.tune
 
 Delegated commands are imported only when they run, so serving never imports torch.
 """
@@ -26,7 +26,7 @@ DELEGATED = {
     "evaluate": "model.evaluate",
     "card": "model.model_card",
     "export": "export.__main__",
-    "load": "tuning.load",
+    "load": "loadtest.load",
     "tune": "tuning.tune",
 }
 STARTUP_FAILED = 3  # uvicorn's exit status when the app refuses to start

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app, load_translators
 from service.config import Settings
 from engine.translator import Translator
-from tuning.server import LocalServer, free_port  # noqa: F401 - free_port: the tests' too
+from loadtest.server import LocalServer, free_port  # noqa: F401 - free_port: the tests' too
 
 ROOT = Path(__file__).resolve().parent.parent
 STOPPED_BY_SIGTERM = (0, -signal.SIGTERM)
@@ -66,7 +66,7 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 class ServerProcess(LocalServer):
-    """`python -m cli.main serve` (tuning.server.LocalServer) as the tests run it: one ONNX Runtime
+    """`python -m cli.main serve` (loadtest.server.LocalServer) as the tests run it: one ONNX Runtime
     thread, greedy by default, the service's info-level log."""
 
     def __init__(self, models_dir: Path, log: Path, **environment: str):

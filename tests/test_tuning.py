@@ -16,11 +16,11 @@ from matplotlib.image import imread
 
 from service.config import Settings
 from tests.service_support import ROOT, ServerProcess, metric, models_dir  # noqa: F401 - models_dir is a fixture
-from tuning import load as load_command
+from loadtest import load as load_command
+from loadtest.corpus import SentencePicker, WordCounter, parse_mix, read_corpus, texts_of_length
+from loadtest.load import LoadSpec, load
 from tuning import tune as tune_command
-from tuning.corpus import SentencePicker, WordCounter, parse_mix, read_corpus
-from tuning.lengths import LengthPoint, advise, texts_of_length
-from tuning.load import LoadSpec, load
+from tuning.lengths import LengthPoint, advise
 from tuning.report import TuningRun
 from tuning.sweep import DEFAULT_BUCKETS, BatchingSetting, LoadLevel, SweepGrid, SweepPoint, gain_over_defaults, pareto_frontier, recommend
 
@@ -95,7 +95,7 @@ def test_load_command_writes_json_and_fails_when_nothing_is_answered(server, tmp
 
 
 def point(tokens_per_s: float, p95: float, errors: int = 0, setting: BatchingSetting | None = None) -> SweepPoint:
-    from tuning.load import Latency
+    from loadtest.load import Latency
 
     latency = Latency(p50_ms=p95 / 2, p90_ms=p95, p95_ms=p95, p99_ms=p95, mean_ms=p95 / 2, max_ms=p95)
     return SweepPoint(setting=setting, level=LoadLevel(concurrency=1), requests=10, ok=10 - errors, rejected=0,
@@ -215,8 +215,8 @@ def test_tune_against_a_url_sweeps_load_levels_only(server, tmp_path):
 
 
 def test_cli_delegates_and_tuning_never_imports_torch():
-    code = ("import sys; from cli.main import DELEGATED; import tuning.tune, tuning.load, tuning.plots; "
-            "assert DELEGATED['load'] == 'tuning.load' and DELEGATED['tune'] == 'tuning.tune'; "
+    code = ("import sys; from cli.main import DELEGATED; import tuning.tune, loadtest.load, tuning.plots; "
+            "assert DELEGATED['load'] == 'loadtest.load' and DELEGATED['tune'] == 'tuning.tune'; "
             "assert 'torch' not in sys.modules, 'tuning imported torch'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     help_text = subprocess.run([sys.executable, "-m", "cli.main", "tune", "--help"], cwd=ROOT, check=True,

@@ -1,7 +1,8 @@
-"""Measuring the service under load and tuning its batching and length limits from the measurements.
+"""Tuning the service's batching and length limits from measurements.
 
-    translator load --url http://127.0.0.1:8000 --concurrency 16 --duration 30     tuning/load.py
     translator tune --models-dir models --p95-ms 500 --out results/tuning           tuning/tune.py
 
-Serving-side only: nothing here imports torch (the tuner's plots need the `tune` extra, matplotlib).
+The sweep (sweep.py), the length study (lengths.py), the report (report.py) and its plots (plots.py);
+the load generator, the local server runner, metric scraping and corpus picking it runs on are the
+loadtest package. Nothing here imports torch (the plots need the `tune` extra, matplotlib).
 """

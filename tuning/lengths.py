@@ -1,7 +1,7 @@
 """Sequence length: how latency and server memory grow with input length, and what that says about
 the longest input to accept (TRANSLATOR_MAX_TEXT_CHARS) and the length bucket edges.
 
-Texts of a given token length are cut from corpus sentences run together, at the longest word prefix
+Texts of a given token length (loadtest.corpus.texts_of_length) are cut from corpus sentences run together, at the longest word prefix
 that still fits (counted by the package's tokenizer or by the server), so they read like the real
 traffic rather than like repeated filler. Lengths run shortest first: the server's peak resident set
 (VmHWM) after each length is then what that length and the shorter ones needed."""
@@ -9,14 +9,13 @@ traffic rather than like repeated filler. Lengths run shortest first: the server
 from __future__ import annotations
 
 import math
-import random
 from typing import Callable
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tuning.corpus import SentencePicker, TokenCounter
-from tuning.load import LoadSpec, load
+from loadtest.corpus import SentencePicker, TokenCounter, texts_of_length
+from loadtest.load import LoadSpec, load
 
 DEFAULT_LENGTHS = (8, 16, 32, 64, 128, 256)
 BUCKET_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.97)  # each bucket then gets a fair share of the traffic to batch
@@ -24,26 +23,6 @@ BUCKET_STEP = 8  # edges on multiples of 8 tokens
 CHARS_PER_TOKEN_QUANTILE = 10  # percent: MAX_TEXT_CHARS lets through texts of this low a chars/token ratio
 
 MemoryProbe = Callable[[], tuple[int | None, int | None]]  # → (resident bytes now, peak resident bytes)
-
-
-def texts_of_length(sentences: list[str], counter: TokenCounter, length: int, variants: int, seed: int = 0) -> list[str]:
-    """`variants` texts of at most `length` source tokens (EOS included), each as long as fits."""
-    chance = random.Random(seed * 1000 + length)
-    streams = []
-    for _ in range(variants):
-        position, words = chance.randrange(len(sentences)), []
-        while len(words) < length:  # every word is at least one token, so `length` words always overflow
-            words += sentences[position % len(sentences)].split()
-            position += 1
-        streams.append(words[:length])
-    fits, overflows = [0] * variants, [len(words) + 1 for words in streams]  # invariant: fits fits, overflows does not
-    while any(hi - lo > 1 for lo, hi in zip(fits, overflows)):  # binary search on word counts, all texts at once
-        middles = [(lo + hi) // 2 for lo, hi in zip(fits, overflows)]
-        counts = counter.count([" ".join(words[:m]) for words, m in zip(streams, middles)])
-        for i, (m, n) in enumerate(zip(middles, counts)):
-            if overflows[i] - fits[i] > 1:
-                fits[i], overflows[i] = (m, overflows[i]) if n <= length else (fits[i], m)
-    return [" ".join(words[:n]) for words, n in zip(streams, fits) if n]
 
 
 class LengthPoint(BaseModel):

@@ -14,8 +14,8 @@ import itertools
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuning.load import Latency, LoadResult
-from tuning.scrape import ServerView
+from loadtest.load import Latency, LoadResult
+from loadtest.scrape import ServerView
 
 # service.config's defaults, not imported (that imports onnxruntime); tests/test_tuning.py checks they agree.
 DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128)

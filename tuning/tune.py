@@ -28,11 +28,11 @@ from typing import Callable
 
 from dotenv import dotenv_values  # python-dotenv: a dependency of pydantic-settings, which reads env files the same way
 
-from tuning.corpus import counter_for, package_max_source_tokens, read_corpus
+from loadtest.corpus import counter_for, package_max_source_tokens, read_corpus
+from loadtest.load import LoadSpec, load, picker_for
+from loadtest.server import LocalServer
 from tuning.lengths import DEFAULT_LENGTHS, study_lengths
-from tuning.load import LoadSpec, load, picker_for
 from tuning.report import FILES, TuningRun, write_report
-from tuning.server import LocalServer
 from tuning.sweep import (DEFAULT_BUCKETS, BatchingSetting, LoadLevel, SweepGrid, SweepPoint, gain_over_defaults,
                           pareto_frontier, recommend)
 

@@ -32,8 +32,8 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 from tqdm import tqdm
 
-from tuning.corpus import SentencePicker, counter_for, parse_mix, read_corpus
-from tuning.scrape import MetricsSnapshot, ServerView, server_view
+from loadtest.corpus import SentencePicker, counter_for, parse_mix, read_corpus
+from loadtest.scrape import MetricsSnapshot, ServerView, server_view
 
 REJECTED = (429, 503)  # the service's "too busy, retry later" answers
 OPEN_LOOP_CONNECTIONS = 512  # an open loop needs a connection per request in flight

@@ -163,3 +163,23 @@ class SentencePicker:
             return text
         members = self.random.choices(self.bins, self.weights)[0]
         return self.random.choice(members)
+
+
+def texts_of_length(sentences: list[str], counter: TokenCounter, length: int, variants: int, seed: int = 0) -> list[str]:
+    """`variants` texts of at most `length` source tokens (EOS included), each as long as fits."""
+    chance = random.Random(seed * 1000 + length)
+    streams = []
+    for _ in range(variants):
+        position, words = chance.randrange(len(sentences)), []
+        while len(words) < length:  # every word is at least one token, so `length` words always overflow
+            words += sentences[position % len(sentences)].split()
+            position += 1
+        streams.append(words[:length])
+    fits, overflows = [0] * variants, [len(words) + 1 for words in streams]  # invariant: fits fits, overflows does not
+    while any(hi - lo > 1 for lo, hi in zip(fits, overflows)):  # binary search on word counts, all texts at once
+        middles = [(lo + hi) // 2 for lo, hi in zip(fits, overflows)]
+        counts = counter.count([" ".join(words[:m]) for words, m in zip(streams, middles)])
+        for i, (m, n) in enumerate(zip(middles, counts)):
+            if overflows[i] - fits[i] > 1:
+                fits[i], overflows[i] = (m, overflows[i]) if n <= length else (fits[i], m)
+    return [" ".join(words[:n]) for words, n in zip(streams, fits) if n]
