@@ -42,6 +42,10 @@ class StepModel(Protocol):
     def keep(self, state: State, sentences: np.ndarray) -> None:
         """Keep only these sentences (indices into the current batch, in order) and their beams."""
 
+    def join(self, state: State, src_ids: np.ndarray, limits: np.ndarray) -> None:
+        """Add sentences (src_ids [m, S] padded, each with its output limit) after the current ones; their
+        beams start from BOS at the next step. Optional: an engine without it decodes fixed batches only."""
+
 
 @dataclass(frozen=True)
 class SearchOptions:
@@ -100,43 +104,20 @@ def source_lengths(src_ids: np.ndarray, pad_id: int) -> np.ndarray:
 
 def search(model: StepModel, src_ids: np.ndarray, pad_id: int, options: SearchOptions,
            times: StageTimes | None = None) -> list[SearchResult]:
-    limits = options.output_limits(source_lengths(src_ids, pad_id))
+    """Decode one batch to the end → each sentence's result, in order."""
     times = times if times is not None else StageTimes()
-    start = time.perf_counter()
-    state = model.start(src_ids, max(1, options.beam_size), int(limits.max()))
+    started = time.perf_counter()
+    decoding = Decoding(model, options)
+    decoding.join(src_ids, list(range(len(src_ids))), pad_id)
     encoded = time.perf_counter()
-    times.encode_seconds += encoded - start
-    run = greedy_search if options.beam_size <= 1 else beam_search
-    results, times.steps = run(model, state, limits, options)
+    times.encode_seconds += encoded - started
+    results: list[SearchResult | None] = [None] * len(src_ids)
+    while decoding.sentences:
+        for index, result in decoding.step():
+            results[index] = result
     times.decode_seconds += time.perf_counter() - encoded
-    return results
-
-
-def greedy_search(model: StepModel, state: State, limits: np.ndarray, options: SearchOptions
-                  ) -> tuple[list[SearchResult], int]:
-    batch = len(limits)
-    output = np.zeros((batch, int(limits.max())), dtype=np.int64)  # [B, max limit]
-    scores = np.zeros(batch, dtype=np.float64)
-    lengths = np.zeros(batch, dtype=np.int64)
-    live = np.arange(batch)  # source index of each row
-    tokens = np.full(batch, options.bos_id, dtype=np.int64)
-    step = 0
-    for step in range(int(limits.max())):
-        candidates = model.step(state, tokens, 1)
-        best = candidates.ids[:, 0]
-        scores[live] += candidates.log_probs[:, 0]
-        ended = (best == options.eos_id) | (step + 1 >= limits[live])
-        writing = best != options.eos_id
-        output[live[writing], step] = best[writing]
-        lengths[live[writing]] = step + 1
-        keep = ~ended
-        if not keep.any():
-            break
-        if not keep.all():  # drop finished sentences so later steps compute only live rows
-            model.keep(state, np.flatnonzero(keep))
-            live = live[keep]
-        tokens = best[keep]
-    return [SearchResult([Hypothesis(output[i, : lengths[i]].tolist(), float(scores[i]))]) for i in range(batch)], step + 1
+    times.steps = decoding.steps_run
+    return results  # type: ignore[return-value]
 
 
 def backtrack(tokens: np.ndarray, parents: np.ndarray, beam: int, last: int) -> list[int]:
@@ -148,32 +129,126 @@ def backtrack(tokens: np.ndarray, parents: np.ndarray, beam: int, last: int) -> 
     return out[::-1]
 
 
-def beam_search(model: StepModel, state: State, limits: np.ndarray, options: SearchOptions
-                ) -> tuple[list[SearchResult], int]:
-    batch, width, eos = len(limits), options.beam_size, options.eos_id
-    k = 2 * width  # candidates kept per beam, and per sentence
-    steps = int(limits.max())
-    live = np.arange(batch)  # source index of each live sentence; its beams are rows [i·W, (i+1)·W)
-    scores = np.full((batch, width), -np.inf, dtype=np.float32)  # cumulative log-probs [n, W]
-    scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
-    # History as back-pointers, by source sentence: the token each beam chose at each step and the beam it
-    # continued. Reordering beams then costs nothing here, and a hypothesis is read back when it ends.
-    chosen = np.zeros((batch, width, steps), dtype=np.int64)
-    parent = np.zeros((batch, width, steps), dtype=np.int64)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done_count = np.zeros(batch, dtype=np.int64)
-    tokens = np.full(batch * width, options.bos_id, dtype=np.int64)
-    step = 0
-    for step in range(steps):
-        found = model.step(state, tokens, k)
-        n = len(live)
+class Decoding:
+    """Sentences searched together, one decoder step at a time, with one set of search options.
+
+    Sentences may join between steps (continuous batching: they start from BOS while the others are
+    mid-sentence) and leave when they finish or are withdrawn; each keeps its own step count, output
+    limit and history. `step` advances every sentence by one token and returns those that finished.
+    Greedy search is the one-beam case with greedy's rules: a sentence ends on EOS or at its limit, and
+    its score is the plain sum of log-probabilities.
+    """
+
+    def __init__(self, model: StepModel, options: SearchOptions):
+        self.model, self.options = model, options
+        self.width = max(1, options.beam_size)
+        self.state: State | None = None
+        self.tags: list = []  # the caller's name for each sentence, in the model's order
+        self.limits = np.zeros(0, dtype=np.int64)  # output limit of each sentence
+        self.steps = np.zeros(0, dtype=np.int64)  # steps each sentence has taken
+        self.scores = np.zeros((0, self.width), dtype=np.float64)  # cumulative log-probs of each beam
+        self.tokens = np.zeros(0, dtype=np.int64)  # the last token of each row (sentence-major)
+        self.finished: list[list[Hypothesis]] = []  # hypotheses ended so far, per sentence
+        # History as back-pointers, by a slot per sentence: the token each beam chose at each of the sentence's
+        # steps and the beam it continued. Reordering beams costs nothing here; a hypothesis is read back when
+        # it ends. Slots are reused once their sentence leaves.
+        self.slots = np.zeros(0, dtype=np.int64)
+        self.free_slots: list[int] = []
+        self.chosen = np.zeros((0, self.width, options.max_length), dtype=np.int32)
+        self.parent = np.zeros((0, self.width, options.max_length), dtype=np.int8 if self.width < 128 else np.int32)
+        self.steps_run = 0
+
+    @property
+    def sentences(self) -> int:
+        return len(self.tags)
+
+    # --- joining and leaving -----------------------------------------------------------------------
+    def join(self, src_ids: np.ndarray, tags: list, pad_id: int) -> None:
+        """Add sentences (src_ids [m, S], padded with pad_id); they take their first step with the others'
+        next one."""
+        limits = self.options.output_limits(source_lengths(src_ids, pad_id))
+        if self.state is None:
+            self.state = self.model.start(src_ids, self.width, int(limits.max()))
+        else:
+            self.model.join(self.state, src_ids, limits)
+        count = len(tags)
+        scores = np.full((count, self.width), -np.inf)
+        scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
+        self.tags += list(tags)
+        self.limits = np.concatenate([self.limits, limits])
+        self.steps = np.concatenate([self.steps, np.zeros(count, dtype=np.int64)])
+        self.scores = np.concatenate([self.scores, scores])
+        self.tokens = np.concatenate([self.tokens, np.full(count * self.width, self.options.bos_id, dtype=np.int64)])
+        self.finished += [[] for _ in range(count)]
+        self.slots = np.concatenate([self.slots, self.take_slots(count)])
+
+    def take_slots(self, count: int) -> np.ndarray:
+        while len(self.free_slots) < count:  # grow the history by doubling
+            old = len(self.chosen)
+            grown = max(count - len(self.free_slots), old)
+            self.chosen = np.concatenate([self.chosen, np.zeros((grown, *self.chosen.shape[1:]), self.chosen.dtype)])
+            self.parent = np.concatenate([self.parent, np.zeros((grown, *self.parent.shape[1:]), self.parent.dtype)])
+            self.free_slots += range(old, old + grown)
+        taken, self.free_slots = self.free_slots[:count], self.free_slots[count:]
+        return np.array(taken, dtype=np.int64)
+
+    def withdraw(self, tags: set) -> None:
+        """Drop these sentences (cancelled, past their deadline) before the next step."""
+        keep = np.array([tag not in tags for tag in self.tags], dtype=bool)
+        if not keep.all():
+            self.leave(keep)
+
+    def leave(self, keep: np.ndarray) -> None:
+        """Keep only the sentences where `keep` is True (their rows stay in the model's order)."""
+        self.free_slots += self.slots[~keep].tolist()
+        if keep.any():
+            self.model.keep(self.state, np.flatnonzero(keep))
+        else:
+            self.state = None  # nothing left: the next join starts afresh
+        self.tags = [tag for tag, kept in zip(self.tags, keep) if kept]
+        self.finished = [f for f, kept in zip(self.finished, keep) if kept]
+        self.limits, self.steps, self.scores, self.slots = (a[keep] for a in (self.limits, self.steps, self.scores, self.slots))
+        self.tokens = self.tokens.reshape(-1, self.width)[keep].reshape(-1)
+
+    # --- one step --------------------------------------------------------------------------------
+    def step(self) -> list[tuple]:
+        """Advance every sentence by one token → (tag, result) of each sentence that ended at this step."""
+        ended = self.greedy_step() if self.width == 1 else self.beam_step()
+        self.steps += 1
+        self.steps_run += 1
+        results = [(self.tags[i], self.result(i)) for i in np.flatnonzero(ended)]
+        if ended.any():
+            self.leave(~ended)
+        return results
+
+    def result(self, i: int) -> SearchResult:
+        hypotheses = sorted(self.finished[i], key=lambda h: h.score, reverse=True)
+        return SearchResult(hypotheses[: self.options.n_best])
+
+    def greedy_step(self) -> np.ndarray:
+        found = self.model.step(self.state, self.tokens, 1)
+        best = found.ids[:, 0]
+        self.scores[:, 0] += found.log_probs[:, 0]
+        self.chosen[self.slots, 0, self.steps] = best
+        ended = (best == self.options.eos_id) | (self.steps + 1 >= self.limits)
+        for i in np.flatnonzero(ended):  # EOS is not part of the output; a token written at the limit is
+            length = self.steps[i] + (best[i] != self.options.eos_id)
+            self.finished[i].append(Hypothesis(self.chosen[self.slots[i], 0, :length].tolist(), float(self.scores[i, 0])))
+        self.tokens = best
+        return ended
+
+    def beam_step(self) -> np.ndarray:
+        width, eos = self.width, self.options.eos_id
+        k = 2 * width  # candidates kept per beam, and per sentence
+        n = self.sentences
+        found = self.model.step(self.state, self.tokens, k)
         # [n, W·k] candidate scores, beam-major; a sentence at its length limit may only end (EOS) now.
-        flat = (scores[:, :, None] + found.log_probs.reshape(n, width, k)).reshape(n, width * k)
+        flat = (self.scores[:, :, None] + found.log_probs.reshape(n, width, k)).reshape(n, width * k)
         ids = found.ids.reshape(n, width * k)
-        at_limit = step + 1 >= limits[live]
+        at_limit = self.steps + 1 >= self.limits
         if at_limit.any():
-            forced = np.full((int(at_limit.sum()), width, k), -np.inf, dtype=np.float32)
-            forced[:, :, 0] = scores[at_limit] + found.eos_log_probs.reshape(n, width)[at_limit]
+            forced = np.full((int(at_limit.sum()), width, k), -np.inf)
+            forced[:, :, 0] = self.scores[at_limit] + found.eos_log_probs.reshape(n, width)[at_limit]
             flat[at_limit] = forced.reshape(-1, width * k)
             ids = ids.copy()
             ids[at_limit] = eos
@@ -182,29 +257,18 @@ def beam_search(model: StepModel, state: State, limits: np.ndarray, options: Sea
         rows = np.arange(n)[:, None]
         top_scores, top_token, top_beam = flat[rows, top], ids[rows, top], top // k
         is_eos = top_token == eos
-        # An EOS among the best W candidates completes a hypothesis.
+        # An EOS among the best W candidates completes a hypothesis (normalised by its length with EOS).
         for i, j in zip(*np.nonzero(is_eos[:, :width] & np.isfinite(top_scores[:, :width]))):
-            source = live[i]
-            history = backtrack(chosen[source], parent[source], int(top_beam[i, j]), step - 1) if step else []
-            finished[source].append(Hypothesis(history, float(top_scores[i, j]) / (step + 1) ** options.length_penalty))
-            done_count[source] += 1
+            step = int(self.steps[i])
+            history = backtrack(self.chosen[self.slots[i]], self.parent[self.slots[i]], int(top_beam[i, j]),
+                                step - 1) if step else []
+            self.finished[i].append(Hypothesis(history, float(top_scores[i, j]) / (step + 1) ** self.options.length_penalty))
         # The best W candidates that do not end carry on (there are always enough of them).
         carry = np.argsort(is_eos, axis=1, kind="stable")[:, :width]
         parents = top_beam[rows, carry]  # [n, W]
-        scores = top_scores[rows, carry]
-        tokens_now = top_token[rows, carry]
-        chosen[live, :, step] = tokens_now
-        parent[live, :, step] = parents
-        keep = ~(at_limit | (done_count[live] >= width))
-        if not keep.any():
-            break
-        model.reorder(state, parents)
-        if not keep.all():
-            model.keep(state, np.flatnonzero(keep))
-            live, scores, tokens_now = live[keep], scores[keep], tokens_now[keep]
-        tokens = tokens_now.reshape(-1)
-    results = []
-    for hypotheses in finished:
-        hypotheses.sort(key=lambda h: h.score, reverse=True)
-        results.append(SearchResult(hypotheses[: options.n_best]))
-    return results, step + 1
+        self.scores = top_scores[rows, carry]
+        self.tokens = top_token[rows, carry].reshape(-1)
+        self.chosen[self.slots[:, None], np.arange(width), self.steps[:, None]] = self.tokens.reshape(n, width)
+        self.parent[self.slots[:, None], np.arange(width), self.steps[:, None]] = parents
+        self.model.reorder(self.state, parents)
+        return at_limit | np.array([len(f) >= width for f in self.finished])

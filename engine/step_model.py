@@ -3,17 +3,21 @@
 The decoder graph (export/decoder_graph.py) writes each step's keys/values in place into
 fixed-capacity caches [N, H, C, K] and reads beam histories through a cache-indirection table, so
 a step costs no cache traffic: reordering beams rewrites int32 indices. Every input and output of a
-step lives in a numpy buffer allocated once per batch and wrapped as an OrtValue without a copy
-(IO binding): the caches are bound as both the past input and the present output, and a step only
-writes this step's tokens into the bound buffers and reads the candidates out of theirs.
+step lives in a numpy buffer allocated with the batch and wrapped as an OrtValue without a copy (IO
+binding): the caches are bound as both the past input and the present output, and a step only writes
+this step's tokens into the bound buffers and reads the candidates out of theirs.
 
-The caches are allocated for the batch's step limit but not initialised: the memory a step never
-writes is never touched, so it costs address space, not resident memory. Copies happen only when
-finished sentences leave, and lazily: a finished sentence's rows keep being computed (and ignored)
-until a quarter of the batch has finished, then the live rows are compacted to the front of the same
-buffers, so later steps compute only those, and the memory of the rows behind them goes back to the
-operating system. The encoder runs in slices of at most ENCODER_TOKENS padded tokens, which bounds
-the largest activations ONNX Runtime's arena ever grows to.
+All rows write slot `past_length` at a step. Sentences that join a running batch (continuous
+batching) start there, with their own positions and a self-attention mask that hides the slots
+written before they joined; when the slots run out, the live rows' history is moved to the front.
+
+The caches are allocated for the batch's step limit but not initialised: memory a step never writes
+is never touched, so it costs address space, not resident memory. Copies happen only when the batch
+changes: finished sentences leave lazily (their rows keep being computed and ignored until a quarter
+of the batch has finished, then the live rows are compacted to the front of the same buffers and the
+memory behind them goes back to the operating system), and joining sentences may need larger buffers.
+The encoder runs in slices of at most ENCODER_TOKENS padded tokens, which bounds the largest
+activations ONNX Runtime's arena ever grows to.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -36,20 +40,19 @@ HUGE_PAGE_ADVICE_BYTES = 1 << 22  # numpy's threshold for madvise(MADV_HUGEPAGE)
 LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
 
-def lazy_array(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """An uninitialised array whose pages become resident only when written. numpy asks for transparent huge
-    pages for arrays of 4 MB and more, which makes a cache resident in 2 MB pieces as soon as each row's first
-    slot is written: those come from an anonymous memory map instead. Smaller ones come from numpy (malloc
-    reuses warm memory; a map per batch would cost system calls and page faults)."""
+def lazy_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """A zeroed array whose pages become resident only when written. numpy asks for transparent huge pages
+    for arrays of 4 MB and more, which makes a cache resident in 2 MB pieces as soon as each row's first slot
+    is written: those come from an anonymous memory map instead (zeroed by the kernel, page by page)."""
     count = int(np.prod(shape))
     if count * np.dtype(dtype).itemsize < HUGE_PAGE_ADVICE_BYTES:
-        return np.empty(shape, dtype)
+        return np.zeros(shape, dtype)
     return np.frombuffer(mmap.mmap(-1, count * np.dtype(dtype).itemsize), dtype=dtype, count=count).reshape(shape)
 
 
 def release_rows(array: np.ndarray, first: int) -> None:
     """Give the pages of rows [first, end) of a C-contiguous array back to the operating system (Linux): they
-    read as zeros if touched again. The rows must hold nothing that is read later."""
+    read as zeros when touched again. The rows must hold nothing that is read later."""
     if LIBC is None:
         return
     page = mmap.PAGESIZE
@@ -66,41 +69,42 @@ def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
 
 @dataclass
 class RowBuffers:
-    """Per-row inputs and outputs of a step, allocated for the batch's first (largest) row count; steps bind
+    """Per-row inputs and outputs of a step, allocated for every row the batch has room for; steps bind
     prefixes of them."""
 
     tokens: np.ndarray  # [rows] int64
     positions: np.ndarray  # [rows] int64
-    attention_mask: np.ndarray  # [rows · capacity] int32, all ones: viewed as [N, T] each step
+    attention_mask: np.ndarray  # [rows · capacity] int32: viewed as [N, T] each step
     log_probs: np.ndarray  # [rows, k] float32
     ids: np.ndarray  # [rows, k] int64
     eos: np.ndarray  # [rows] float32
 
     @classmethod
     def allocate(cls, rows: int, capacity: int, k: int) -> "RowBuffers":
-        return cls(np.empty(rows, np.int64), np.empty(rows, np.int64), np.ones(rows * capacity, np.int32),
+        return cls(np.zeros(rows, np.int64), np.zeros(rows, np.int64), np.ones(rows * capacity, np.int32),
                    np.empty((rows, k), np.float32), np.empty((rows, k), np.int64), np.empty(rows, np.float32))
 
 
 @dataclass
 class DecodeState:
     """The batch as the decoder sees it: B sentences in the buffers (the first B of those allocated), of which
-    `alive` are still searched. Arrays are allocated for the first batch and compacted in place."""
+    `alive` are still searched. Arrays are compacted in place and grow only when sentences join."""
 
     beam_width: int
-    max_steps: int
     sentences: int  # B: sentences in the decoder's batch, finished or not
     alive: np.ndarray  # [n] int64: the decoder-batch index of each sentence the search still runs
+    start: np.ndarray  # [B₀] int64: the slot each sentence's first token was written to
     source_mask: np.ndarray  # [B₀, S] int32, 1 on real tokens
     cross: list[np.ndarray]  # 2L × [B₀, H, S, K]
     caches: list[np.ndarray]  # 2L × [B₀·W, H, C, K]
     indirection: np.ndarray  # [B₀, W, C] int32: updated in place by `reorder`
-    past_length: np.ndarray  # [1] int32: slots written = position of the next token
+    past_length: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))  # slots written
     buffers: RowBuffers | None = None
     k: int = 0
     binding: ort.IOBinding | None = None
-    settings: tuple[np.ndarray, ...] | None = None  # beam_width, top_k and query_shape, as bound
-    bound_rows: int = -1  # the row count the row inputs, caches and sentence inputs were last bound for
+    settings: tuple[np.ndarray, ...] = ()  # beam_width, top_k and query_shape, as bound
+    row_start: np.ndarray | None = None  # [N] the start of each bound row; None when every row starts at 0
+    bound: tuple | None = None  # (rows, k) the inputs were last bound for; None: bind again
 
     @property
     def length(self) -> int:
@@ -111,15 +115,19 @@ class DecodeState:
         return self.sentences * self.beam_width
 
     @property
+    def allocated(self) -> int:
+        return len(self.start)
+
+    @property
+    def capacity(self) -> int:
+        return self.caches[0].shape[2]
+
+    @property
     def all_alive(self) -> bool:
         return len(self.alive) == self.sentences
 
     def alive_rows(self) -> np.ndarray:
         return (self.alive[:, None] * self.beam_width + np.arange(self.beam_width)).reshape(-1)
-
-    @property
-    def capacity(self) -> int:
-        return self.caches[0].shape[2]
 
 
 class OnnxStepModel:
@@ -131,9 +139,9 @@ class OnnxStepModel:
         self.cross_names = cross_outputs  # cross_key_0, cross_value_0, ...: encoder outputs and decoder inputs
         self.cache_inputs, self.cache_outputs = cache_inputs, cache_outputs
         self.heads, self.head_dim = cache_shape
+
         self.run_options = run_options
 
-    # --- StepModel -----------------------------------------------------------------------------
     def encode(self, src_ids: np.ndarray) -> list[np.ndarray]:
         """→ every decoder layer's cross-attention keys and values [B, H, S, K], encoded in slices."""
         rows = max(1, ENCODER_TOKENS // src_ids.shape[1])
@@ -143,16 +151,40 @@ class OnnxStepModel:
                  for i in range(0, len(src_ids), rows)]
         return [np.concatenate(pieces) for pieces in zip(*parts)]
 
+    # --- StepModel -----------------------------------------------------------------------------
     def start(self, src_ids: np.ndarray, beam_width: int, max_steps: int) -> DecodeState:
+        batch = len(src_ids)
+        state = DecodeState(
+            beam_width, batch, np.arange(batch), np.zeros(batch, np.int64), (src_ids != self.pad_id).astype(np.int32),
+            self.encode(src_ids),
+            [lazy_zeros((batch * beam_width, self.heads, max_steps, self.head_dim)) for _ in self.cache_inputs],
+            np.zeros((batch, beam_width, max_steps), np.int32))
+        return state
+
+    def join(self, state: DecodeState, src_ids: np.ndarray, limits: np.ndarray) -> None:
+        added, width = len(src_ids), src_ids.shape[1]
         cross = self.encode(src_ids)
-        batch = src_ids.shape[0]
-        capacity = max_steps
-        shape = (batch * beam_width, self.heads, capacity, self.head_dim)
-        # Slots past `past_length` are never touched, so their pages never become resident.
-        caches = [lazy_array(shape) for _ in self.cache_inputs]
-        indirection = np.zeros((batch, beam_width, capacity), dtype=np.int32)
-        return DecodeState(beam_width, max_steps, batch, np.arange(batch), (src_ids != self.pad_id).astype(np.int32),
-                           cross, caches, indirection, np.zeros(1, dtype=np.int32))
+        if state.sentences + added > state.allocated and not state.all_alive:
+            self.compact(state)
+        if state.sentences + added > state.allocated:
+            self.grow(state, sentences=max(state.sentences + added, 2 * state.allocated))
+        if width > state.source_mask.shape[1]:
+            self.grow(state, source=width)
+        if state.length + int(limits.max()) > state.capacity:
+            self.rebase(state)
+        if state.length + int(limits.max()) > state.capacity:
+            self.grow(state, capacity=max(state.length + int(limits.max()), 2 * state.capacity))
+        new = slice(state.sentences, state.sentences + added)
+        for array, part in zip(state.cross, cross):
+            array[new] = 0  # keys/values of padding stay finite: masked scores must not turn into NaN
+            array[new, :, :width] = part
+        state.source_mask[new] = 0
+        state.source_mask[new, :width] = src_ids != self.pad_id
+        state.start[new] = state.length
+        state.indirection[new] = 0  # slots before the start are masked, but must name a valid beam
+        state.alive = np.concatenate([state.alive, np.arange(new.start, new.stop)])
+        state.sentences += added
+        state.bound = None
 
     def step(self, state: DecodeState, tokens: np.ndarray, k: int) -> Candidates:
         binding = self.bind(state, k)
@@ -160,8 +192,12 @@ class OnnxStepModel:
         # Rows of finished sentences keep their last token: computed, never read.
         live = slice(0, rows) if state.all_alive else state.alive_rows()
         buffers.tokens[live] = tokens
-        buffers.positions[:rows] = length
         mask = buffers.attention_mask[: rows * (length + 1)].reshape(rows, length + 1)  # contiguous: a prefix
+        if state.row_start is None:
+            buffers.positions[:rows] = length
+        else:  # rows that joined later: their own positions, and the slots before they joined hidden
+            buffers.positions[:rows] = length - state.row_start
+            np.greater_equal(np.arange(length + 1), state.row_start[:, None], out=mask, casting="unsafe")
         binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
         self.decoder.run_with_iobinding(binding, self.run_options)
         state.indirection[:, :, length] = np.arange(state.beam_width, dtype=np.int32)  # each beam wrote its own slot
@@ -182,29 +218,67 @@ class OnnxStepModel:
         if len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
             self.compact(state)
 
+    # --- moving rows ---------------------------------------------------------------------------
     def compact(self, state: DecodeState) -> None:
         """Move the live sentences' rows to the front of every buffer; later steps compute only those."""
-        alive, length = state.alive, state.length
+        alive, length, width = state.alive, state.length, state.beam_width
         rows = state.alive_rows()
-        first_moved = int(np.argmax(alive != np.arange(len(alive)))) if (alive != np.arange(len(alive))).any() else len(alive)
-        moved_rows = slice(first_moved * state.beam_width, len(rows))  # rows before the first gap stay put
+        moved = alive != np.arange(len(alive))
+        first = int(np.argmax(moved)) if moved.any() else len(alive)  # sentences before the first gap stay put
         for cache in state.caches:
-            cache[moved_rows, :, :length] = cache[rows[moved_rows], :, :length]
+            cache[first * width : len(rows), :, :length] = cache[rows[first * width :], :, :length]
             release_rows(cache, len(rows))
-        for array in (*state.cross, state.source_mask, state.indirection):
-            array[first_moved : len(alive)] = array[alive[first_moved:]]
-        state.sentences, state.alive = len(alive), np.arange(len(alive))
+        for array in (*state.cross, state.source_mask, state.indirection, state.start):
+            array[first : len(alive)] = array[alive[first:]]
+        state.sentences, state.alive, state.bound = len(alive), np.arange(len(alive)), None
 
-    # --- buffers -------------------------------------------------------------------------------
+    def rebase(self, state: DecodeState) -> None:
+        """Move every live row's history to the front of the slots, so that sentences joining later fit."""
+        if not state.all_alive:
+            self.compact(state)
+        length, rows, batch = state.length, state.rows, state.sentences
+        first = int(state.start[:batch].min()) if batch else length
+        if first == 0:
+            return
+        for cache in state.caches:
+            cache[:rows, :, : length - first] = cache[:rows, :, first:length].copy()
+        state.indirection[:batch, :, : length - first] = state.indirection[:batch, :, first:length].copy()
+        state.start[:batch] -= first
+        state.past_length[0] = length - first
+        state.bound = None
+
+    def grow(self, state: DecodeState, sentences: int | None = None, source: int | None = None,
+             capacity: int | None = None) -> None:
+        """Larger buffers for more sentences, longer sources or more slots, keeping what is there."""
+        sentences, source, capacity = (sentences or state.allocated, source or state.source_mask.shape[1],
+                                        capacity or state.capacity)
+        batch, width, length = state.sentences, state.beam_width, state.length
+
+        def moved(old: np.ndarray, shape: tuple[int, ...], used: tuple[slice, ...]) -> np.ndarray:
+            new = lazy_zeros(shape, old.dtype)
+            new[used] = old[used]
+            return new
+
+        rows = slice(0, batch * width)
+        state.caches = [moved(c, (sentences * width, self.heads, capacity, self.head_dim), (rows, slice(None), slice(0, length)))
+                        for c in state.caches]
+        state.cross = [moved(c, (sentences, self.heads, source, self.head_dim), (slice(0, batch), slice(None), slice(0, c.shape[2])))
+                       for c in state.cross]
+        state.source_mask = moved(state.source_mask, (sentences, source), (slice(0, batch), slice(0, state.source_mask.shape[1])))
+        state.indirection = moved(state.indirection, (sentences, width, capacity), (slice(0, batch), slice(None), slice(0, length)))
+        state.start = moved(state.start, (sentences,), (slice(0, batch),))
+        state.buffers, state.bound = None, None
+
+    # --- binding -------------------------------------------------------------------------------
     def bind(self, state: DecodeState, k: int) -> ort.IOBinding:
         """(Re)bind everything but the attention mask when the batch changed shape since the last step."""
-        if state.binding is not None and state.bound_rows == state.rows and state.k == k:
+        if state.bound == (state.rows, k):
             return state.binding
         if state.buffers is None or state.k != k:
-            state.buffers = RowBuffers.allocate(state.caches[0].shape[0], state.capacity, k)
+            state.buffers = RowBuffers.allocate(state.allocated * state.beam_width, state.capacity, k)
             state.k = k
         binding = state.binding = state.binding or self.decoder.io_binding()
-        rows, buffers = state.rows, state.buffers
+        rows, batch, buffers = state.rows, state.sentences, state.buffers
         # Outputs first: `get_outputs` would list them in the order first bound.
         for name, buffer in zip(CANDIDATE_OUTPUTS, (buffers.log_probs, buffers.ids, buffers.eos)):
             binding.bind_ortvalue_output(name, as_ortvalue(buffer[:rows]))
@@ -213,7 +287,6 @@ class OnnxStepModel:
             binding.bind_ortvalue_input(input_name, value)
             binding.bind_ortvalue_output(output_name, value)
         # A binding does not keep its arrays alive: every array bound here is held by the state.
-        batch = state.sentences
         state.settings = (np.array([state.beam_width], np.int32), np.array([k], np.int64),
                           np.array([batch, state.beam_width, self.heads * self.head_dim], np.int64))
         inputs = {"input_ids": buffers.tokens[:rows], "positions": buffers.positions[:rows], "past_length": state.past_length,
@@ -222,5 +295,7 @@ class OnnxStepModel:
                   **{name: cross[:batch] for name, cross in zip(self.cross_names, state.cross)}}
         for name, array in inputs.items():
             binding.bind_ortvalue_input(name, as_ortvalue(array))
-        state.bound_rows = rows
+        starts = state.start[:batch]
+        state.row_start = np.repeat(starts, state.beam_width) if starts.any() else None
+        state.bound = (rows, k)
         return binding

@@ -10,7 +10,7 @@ import pytest
 
 from model.checkpoint import load_model
 from model.search import TorchStepModel
-from engine.search import SearchOptions, pad_batch, search
+from engine.search import Decoding, SearchOptions, pad_batch, search
 from engine.package import PackageError, load_package
 from engine.translator import Translator
 from engine.sessions import RuntimeOptions
@@ -128,6 +128,44 @@ def test_onnx_search_equals_pytorch_search(fp32, torch_model, beam_size, n_best,
     for e, g in zip(expected, got):
         assert [h.tokens for h in g.hypotheses] == [h.tokens for h in e.hypotheses]
         assert np.allclose([h.score for h in g.hypotheses], [h.score for h in e.hypotheses], atol=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_sentences_joining_a_running_batch_get_what_they_get_alone(fp32, beam_size):
+    """Continuous batching: sentences join mid-decode (one or two at a time, longer sources than the running
+    ones, more steps than the running batch has room for: the buffers grow and the history moves to the
+    front); each gets exactly the hypotheses and scores it gets decoded alone."""
+    options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
+    ids = fp32.tokenize([SENTENCES[2], SENTENCES[1], *BATCH_32[:4], BATCH_32[7], SENTENCES[3]])
+    alone = [fp32.translate_ids([row], options)[0] for row in ids]
+    decoding = Decoding(fp32.step_model, options)
+    decoding.join(pad_batch(ids[:2], 0), [0, 1], 0)
+    waiting, results, step = list(range(2, len(ids))), {}, 0
+    while decoding.sentences or waiting:
+        if waiting and step % 3 == 2:
+            joining, waiting = waiting[: 1 + step % 2], waiting[1 + step % 2 :]
+            decoding.join(pad_batch([ids[i] for i in joining], 0), joining, 0)
+        results.update(decoding.step() if decoding.sentences else [])
+        step += 1
+    assert sorted(results) == list(range(len(ids)))
+    for i, expected in enumerate(alone):
+        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
+        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
+
+
+def test_a_withdrawn_sentence_leaves_the_running_batch(fp32):
+    options = fp32.search_options(beam_size=2)
+    ids = fp32.tokenize(SENTENCES)
+    alone = [fp32.translate_ids([row], options)[0].hypotheses[0].tokens for row in ids]
+    decoding = Decoding(fp32.step_model, options)
+    decoding.join(pad_batch(ids, 0), ["a", "b", "c", "d"], 0)
+    results = dict(decoding.step())
+    decoding.withdraw({"b", "d"})
+    assert decoding.tags == [tag for tag in "ac" if tag not in results]
+    while decoding.sentences:
+        results.update(decoding.step())
+    assert set(results) <= {"a", "b", "c", "d"} and {"a", "c"} <= set(results)
+    assert results["a"].hypotheses[0].tokens == alone[0] and results["c"].hypotheses[0].tokens == alone[2]
 
 
 def test_decoder_writes_its_caches_in_place(fp32):
