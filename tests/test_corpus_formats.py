@@ -184,3 +184,30 @@ def test_kde_handbook_caches_pair_pages_by_file_name_without_navigation_or_credi
         ("The Konsole Handbook", "Das Handbuch zu Konsole"),
         ("Konsole is KDE's terminal emulator.", "Konsole ist der Terminal-Emulator für KDE."),
     ]
+
+
+def test_firefox_fluent_and_properties_pair_by_path_and_id(tmp_path):
+    import zipfile
+
+    from model.corpus.mozilla import firefox_pairs
+
+    source = FIXTURES / "firefox"
+    with zipfile.ZipFile(tmp_path / "omni.ja", "w") as omni:  # the layout of firefox-esr's browser/omni.ja
+        for name in ("brand.ftl", "aboutDialog.ftl"):
+            omni.write(source / "en-US" / name, f"localization/en-US/browser/{name}")
+        omni.write(source / "en-US" / "browser.properties", "chrome/en-US/locale/browser/browser.properties")
+    with zipfile.ZipFile(tmp_path / "langpack-de@firefox-esr.mozilla.org.xpi", "w") as pack:
+        for name in ("brand.ftl", "aboutDialog.ftl"):
+            pack.write(source / "de" / name, f"localization/de/browser/{name}")
+        pack.write(source / "de" / "browser.properties", "chrome/de/locale/browser/browser.properties")
+    pairs = list(firefox_pairs([tmp_path / "omni.ja"], tmp_path / "langpack-de@firefox-esr.mozilla.org.xpi"))
+    assert pairs == [  # files in archive order: chrome/… before localization/…
+        ("Save the page as a file", "Seite als Datei speichern"),
+        ("This line continues on the next line.", "Diese Zeile geht in der nächsten weiter."),
+        ("Café menu", "Café-Menü"),
+        ("Checking for updates…", "Nach Updates suchen…"),
+        ("Downloading update — {transfer}", "Update wird heruntergeladen — {transfer}"),
+        ("About Firefox", "Über Firefox"),
+        ("Restart to update Firefox", "Neu starten, um Firefox zu aktualisieren"),
+        ("R", "N"),  # access keys: dropped later by model.data's filters
+    ]  # the plural selector message and the semicolon plural string are skipped

@@ -17,6 +17,7 @@ from model.corpus.blocks import (
 )
 from model.corpus.gettext_mo import mo_pairs
 from model.corpus.json_i18n import json_pairs
+from model.corpus.mozilla import firefox_pairs
 from model.corpus.qm import read_qm
 from model.corpus.roff import man_page_pairs
 from model.corpus.text import markup_to_text, split_paragraphs
@@ -116,6 +117,13 @@ def _kde(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
                 yield from split_paragraphs(kde_handbook_pairs(english, german))
 
 
+def _firefox(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    omni = sorted((packages["firefox-esr"].root / "usr/lib/firefox-esr").glob("**/omni.ja"))
+    langpacks = sorted((packages["firefox-esr-l10n-de"].root / "usr/lib/firefox-esr").glob("**/langpack-de@*.xpi"))
+    if omni and langpacks:
+        yield from firefox_pairs(omni, langpacks[0])
+
+
 def _mediawiki(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
     root = packages["mediawiki"].root / "usr/share/mediawiki"
     directories = sorted({p.parent for p in root.glob("**/i18n/**/en.json") if (p.parent / "de.json").exists()}
@@ -190,6 +198,9 @@ SOURCES: tuple[Source, ...] = (
            "file name, block order; navigation, tables of contents and credits removed"),
     Source("app-catalogues", UI, APP_CATALOGUES, _mo(LOCALE_MO, accelerators=True),
            ".mo catalogs of large applications (UI strings); accelerators and markup removed"),
+    Source("firefox", UI, ("firefox-esr", "firefox-esr-l10n-de"), _firefox,
+           "Fluent messages (fluent.syntax) and .properties strings of omni.ja vs the German language pack, by "
+           "file path and message id; selector (plural) messages skipped, variables kept as `{name}`"),
 )
 
 
