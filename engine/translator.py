@@ -17,7 +17,7 @@ import numpy as np
 import sentencepiece as spm
 
 from engine.package import PackageError, load_package
-from engine.search import SearchOptions, SearchResult, StageTimes, pad_batch, search
+from engine.search import Decoding, SearchOptions, SearchResult, StageTimes, pad_batch, search
 from engine.sessions import ProviderUnavailable, RuntimeOptions, create_session, run_options
 from engine.step_model import OnnxStepModel
 
@@ -142,17 +142,28 @@ class Translator:
                 raise ValueError(f"sentence {i} has token ids outside the vocabulary (0..{vocab - 1})")
 
     # --- inference -----------------------------------------------------------------------------
+    def capped(self, options: SearchOptions) -> SearchOptions:
+        limit = self.manifest.limits.max_positions  # the decoder's position table ends here
+        return dataclasses.replace(options, max_length=limit) if options.max_length > limit else options
+
     def translate_ids(self, sources: list[list[int]], options: SearchOptions, times: StageTimes | None = None
                       ) -> list[SearchResult]:
         """Decode one batch, padded as given (the batcher decides what goes together). `times`, when given,
         receives the encoder and decoder-loop durations."""
         self.check_sources(sources)
-        limit = self.manifest.limits.max_positions  # the decoder's position table ends here
-        if options.max_length > limit:
-            options = dataclasses.replace(options, max_length=limit)
         batch = pad_batch(sources, self.manifest.special_ids.pad)
         with self.lock:
-            return search(self.step_model, batch, self.manifest.special_ids.pad, options, times)
+            return search(self.step_model, batch, self.manifest.special_ids.pad, self.capped(options), times)
+
+    # --- continuous batching: the caller steps a running Decoding, holding `lock` around each call ---------
+    def decoding(self, options: SearchOptions) -> Decoding:
+        """An empty running batch for sentences searched with `options`."""
+        return Decoding(self.step_model, self.capped(options))
+
+    def join(self, decoding: Decoding, sources: list[list[int]], tags: list) -> None:
+        """Add sentences to a running batch; they start at its next step."""
+        self.check_sources(sources)
+        decoding.join(pad_batch(sources, self.manifest.special_ids.pad), tags, self.manifest.special_ids.pad)
 
     def translate(self, texts: list[str], beam_size: int = 1, n_best: int = 1, max_length: int | None = None
                   ) -> list[list[Translation]]:

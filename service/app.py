@@ -61,6 +61,7 @@ def load_translators(settings: Settings) -> dict[str, Translator]:
 
 def batch_policy(settings: Settings) -> BatchPolicy:
     return BatchPolicy(
+        scheduler=settings.scheduler, cache_budget=settings.cache_token_budget,
         token_budget=settings.batch_token_budget, max_sentences=settings.max_batch_sentences,
         max_wait_s=settings.max_wait_ms / 1000, length_buckets=tuple(settings.length_buckets),
         queue_limit=settings.queue_limit, deadline_s=settings.request_deadline_s)

@@ -22,130 +22,22 @@ finishes what is queued.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from engine.search import SearchOptions, SearchResult, StageTimes
-from service.metrics import Metrics
 from engine.translator import Translator
+from service.continuous import ContinuousScheduler
+from service.lanes import (
+    ADMIT_WAIT_SHARE, BatchPolicy, BatcherError, DeadlineExceeded, Embedding, GroupKey, InferenceFailed, Job, Lane,
+    QueueFull, ShuttingDown, Task,
+)
+from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-ADMIT_WAIT_SHARE = 0.5  # refuse work expected to wait longer than this share of the deadline
-RATE_SMOOTHING = 0.3  # weight of the latest batch in a lane's tokens-per-second estimate
-
-Task = Literal["translate", "encode"]
-
-
-class BatcherError(Exception):
-    """Base of the errors a caller of the batcher handles."""
-
-
-class QueueFull(BatcherError):
-    pass
-
-
-class DeadlineExceeded(BatcherError):
-    pass
-
-
-class ShuttingDown(BatcherError):
-    pass
-
-
-class InferenceFailed(BatcherError):
-    """The batch this request's sentences ran in failed; other batches are unaffected."""
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    token_budget: int = 2048  # padded tokens: sentences × longest sentence
-    max_sentences: int = 32
-    max_wait_s: float = 0.005
-    length_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128)
-    queue_limit: int = 512  # sentences waiting, all models together
-    deadline_s: float = 30.0
-
-    def bucket(self, length: int) -> int:
-        """Index of the first bucket whose upper edge holds `length`; past the last edge, one more bucket."""
-        return bisect.bisect_left(self.length_buckets, length)
-
-
-@dataclass(frozen=True)
-class GroupKey:
-    """Sentences that may share a batch."""
-
-    task: Task
-    options: SearchOptions | None  # None for encode
-    bucket: int
-
-
-@dataclass(eq=False)
-class Job:
-    ids: list[int]
-    group: GroupKey
-    future: asyncio.Future
-    enqueued: float  # time.monotonic()
-    deadline: float
-    queued: bool = True
-
-
-@dataclass
-class Embedding:
-    vector: np.ndarray  # [D], L2-normalised
-    token_states: np.ndarray  # [length, D]
-
-
-@dataclass(eq=False)
-class Lane:
-    """One model: its waiting groups, its scheduler task and its single inference thread."""
-
-    translator: Translator
-    executor: ThreadPoolExecutor
-    groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
-    tokens_per_s: float | None = None  # source tokens translated per second of model time (smoothed)
-    # Source tokens waiting in `groups`, kept by the three methods below (and drain, which empties
-    # `groups`): admission reads it for every request under overload, too often to sum the queue.
-    queued_tokens: int = 0
-    times: StageTimes = field(default_factory=StageTimes)  # the engine's stage times of the last batch
-
-    def enqueue(self, job: Job) -> None:
-        self.groups.setdefault(job.group, deque()).append(job)
-        self.queued_tokens += len(job.ids)
-
-    def remove(self, job: Job) -> None:
-        group = self.groups[job.group]
-        group.remove(job)
-        if not group:
-            del self.groups[job.group]
-        self.queued_tokens -= len(job.ids)
-
-    def take_oldest(self, key: GroupKey, count: int) -> list[Job]:
-        jobs = self.groups[key]
-        taken = [jobs.popleft() for _ in range(count)]
-        if not jobs:
-            del self.groups[key]
-        self.queued_tokens -= sum(len(job.ids) for job in taken)
-        return taken
-
-    def expected_wait_s(self) -> float | None:
-        """Seconds until the work queued now is done; None before any batch ran. Only the work ahead
-        counts: a large request to an idle lane is let in (its deadline still holds)."""
-        return self.queued_tokens / self.tokens_per_s if self.tokens_per_s else None
-
-    def note_batch(self, tokens: int, seconds: float) -> None:
-        rate = tokens / max(seconds, 1e-6)
-        self.tokens_per_s = rate if self.tokens_per_s is None else (1 - RATE_SMOOTHING) * self.tokens_per_s + RATE_SMOOTHING * rate
-
 
 class Batcher:
     def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics):
@@ -161,7 +53,8 @@ class Batcher:
     # --- life cycle ------------------------------------------------------------------------------
     def start(self) -> None:
         for name, lane in self.lanes.items():
-            lane.task = asyncio.create_task(self._schedule(lane), name=f"batcher-{name}")
+            runner = ContinuousScheduler(self, lane).run() if self.policy.scheduler == "continuous" else self._schedule(lane)
+            lane.task = asyncio.create_task(runner, name=f"batcher-{name}")
 
     async def warmup(self, batch_size: int) -> None:
         """Warm every model in its own inference thread: requests that arrive meanwhile queue behind it."""
@@ -209,7 +102,7 @@ class Batcher:
             raise QueueFull(backlog)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        jobs = [Job(ids, GroupKey(task, options, self.policy.bucket(len(ids))), loop.create_future(), now,
+        jobs = [Job(ids, GroupKey(task, options, self.policy.bucket(task, len(ids))), loop.create_future(), now,
                     now + self.policy.deadline_s) for ids in sources]
         for job in jobs:
             lane.enqueue(job)

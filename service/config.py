@@ -66,14 +66,23 @@ class Settings(BaseSettings):
         "noisier resident memory than with the arena on or off)."))
 
     # --- batching ----------------------------------------------------------------------------------
+    scheduler: Literal["continuous", "batch"] = Field("continuous", description=(
+        "continuous: one running batch per model and search setting; waiting sentences join it at every decoder step "
+        "and finished ones leave and are answered at once. batch: a batch runs until its last sentence ends while the "
+        "next one fills (measured against each other: README, Tuning)."))
+    cache_token_budget: int = Field(8192, ge=1, description=(
+        "continuous: most cache slots the running batch may need (per sentence: beams × output limit, ~6 KiB each for "
+        "the shipped models); it bounds the running batch's key/value cache memory. One sentence over it still runs."))
     batch_token_budget: int = Field(2048, ge=1, description=(
         "Most padded source tokens in one batch (sentences × longest sentence). A longer single sentence still runs alone."))
-    max_batch_sentences: int = Field(32, ge=1, description="Most sentences in one batch; 1 turns cross-request batching off.")
+    max_batch_sentences: int = Field(32, ge=1, description=(
+        "Most sentences in one batch (continuous: in the running batch); 1 turns cross-request batching off."))
     max_wait_ms: float = Field(5.0, ge=0, description=(
-        "How long the oldest waiting sentence may wait for others to fill its batch while the model is idle."))
+        "batch: how long the oldest waiting sentence may wait for others to fill its batch while the model is idle "
+        "(continuous starts at once: later arrivals join at the next step)."))
     length_buckets: CommaInts = Field((8, 16, 24, 32, 48, 64, 96, 128), description=(
-        "Upper edges (source tokens) of the length buckets: only sentences of one bucket share a batch, which keeps padding low. "
-        "Longer sentences form one last bucket."))
+        "batch: upper edges (source tokens) of the length buckets: only sentences of one bucket share a batch, which keeps "
+        "padding low; longer sentences form one last bucket (continuous: sources of any length share a step)."))
     queue_limit: int = Field(512, ge=1, description=(
         "Most sentences waiting for a batch across all models; beyond it requests are refused at once (429/503 + Retry-After)."))
     request_deadline_s: float = Field(30.0, gt=0, description=(

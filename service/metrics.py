@@ -19,6 +19,7 @@ BATCH_SENTENCES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 BATCH_TOKENS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 PADDING_RATIO = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SENTENCE_TOKENS = (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+STEP_SECONDS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25)
 
 REJECT_REASONS = ("queue_full", "deadline", "disconnected", "shutting_down", "invalid_request", "body_too_large", "unauthorized",
                   "forbidden", "rate_limited")
@@ -41,7 +42,8 @@ class Metrics:
             buckets=QUEUE_WAIT_SECONDS, registry=r)
         self.inference_duration = Histogram(
             "translator_inference_duration_seconds",
-            "Inference time per batch: encode = encoder pass, decode = the decoder step loop (beam/greedy search).",
+            "Inference time: encode = an encoder pass; decode = a batch's decoder step loop (batch scheduler) or one "
+            "decoder step of a running batch (continuous scheduler).",
             ["model", "stage"], buckets=INFERENCE_SECONDS, registry=r)
         self.batch_size = Histogram(
             "translator_batch_size", "Sentences per inference batch.", buckets=BATCH_SENTENCES, registry=r)
@@ -57,6 +59,15 @@ class Metrics:
         self.output_tokens = Histogram(
             "translator_output_tokens", "Generated tokens per translated sentence (best hypothesis, without EOS).",
             ["model"], buckets=SENTENCE_TOKENS, registry=r)
+        self.running_sentences = Histogram(
+            "translator_running_batch_sentences", "Sentences in the running batch at each decoder step (continuous scheduler).",
+            ["model"], buckets=BATCH_SENTENCES, registry=r)
+        self.step_duration = Histogram(
+            "translator_step_duration_seconds", "Duration of one decoder step of a running batch (continuous scheduler).",
+            ["model"], buckets=STEP_SECONDS, registry=r)
+        self.joined_sentences = Counter(
+            "translator_joined_sentences", "Sentences that joined a batch already decoding (continuous scheduler).",
+            ["model"], registry=r)
         self.queue_depth = Gauge(
             "translator_queue_depth", "Sentences waiting for a batch, all models together.", registry=r)
         self.generated_tokens = Counter(
@@ -77,6 +88,7 @@ class Metrics:
         for stage in STAGES:
             self.inference_duration.labels(model=name, stage=stage)
         self.generated_tokens.labels(model=name)
+        self.joined_sentences.labels(model=name)
 
     def reject(self, reason: str) -> None:
         if reason not in REJECT_REASONS:  # a typo must not create a new label value

@@ -1,5 +1,6 @@
 """The batcher on a real model, without HTTP: what shares a batch, backpressure, deadlines,
-cancellation, failure isolation and draining. Holding the model's lock stands the inference thread
+cancellation, failure isolation and draining, with the batch scheduler (the continuous one:
+tests/test_service_continuous.py). Holding the model's lock stands the inference thread
 still, so "this sentence is still queued" is a fact, not a timing guess."""
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def sample(metrics: Metrics, name: str, **labels) -> float:
 
 async def started(translator, **policy) -> tuple[Batcher, Metrics]:
     metrics = Metrics()
-    batcher = Batcher({translator.name: translator}, BatchPolicy(**{"max_wait_s": 0.05, **policy}), metrics)
+    batcher = Batcher({translator.name: translator}, BatchPolicy(**{"scheduler": "batch", "max_wait_s": 0.05, **policy}),
+                      metrics)
     batcher.start()
     return batcher, metrics
 

@@ -125,8 +125,10 @@ class FailingBatch:
 
 
 def test_a_failing_batch_answers_its_requests_with_500_and_the_server_serves_the_next(models_dir, translators, caplog):  # noqa: F811
-    # Three sentences fill a batch (the cap), and the long wait guarantees they go together.
-    with serving(models_dir, translators, max_batch_sentences=3, max_wait_ms=3000) as server, ThreadPoolExecutor(3) as pool:
+    # Three sentences fill a batch (the cap), and the long wait guarantees they go together (the batch scheduler;
+    # the continuous one's failure handling: tests/test_service_continuous.py).
+    with serving(models_dir, translators, scheduler="batch", max_batch_sentences=3, max_wait_ms=3000) as server, \
+            ThreadPoolExecutor(3) as pool:
         translator = server.app.state.service.batcher.lanes["en-de"].translator
         healthy = translator.step_model
         translator.step_model = FailingBatch(healthy)

@@ -1,0 +1,172 @@
+"""The continuous scheduler on real models, without HTTP: sentences join a running batch and get exactly
+what they get alone, cancellation and deadlines free a running sentence's slot, a drain finishes the
+running batch, a failing running batch fails only its own sentences, and the step-level metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.sessions import RuntimeOptions
+from engine.translator import Translator
+from service.batcher import Batcher, BatchPolicy, DeadlineExceeded, InferenceFailed
+from service.metrics import Metrics
+from tests.service_support import models_dir, translators  # noqa: F401 - fixtures
+
+LONG_SENTENCE = "Choose the new green window and open the file on the table and the menu."  # fits the tiny model
+LONG_TEXT = " ".join([LONG_SENTENCE] * 8)  # ~130 tokens for the shipped models: hundreds of beam-4 steps
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_packages) -> Translator:
+    return Translator(tiny_packages["fp32"], RuntimeOptions(intra_op_threads=1))
+
+
+def sample(metrics: Metrics, name: str, **labels) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def started(translator: Translator, **policy) -> tuple[Batcher, Metrics]:
+    metrics = Metrics()
+    metrics.add_model(translator.name, "CPUExecutionProvider", translator.precision)
+    batcher = Batcher({translator.name: translator}, BatchPolicy(**{"scheduler": "continuous", **policy}), metrics)
+    batcher.start()
+    return batcher, metrics
+
+
+async def until(condition, timeout: float = 20.0) -> None:
+    for _ in range(int(timeout / 0.002)):
+        if condition():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("condition not reached")
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_a_sentence_joining_the_running_batch_gets_what_it_gets_alone(tiny, beam_size):
+    options = tiny.search_options(beam_size=beam_size, n_best=beam_size)
+    first, joining = tiny.tokenize([LONG_SENTENCE, "The house sees the small cat."])
+    alone = tiny.translate_ids([joining], options)[0]
+
+    async def scenario():
+        batcher, metrics = started(tiny)
+        running = asyncio.create_task(batcher.translate(tiny.name, [first], options))
+        await until(lambda: sample(metrics, "translator_step_duration_seconds_count", model=tiny.name) >= 2)
+        joined = await batcher.translate(tiny.name, [joining], options)
+        assert not running.done()  # it joined mid-decode, it did not wait for the first to end
+        await running
+        await batcher.drain(5)
+        return joined[0], metrics
+
+    result, metrics = asyncio.run(scenario())
+    assert [h.tokens for h in result.hypotheses] == [h.tokens for h in alone.hypotheses]
+    assert [round(h.score, 4) for h in result.hypotheses] == [round(h.score, 4) for h in alone.hypotheses]
+    assert sample(metrics, "translator_joined_sentences_total", model=tiny.name) == 1
+    assert sample(metrics, "translator_running_batch_sentences_bucket", model=tiny.name, le="2.0") == \
+        sample(metrics, "translator_running_batch_sentences_count", model=tiny.name)  # never more than two
+
+
+def test_sentences_of_different_searches_run_side_by_side(tiny):
+    greedy, beam = tiny.search_options(), tiny.search_options(beam_size=3)
+    sources = tiny.tokenize(["Click on the button.", "Menu.", LONG_SENTENCE])
+
+    async def scenario():
+        batcher, _ = started(tiny)
+        results = await asyncio.gather(*(batcher.translate(tiny.name, [ids], options)
+                                         for ids in sources for options in (greedy, beam)))
+        await batcher.drain(5)
+        return results
+
+    results = asyncio.run(scenario())
+    expected = [tiny.translate_ids([ids], options)[0] for ids in sources for options in (greedy, beam)]
+    assert [r[0].hypotheses[0].tokens for r in results] == [e.hypotheses[0].tokens for e in expected]
+
+
+def test_a_cancelled_sentence_leaves_the_running_batch_and_frees_its_slot(translators):  # noqa: F811
+    en_de = translators["en-de"]
+    options = en_de.search_options(beam_size=4)
+    long, short = en_de.tokenize([LONG_TEXT, "Open the file."])
+
+    async def scenario():
+        batcher, metrics = started(en_de, max_sentences=1)  # one sentence at a time: the short one must wait
+        running = asyncio.create_task(batcher.translate("en-de", [long], options))
+        await until(lambda: sample(metrics, "translator_step_duration_seconds_count", model="en-de") >= 2)
+        waiting = asyncio.create_task(batcher.translate("en-de", [short], options))
+        await until(lambda: batcher.depth == 1)
+        steps = sample(metrics, "translator_step_duration_seconds_count", model="en-de")
+        running.cancel()
+        result = await waiting
+        await batcher.drain(5)
+        return running, result, steps, metrics
+
+    running, result, steps_before_cancel, metrics = asyncio.run(scenario())
+    assert running.cancelled() and "Datei" in en_de.detokenize([result[0].hypotheses[0].tokens])[0]
+    # the long sentence would have taken hundreds of steps; it left at the next one
+    assert sample(metrics, "translator_step_duration_seconds_count", model="en-de") < steps_before_cancel + 40
+
+
+def test_a_deadline_passing_mid_decode_frees_the_slot(translators):  # noqa: F811
+    en_de = translators["en-de"]
+    options = en_de.search_options(beam_size=4)
+    long, short = en_de.tokenize([LONG_TEXT, "Open the file."])
+
+    async def scenario():
+        batcher, metrics = started(en_de, max_sentences=1, deadline_s=0.1)
+        with pytest.raises(DeadlineExceeded):
+            await batcher.translate("en-de", [long], options)
+        after = await batcher.translate("en-de", [short], options)
+        await batcher.drain(5)
+        return after, metrics
+
+    result, metrics = asyncio.run(scenario())
+    assert result[0].hypotheses and sample(metrics, "translator_generated_tokens_total", model="en-de") > 0
+
+
+def test_drain_finishes_the_running_batch_and_loses_nothing(translators):  # noqa: F811
+    en_de = translators["en-de"]
+    options = en_de.search_options(beam_size=4)
+    sources = en_de.tokenize(["Open the file.", "Close the window.", LONG_TEXT, "Print the page."])
+
+    async def scenario():
+        batcher, metrics = started(en_de)
+        requests = [asyncio.create_task(batcher.translate("en-de", [ids], options)) for ids in sources]
+        await until(lambda: sample(metrics, "translator_step_duration_seconds_count", model="en-de") >= 1)
+        await batcher.drain(30)
+        return await asyncio.gather(*requests, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert all(not isinstance(r, BaseException) and r[0].hypotheses for r in results)
+
+
+class FailingJoin:
+    """The translator's step model, failing when sentences join a running batch."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def start(self, src_ids, beam_width, max_steps):
+        raise RuntimeError("injected fault")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_failing_running_batch_fails_only_its_own_sentences(tiny):
+    options = tiny.search_options()
+    ids = tiny.tokenize(["Open the file."])[0]
+
+    async def scenario():
+        batcher, _ = started(tiny)
+        healthy = tiny.step_model
+        tiny.step_model = FailingJoin(healthy)
+        try:
+            with pytest.raises(InferenceFailed):
+                await batcher.translate(tiny.name, [ids], options)
+        finally:
+            tiny.step_model = healthy
+        after = await batcher.translate(tiny.name, [ids], options)
+        await batcher.drain(5)
+        return after
+
+    assert asyncio.run(scenario())[0].hypotheses
