@@ -1,10 +1,8 @@
-"""`translator load` and `translator tune` against real servers on 127.0.0.1, on short budgets: the load
-generator's counts against the server's own metrics, the sweep's report and plots, and the recommended
-env file configuring a real server."""
+"""`translator tune` against real servers on 127.0.0.1, on short budgets: the sweep's report and plots, and
+the recommended env file configuring a real server (the load generator itself: tests/test_loadtest.py)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -15,20 +13,15 @@ from dotenv import dotenv_values
 from matplotlib.image import imread
 
 from service.config import Settings
-from tests.service_support import ROOT, ServerProcess, metric, models_dir  # noqa: F401 - models_dir is a fixture
-from loadtest import load as load_command
 from loadtest.corpus import SentencePicker, WordCounter, parse_mix, read_corpus, texts_of_length
-from loadtest.load import LoadSpec, load
+from tests.service_support import ROOT, ServerProcess, models_dir  # noqa: F401 - models_dir is a fixture
+from tests.test_loadtest import one_sentence_texts
 from tuning import tune as tune_command
 from tuning.lengths import LengthPoint, advise
 from tuning.report import TuningRun
 from tuning.sweep import DEFAULT_BUCKETS, BatchingSetting, LoadLevel, SweepGrid, SweepPoint, gain_over_defaults, pareto_frontier, recommend
 
 TEST_SPLIT = ROOT / "data/en-de/test.tsv"
-
-
-def delta(before: str, after: str, name: str, **labels: str) -> float:
-    return metric(after, name, **labels) - metric(before, name, **labels)
 
 
 @pytest.fixture(scope="module")
@@ -39,59 +32,7 @@ def server(models_dir, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def sentences() -> list[str]:
-    return read_corpus(TEST_SPLIT, "en")
-
-
-def test_closed_loop_counts_agree_with_the_servers_own_metrics(server, sentences):
-    before = httpx.get(server.url + "/metrics").text
-    result = load(LoadSpec(url=server.url, concurrency=3, duration_s=2.0), SentencePicker(sentences), progress=False)
-    after = httpx.get(server.url + "/metrics").text
-
-    answered = delta(before, after, "translator_request_duration_seconds_count", route="/v1/translate", status="200")
-    assert result.ok == result.requests == answered > 0
-    assert result.rejected == result.errors == 0
-    assert result.source_tokens == delta(before, after, "translator_input_tokens_sum", model="en-de")
-    assert result.target_tokens == delta(before, after, "translator_generated_tokens_total", model="en-de") > 0
-    assert result.elapsed_s >= 2.0
-    assert result.target_tokens_per_s == pytest.approx(result.target_tokens / result.elapsed_s, rel=0.01)
-    view = result.server
-    assert view.translate_responses == {"200": result.ok} and view.sentences == result.ok
-    assert 1 <= view.mean_batch_size <= 3  # one text per request, three clients: never more than three per batch
-    assert sum(n for _, n in view.batch_size_buckets) == view.batches > 0
-    lat = result.latency
-    assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
-
-
-def test_open_loop_counts_rejections_apart_from_errors(models_dir, sentences, tmp_path):  # noqa: F811
-    # A queue of one sentence: a Poisson burst finds it full and is refused with 503.
-    with ServerProcess(models_dir, tmp_path / "server.log", TRANSLATOR_QUEUE_LIMIT="1",
-                       TRANSLATOR_MAX_TEXTS_PER_REQUEST="1") as small:
-        small.wait_ready()
-        before = httpx.get(small.url + "/metrics").text
-        result = load(LoadSpec(url=small.url, rate=80, duration_s=2.0), SentencePicker(sentences), progress=False)
-        after = httpx.get(small.url + "/metrics").text
-    assert result.rejected > 0 and result.ok > 0 and result.errors == 0
-    assert result.rejected == delta(before, after, "translator_requests_rejected_total", reason="queue_full")
-    assert result.server.translate_responses == {"200": result.ok, "503": result.rejected}
-    assert 80 <= result.requests <= 240  # Poisson, 80/s for 2 s
-
-
-def test_load_command_writes_json_and_fails_when_nothing_is_answered(server, tmp_path, capsys):
-    out = tmp_path / "load.json"
-    assert load_command.main(["--url", server.url, "--data", str(TEST_SPLIT), "--concurrency", "2", "--duration", "0",
-                              "--requests", "6", "--mix", "1-12:1,13-:1", "--json", str(out), "--records",
-                              "--no-progress"]) == 0
-    written = json.loads(out.read_text())
-    assert written["requests"] == written["ok"] == len(written["records"]) == 6
-    assert "6 requests (6 ok, 0 rejected 429/503, 0 errors)" in capsys.readouterr().out
-    # Two texts per request where the server takes one: every answer is a 400, an error, not a rejection.
-    text_file = tmp_path / "sentences.txt"
-    text_file.write_text("Open the file.\n\nClose the window.\n")
-    assert load_command.main(["--url", server.url, "--data", str(text_file), "--requests", "3", "--duration", "0",
-                              "--texts-per-request", "65", "--no-progress", "--json", str(out)]) == 1
-    written = json.loads(out.read_text())
-    assert written["errors"] == written["requests"] == 3 and written["rejected"] == 0 and "records" not in written
-    assert "HTTP 400" in written["error_examples"][0]
+    return one_sentence_texts(read_corpus(TEST_SPLIT, "en"))
 
 
 def point(tokens_per_s: float, p95: float, errors: int = 0, setting: BatchingSetting | None = None) -> SweepPoint:
