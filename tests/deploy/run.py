@@ -584,7 +584,7 @@ def phase_compose(report: Report, args) -> None:
 
         failover(report, args, lb, api, replicas, ips)
     finally:
-        logs = {name: podman("logs", "--tail", "200", name) for name in podman("ps", "-a", "--format", "{{.Names}}",
+        logs = {name: podman("logs", name) for name in podman("ps", "-a", "--format", "{{.Names}}",
                 "--filter", f"label=io.podman.compose.project={PREFIX}").stdout.split()}
         (args.logs / "compose-logs.txt").write_text("".join(f"=== {n}\n{r.stdout}{r.stderr}\n" for n, r in logs.items()))
         shutil.rmtree(config_dir, ignore_errors=True)
@@ -623,6 +623,9 @@ def failover(report: Report, args, lb: str, api: Prometheus, replicas: list[str]
     met = [line for line in (nginx_log.stdout + nginx_log.stderr).splitlines() if f'upstream: "http://{ips[victim]}:8000' in line]
     retried = {"while connecting": sum("while connecting to upstream" in line for line in met),
                "in flight (reset or closed)": sum("while reading response header" in line for line in met)}
+    other_errors = [line for line in met if "while connecting to upstream" not in line and "while reading response header" not in line]
+    failed_requests = [{"sent_after_kill_s": round(sent - killed_at, 3), "seconds": round(seconds, 3), "outcome": str(outcome)}
+                       for sent, seconds, outcome in load.results if outcome != 200]
     figures = {
         **summary, "clients": args.clients, "duration_s": args.failover_seconds, "killed": victim, "instance": instance,
         "instance_after_restart": new_instance, "restart_count": int(inspect(victim, "{{.RestartCount}}")),
@@ -632,6 +635,7 @@ def failover(report: Report, args, lb: str, api: Prometheus, replicas: list[str]
         "prometheus_up_after_kill_s": round(up_again - killed_at, 1) if up_again else None,
         "prometheus_down_for_s": round(up_again - down, 1) if down and up_again else None,
         "requests_while_down": len(during), "nginx_passed_to_next_replica": retried,
+        "nginx_other_upstream_errors": other_errors[:10], "failed_requests": failed_requests[:20],
         "up_series": "".join("1" if v == "1" else "0" for _, v in samples),
     }
     report.figure("failover", **figures)
