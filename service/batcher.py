@@ -26,6 +26,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from typing import Any
 
 from engine.search import SearchOptions, SearchResult, StageTimes
@@ -38,6 +39,45 @@ from service.lanes import (
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+class Submission:
+    """One request's sentences in the batcher. Closing it (a `with` block) takes whatever still waits out of the
+    queue: answered, failed, timed out or cancelled, the sentences do no more work."""
+
+    def __init__(self, batcher: "Batcher", lane: Lane, jobs: list[Job]):
+        self.batcher, self.lane, self.jobs = batcher, lane, jobs
+        self.deadline_s = batcher.policy.deadline_s
+
+    def __enter__(self) -> "Submission":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.batcher._withdraw(self.lane, self.jobs)
+
+    async def results(self) -> list:
+        """Every sentence's result, in order."""
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                return await asyncio.gather(*(job.future for job in self.jobs))
+        except TimeoutError:
+            raise DeadlineExceeded(f"not answered within the {self.deadline_s:g} s deadline") from None
+
+    async def as_completed(self) -> AsyncIterator[tuple[int, Any]]:
+        """(index, result) of each sentence as it finishes; raises the first error, or DeadlineExceeded."""
+        index = {job.future: i for i, job in enumerate(self.jobs)}
+        pending = set(index)
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                while pending:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for future in sorted(done, key=index.__getitem__):
+                        yield index[future], future.result()
+        except TimeoutError:
+            raise DeadlineExceeded(f"not answered within the {self.deadline_s:g} s deadline") from None
+
 
 class Batcher:
     def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics):
@@ -92,7 +132,16 @@ class Batcher:
     async def encode(self, model: str, sources: list[list[int]]) -> list[Embedding]:
         return await self._submit(model, "encode", None, sources)
 
+    def submit(self, model: str, sources: list[list[int]], options: SearchOptions) -> Submission:
+        """Queue sentences for translation now (refused at once when overloaded) → their results as they come;
+        close the submission when done with it."""
+        return self._enqueue(model, "translate", options, sources)
+
     async def _submit(self, model: str, task: Task, options: SearchOptions | None, sources: list[list[int]]) -> list:
+        with self._enqueue(model, task, options, sources) as submission:
+            return await submission.results()
+
+    def _enqueue(self, model: str, task: Task, options: SearchOptions | None, sources: list[list[int]]) -> Submission:
         if self.closing:
             raise ShuttingDown("the server is shutting down")
         lane = self.lanes[model]
@@ -108,13 +157,7 @@ class Batcher:
             lane.enqueue(job)
         self._set_depth(self.depth + len(jobs))
         lane.wakeup.set()
-        try:
-            async with asyncio.timeout(self.policy.deadline_s):
-                return await asyncio.gather(*(job.future for job in jobs))
-        except TimeoutError:
-            raise DeadlineExceeded(f"not answered within the {self.policy.deadline_s:g} s deadline") from None
-        finally:  # answered, failed, timed out or cancelled: whatever still waits leaves the queue
-            self._withdraw(lane, jobs)
+        return Submission(self, lane, jobs)
 
     def _backlog(self, model: str, lane: Lane) -> str | None:
         """Why `lane` refuses new work for its queued backlog, or None."""

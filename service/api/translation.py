@@ -16,13 +16,16 @@ comes back unchanged.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from engine.search import SearchOptions, SearchResult
 from engine.segmentation import segment
 from engine.translator import Translator
 from service.api.deps import ServiceState
 from service.api.errors import ApiError
-from service.batcher import Embedding
+from service.batcher import Embedding, Submission
 
 CLAUSE_END = re.compile(r"(?<=[,;:])\s+|\s+(?=[–—-]\s)")  # where a sentence over the token limit may be cut
 # Skipping a text as "already in the target language" only when the identifier is sure: measured on the
@@ -191,10 +194,45 @@ def plan(text: str, sentences: Sentences, name: str) -> Plan:
     return [piece for piece in pieces if piece != ""]
 
 
-async def translate_with(state: ServiceState, translator: Translator, texts: list[str], *, beam_size: int | None = None,
-                         alternatives: int = 0, max_length: int | None = None, field: str = "text",
-                         keep_target_language: bool = True) -> list[Translated]:
-    """Texts → translations in input order (texts already checked against the request limits)."""
+@dataclass
+class Work:
+    """A request's texts, planned: the sentences to translate, and how to put each text back together."""
+
+    translator: Translator
+    texts: list[str]
+    plans: list[Plan | None]  # None: the text comes back unchanged
+    sentences: Sentences
+    options: SearchOptions
+    n_best: int
+
+    def owners(self) -> dict[int, int]:
+        """Sentence index → the index of its text."""
+        return {piece: i for i, pieces in enumerate(self.plans) for piece in pieces or () if isinstance(piece, int)}
+
+    def assemble(self, i: int, results: Mapping[int, SearchResult] | Sequence[SearchResult]) -> Translated:
+        """Text i from its sentences' results (which must all be there)."""
+        pieces = self.plans[i]
+        if pieces is None:
+            return Translated.unchanged(self.texts[i])
+        used = [piece for piece in pieces if isinstance(piece, int)]
+        outputs = iter(self.translator.detokenize([h.tokens for j in used for h in results[j].hypotheses]))
+        hypotheses = {j: [next(outputs) for _ in results[j].hypotheses] or [""] for j in used}
+
+        def render(rank: int) -> str:
+            return "".join(piece if isinstance(piece, str) else hypotheses[piece][min(rank, len(hypotheses[piece]) - 1)]
+                           for piece in pieces)
+
+        best = [results[j].hypotheses[0] for j in used if results[j].hypotheses]
+        tokens = sum(len(h.tokens) for h in best)
+        score = (sum(h.score * max(len(h.tokens), 1) for h in best) / sum(max(len(h.tokens), 1) for h in best)) if best else None
+        return Translated(text=render(0), alternatives=[render(rank) for rank in range(1, self.n_best)], score=score,
+                          source_tokens=sum(len(self.sentences.ids[j]) for j in used), target_tokens=tokens, sentences=len(used))
+
+
+def planned(state: ServiceState, translator: Translator, texts: list[str], *, beam_size: int | None = None,
+            alternatives: int = 0, max_length: int | None = None, field: str = "text",
+            keep_target_language: bool = True) -> Work:
+    """Texts (already checked against the request limits) → the work of translating them; input errors raise."""
     beam, n_best, limit = search_limits(state, beam_size, alternatives, max_length)
     sentences = Sentences(translator)
     plans: list[Plan | None] = []
@@ -205,31 +243,38 @@ async def translate_with(state: ServiceState, translator: Translator, texts: lis
     if len(sentences.ids) > most:
         raise TooManySentences("invalid", f"{field} has {len(sentences.ids)} sentences; at most {most} per request",
                        libretranslate=f"Invalid request: request ({len(sentences.ids)} sentences) exceeds sentence limit ({most})")
-    results = []
-    if sentences.ids:
-        options = translator.search_options(beam_size=beam, n_best=n_best, max_length=limit,
-                                            max_length_ratio=state.settings.max_length_ratio)
-        results = await state.batcher.translate(translator.name, sentences.ids, options)
-    outputs = iter(translator.detokenize([h.tokens for r in results for h in r.hypotheses]))
-    hypotheses = [[next(outputs) for _ in r.hypotheses] or [""] for r in results]
-    translated = []
-    for text, pieces in zip(texts, plans):
+    options = translator.search_options(beam_size=beam, n_best=n_best, max_length=limit,
+                                        max_length_ratio=state.settings.max_length_ratio)
+    return Work(translator, texts, plans, sentences, options, n_best)
+
+
+async def translate_with(state: ServiceState, translator: Translator, texts: list[str], *, beam_size: int | None = None,
+                         alternatives: int = 0, max_length: int | None = None, field: str = "text",
+                         keep_target_language: bool = True) -> list[Translated]:
+    """Texts → translations in input order (texts already checked against the request limits)."""
+    work = planned(state, translator, texts, beam_size=beam_size, alternatives=alternatives, max_length=max_length,
+                   field=field, keep_target_language=keep_target_language)
+    results = await state.batcher.translate(translator.name, work.sentences.ids, work.options) if work.sentences.ids else []
+    return [work.assemble(i, results) for i in range(len(texts))]
+
+
+async def translations_as_completed(state: ServiceState, work: Work, submission: Submission | None
+                                    ) -> AsyncIterator[tuple[int, Translated]]:
+    """(index, translation) of each text as soon as its last sentence is translated; texts that come back
+    unchanged first. The caller closes the submission."""
+    for i, pieces in enumerate(work.plans):
         if pieces is None:
-            translated.append(Translated.unchanged(text))
-            continue
-        used = [piece for piece in pieces if isinstance(piece, int)]
-
-        def render(rank: int) -> str:
-            return "".join(piece if isinstance(piece, str) else hypotheses[piece][min(rank, len(hypotheses[piece]) - 1)]
-                           for piece in pieces)
-
-        best = [results[i].hypotheses[0] for i in used if results[i].hypotheses]
-        tokens = sum(len(h.tokens) for h in best)
-        score = (sum(h.score * max(len(h.tokens), 1) for h in best) / sum(max(len(h.tokens), 1) for h in best)) if best else None
-        translated.append(Translated(
-            text=render(0), alternatives=[render(rank) for rank in range(1, n_best)], score=score,
-            source_tokens=sum(len(sentences.ids[i]) for i in used), target_tokens=tokens, sentences=len(used)))
-    return translated
+            yield i, Translated.unchanged(work.texts[i])
+    if submission is None:
+        return
+    owners, results = work.owners(), {}
+    waiting = Counter(owners.values())
+    async for index, result in submission.as_completed():
+        results[index] = result
+        text = owners[index]
+        waiting[text] -= 1
+        if not waiting[text]:
+            yield text, work.assemble(text, results)
 
 
 async def translate_texts(state: ServiceState, texts: list[str], source: str, target: str, *,
@@ -240,6 +285,14 @@ async def translate_texts(state: ServiceState, texts: list[str], source: str, ta
     translator = model_for(state, source, target)
     return translator, await translate_with(state, translator, texts, beam_size=beam_size, alternatives=alternatives,
                                             max_length=max_length, field=field)
+
+
+def translation_work(state: ServiceState, texts: list[str], source: str, target: str, *, beam_size: int | None = None,
+                     alternatives: int = 0, max_length: int | None = None, field: str = "text") -> Work:
+    """The native API's streamed translation, planned: texts checked (none empty); input errors raise here."""
+    check_texts(texts, state, field)
+    return planned(state, model_for(state, source, target), texts, beam_size=beam_size, alternatives=alternatives,
+                   max_length=max_length, field=field)
 
 
 async def encode_texts(state: ServiceState, texts: list[str], source: str) -> tuple[Translator, list[Encoded]]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import StateDep, unless_disconnected
-from service.api.errors import ErrorDetail, NativeRoute, error_responses
+from service.api.deps import ServiceState, StateDep, unless_disconnected
+from service.api.errors import STATUS, ErrorDetail, NativeRoute, as_api_error, error_responses
 from service.api.openapi import KEY_GATED
 from service.api.security import api_key_gate
-from service.api.translation import encode_texts, translate_texts
+from service.api.translation import Translated, Work, encode_texts, translate_texts, translation_work, translations_as_completed
 
 router = APIRouter(prefix="/v1", tags=["native"], route_class=NativeRoute, dependencies=[Depends(api_key_gate)])
 ERRORS = error_responses(ErrorDetail, 400, 401, 403, 413, 422, 429, 500, 503)
@@ -29,6 +33,10 @@ class TranslateRequest(BaseModel):
     beam_size: int | None = Field(None, ge=1, description="Beam size (1 = greedy); default from TRANSLATOR_DEFAULT_BEAM_SIZE.")
     alternatives: int = Field(0, ge=0, description="Extra translations per text, the beam's runners-up.")
     max_length: int | None = Field(None, ge=1, description="Most tokens to generate per text.")
+    stream: bool = Field(False, description=(
+        "Answer as server-sent events (`text/event-stream`): a `translation` event per text as soon as it is translated "
+        "(its `index` in the request and the fields of a translation), in any order, then one `done` event; an error "
+        "after the stream started is an `error` event (`detail`, `status`), not a broken connection."))
 
 
 class TranslationItem(BaseModel):
@@ -73,14 +81,62 @@ def as_list(text: str | list[str]) -> list[str]:
     return [text] if isinstance(text, str) else text
 
 
-@router.post("/translate", response_model=TranslateResponse, responses=ERRORS, openapi_extra=KEY_GATED, summary="Translate texts")
-async def translate(body: TranslateRequest, request: Request, state: StateDep) -> TranslateResponse:
+class StreamedTranslation(TranslationItem):
+    index: int = Field(description="Position of the text in the request.")
+
+
+def item(translated: Translated) -> TranslationItem:
+    return TranslationItem(text=translated.text, alternatives=translated.alternatives, score=translated.score,
+                           source_tokens=translated.source_tokens, target_tokens=translated.target_tokens,
+                           sentences=translated.sentences)
+
+
+# One server-sent event: its name and its data (JSON text).
+STREAM_RESPONSE = {200: {"content": {"text/event-stream": {"schema": {
+    "type": "object", "required": ["event", "data"], "description": "With `stream: true`: one server-sent event.",
+    "properties": {
+        "event": {"enum": ["translation", "done", "error"]},
+        "data": {"type": "string", "description": (
+            "translation: a translation of the response's `translations` with its `index`; done: "
+            "`{\"model\", \"texts\"}`; error: `{\"detail\", \"status\"}`.")},
+    }}}}}}
+
+
+@router.post("/translate", response_model=TranslateResponse, responses={**ERRORS, **STREAM_RESPONSE},
+             openapi_extra=KEY_GATED, summary="Translate texts")
+async def translate(body: TranslateRequest, request: Request, state: StateDep) -> TranslateResponse | StreamingResponse:
+    how = {"beam_size": body.beam_size, "alternatives": body.alternatives, "max_length": body.max_length}
+    if body.stream:
+        return stream_translations(state, translation_work(state, as_list(body.text), body.source, body.target, **how))
     translator, results = await unless_disconnected(request, translate_texts(
-        state, as_list(body.text), body.source, body.target,
-        beam_size=body.beam_size, alternatives=body.alternatives, max_length=body.max_length))
-    return TranslateResponse(model=translator.name, translations=[
-        TranslationItem(text=r.text, alternatives=r.alternatives, score=r.score, source_tokens=r.source_tokens,
-                        target_tokens=r.target_tokens, sentences=r.sentences) for r in results])
+        state, as_list(body.text), body.source, body.target, **how))
+    return TranslateResponse(model=translator.name, translations=[item(r) for r in results])
+
+
+def event(name: str, data: BaseModel | dict) -> str:
+    payload = data.model_dump_json() if isinstance(data, BaseModel) else json.dumps(data, separators=(",", ":"))
+    return f"event: {name}\ndata: {payload}\n\n"
+
+
+def stream_translations(state: ServiceState, work: Work) -> StreamingResponse:
+    """Server-sent events, one per text as it is translated. The sentences are queued before the response starts,
+    so an overloaded server still answers 429/503 with Retry-After; a client that goes away ends the generator,
+    and closing the submission takes its sentences out of the queue and the running batch."""
+    submission = state.batcher.submit(work.translator.name, work.sentences.ids, work.options) if work.sentences.ids else None
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for index, translated in translations_as_completed(state, work, submission):
+                yield event("translation", StreamedTranslation(index=index, **item(translated).model_dump()))
+            yield event("done", {"model": work.translator.name, "texts": len(work.texts)})
+        except Exception as raised:  # noqa: BLE001 - mid-stream errors become an event, rendered as the JSON API would
+            error = as_api_error(raised, state.settings.max_body_bytes)
+            yield event("error", {"detail": error.message, "status": STATUS[error.kind][0]})
+        finally:
+            if submission is not None:
+                submission.close()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 @router.post("/encode", response_model=EncodeResponse, responses=ERRORS, response_model_exclude_none=True,

@@ -1,0 +1,68 @@
+"""`POST /v1/translate` with `"stream": true`: server-sent events over real HTTP, one per text as the scheduler
+finishes it, then `done`; input errors are still plain 4xx answers, and an error after the stream started is
+an `error` event."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.service_support import STOPPED_BY_SIGTERM, ServerProcess, models_dir  # noqa: F401 - models_dir is a fixture
+
+TEXTS = ["Open the file.", "", "12 345", "Close the window. Click OK.\n\nSelect the cell range.",
+         " ".join(["Choose the new green window and open the file on the table and the menu."] * 6), "Click OK."]
+
+
+def events(response: httpx.Response) -> list[tuple[str, dict]]:
+    """The (event, data) pairs of a server-sent event stream."""
+    parsed = []
+    for block in response.text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        parsed.append((fields["event"], json.loads(fields["data"])))
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, tmp_path_factory):  # noqa: F811
+    with ServerProcess(models_dir, tmp_path_factory.mktemp("stream") / "server.log") as process:
+        yield process.wait_ready()
+        assert process.terminate() in STOPPED_BY_SIGTERM, process.output()
+
+
+def test_the_stream_delivers_every_text_once_with_its_index_then_done(server):
+    texts = [text for text in TEXTS if text]
+    body = {"text": texts, "source": "en", "target": "de", "beam_size": 4, "stream": True}
+    response = httpx.post(server.url + "/v1/translate", json=body, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    received = events(response)
+    assert [name for name, _ in received] == ["translation"] * len(texts) + ["done"]
+    assert received[-1][1] == {"model": "en-de", "texts": len(texts)}
+    by_index = {data["index"]: data for _, data in received[:-1]}
+    assert sorted(by_index) == list(range(len(texts)))  # each text exactly once
+    plain = httpx.post(server.url + "/v1/translate", json={**body, "stream": False}, timeout=60).json()["translations"]
+    for i, expected in enumerate(plain):
+        assert {k: v for k, v in by_index[i].items() if k != "index"} == expected
+    assert by_index[texts.index("12 345")]["sentences"] == 0 and "\n\n" in by_index[texts.index(TEXTS[3])]["text"]
+
+
+def test_input_errors_are_still_plain_answers(server):
+    response = httpx.post(server.url + "/v1/translate", json={"text": ["Open.", ""], "source": "en", "target": "de",
+                                                              "stream": True}, timeout=30)
+    assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+    response = httpx.post(server.url + "/v1/translate", json={"text": "Open.", "source": "en", "target": "xx",
+                                                              "stream": True}, timeout=30)
+    assert response.status_code == 400 and "detail" in response.json()
+
+
+def test_an_error_after_the_stream_started_is_an_event(models_dir, tmp_path):  # noqa: F811
+    # A deadline shorter than one long sentence takes: the quick text arrives, the long one fails as an event.
+    long_sentence = " and ".join(["open the green file on the table"] * 24) + "."
+    with ServerProcess(models_dir, tmp_path / "server.log", TRANSLATOR_REQUEST_DEADLINE_S="0.3") as process:
+        server = process.wait_ready()
+        body = {"text": ["Click OK.", long_sentence], "source": "en", "target": "de", "beam_size": 4, "stream": True}
+        received = events(httpx.post(server.url + "/v1/translate", json=body, timeout=60))
+        assert process.terminate() in STOPPED_BY_SIGTERM
+    assert received[0][0] == "translation" and received[0][1]["index"] == 0
+    assert received[-1][0] == "error" and received[-1][1]["status"] == 503 and "deadline" in received[-1][1]["detail"]
