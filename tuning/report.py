@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from loadtest.ceiling import LIMIT_SHARE
 from tuning.lengths import LengthStudy
 from tuning.sweep import Gain, LoadLevel, Recommendation, SweepGrid, SweepPoint
 
@@ -59,7 +60,8 @@ def mib(value: int | float | None) -> str:
 
 def points_table(run: TuningRun) -> list[str]:
     rows = ["| | setting | load | req/s | target tok/s | p50 ms | p95 ms | p99 ms | ok / rejected / errors "
-            "| batch size | padded tok/batch | padding | queue wait ms | RSS MiB |", "|" + "---|" * 14]
+            "| batch size | padded tok/batch | padding | queue wait ms | RSS MiB | client cores | % of client ceiling |",
+            "|" + "---|" * 16]
     for i, p in enumerate(run.points):
         mark = "★" if i == run.recommendation.point else "◆" if i in run.frontier else ""
         lat, server = p.latency, p.server
@@ -68,8 +70,33 @@ def points_table(run: TuningRun) -> list[str]:
             f"| {cell(lat and lat.p50_ms)} | {cell(lat and lat.p95_ms)} | {cell(lat and lat.p99_ms)} "
             f"| {p.ok} / {p.rejected} / {p.errors} | {cell(server and server.mean_batch_size, 2)} "
             f"| {cell(server and server.mean_batch_tokens)} | {cell(server and server.mean_padding_ratio, 3)} "
-            f"| {cell(server and server.mean_queue_wait_ms, 1)} | {mib(p.rss_bytes)} |")
+            f"| {cell(server and server.mean_queue_wait_ms, 1)} | {mib(p.rss_bytes)} "
+            f"| {cell(p.client and p.client.cpu_cores, 2)} | {client_share(p)} |")
     return rows
+
+
+def client_share(point: SweepPoint) -> str:
+    share = point.client and point.client.share_of_ceiling
+    return "–" if share is None else f"{share:.0%}" + (" **client-limited**" if point.client.limited else "")
+
+
+def client_section(run: TuningRun) -> list[str]:
+    """What the load generator took from the machine, and whether it ever set the pace."""
+    clients = [p.client for p in run.points if p.client]
+    if not clients:
+        return []
+    ceilings = {(c.ceiling.connections, c.ceiling.requests_per_s) for c in clients if c.ceiling}
+    limited = [i for i, p in enumerate(run.points) if p.client and p.client.limited]
+    lines = [f"The load generator, {clients[0].generator}, shared the machine: it used "
+             f"{min(c.cpu_cores or 0 for c in clients):.2f}–{max(c.cpu_cores or 0 for c in clients):.2f} cores. "]
+    if ceilings:
+        lines[0] += ("Its own ceiling, the same generator against a stub server that answers at once: "
+                     + ", ".join(f"{rate:,.0f} requests/s with {n} connection{'s' * (n != 1)}" for n, rate in sorted(ceilings))
+                     + ". ")
+        lines[0] += (f"**{len(limited)} point(s) reached {LIMIT_SHARE:.0%} of it: there the client, not the server, set "
+                     "the pace, and the server may be faster than measured.**" if limited
+                     else f"No point came within {LIMIT_SHARE:.0%} of it: the server set the pace.")
+    return lines + [""]
 
 
 def lengths_section(study: LengthStudy | None) -> list[str]:
@@ -126,14 +153,14 @@ def report_text(run: TuningRun) -> str:
               "latency (queueing). The dashed line is the Pareto frontier: no point is both faster and lower-latency "
               "than a point on it. The star is the recommendation: the most throughput left of the target line. "
               "★ recommended, ◆ on the frontier:", ""]
-    lines += points_table(run) + ["", "## Batch shapes", "", "![batch size and padding](batching.png)", "",
+    lines += points_table(run) + [""] + client_section(run) + ["## Batch shapes", "", "![batch size and padding](batching.png)", "",
                                   "From the server's histograms (deltas over each point). Bigger batches amortise "
                                   "each decoder step over more sentences; padding is work spent on nothing.", ""]
     return "\n".join(lines + lengths_section(run.lengths))
 
 
 def write_report(run: TuningRun, out: Path) -> dict[str, Path]:
-    from tuning.plots import plot_batching, plot_frontier, plot_lengths  # matplotlib only when writing
+    from tuning.plots import plot_batching, plot_frontier, plot_lengths, setting_names  # matplotlib only when writing
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file for name, file in FILES.items()}
@@ -141,8 +168,9 @@ def write_report(run: TuningRun, out: Path) -> dict[str, Path]:
     plot_frontier(run.points, run.frontier, chosen, run.p95_target_ms, paths["frontier"])
     plot_batching(run.points, paths["batching"])
     sample_from = run.points[chosen] if chosen is not None else max(run.points, key=lambda p: p.ok)
-    plot_lengths(run.lengths, sample_from.length_latency, f"{sample_from.setting_label()}, {sample_from.level.label()}",
-                 run.p95_target_ms, paths["lengths"])
+    setting = setting_names(run.points)[0][sample_from.setting_label()]
+    plot_lengths(run.lengths, sample_from.length_latency, f"{setting}, {sample_from.level.label()}", run.p95_target_ms,
+                 paths["lengths"])
     paths["env"].write_text(env_file_text(run))
     paths["json"].write_text(run.model_dump_json() + "\n")  # compact: every request's (tokens, ms) is in it
     paths["report"].write_text(report_text(run))

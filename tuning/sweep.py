@@ -14,6 +14,7 @@ import itertools
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loadtest.ceiling import ClientView
 from loadtest.load import Latency, LoadResult
 from loadtest.scrape import ServerView
 
@@ -97,6 +98,7 @@ class SweepPoint(BaseModel):
     server: ServerView | None
     rss_bytes: int | None = Field(None, description="server resident memory after the point")
     peak_rss_bytes: int | None = Field(None, description="server peak resident memory so far (VmHWM)")
+    client: ClientView | None = Field(None, description="the load generator's CPU and share of its own ceiling")
     length_latency: list[tuple[int, float]] = Field(
         default_factory=list, description="(source tokens, latency ms) of answered single-text requests, for the plots")
 
@@ -107,7 +109,7 @@ class SweepPoint(BaseModel):
         return cls(setting=setting, level=level, requests=result.requests, ok=result.ok, rejected=result.rejected,
                    errors=result.errors, requests_per_s=result.requests_per_s,
                    target_tokens_per_s=result.target_tokens_per_s, latency=result.latency, server=result.server,
-                   rss_bytes=rss_bytes, peak_rss_bytes=peak_rss_bytes, length_latency=samples)
+                   rss_bytes=rss_bytes, peak_rss_bytes=peak_rss_bytes, client=result.client, length_latency=samples)
 
     @property
     def p95_ms(self) -> float:

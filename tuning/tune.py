@@ -28,8 +28,9 @@ from typing import Callable
 
 from dotenv import dotenv_values  # python-dotenv: a dependency of pydantic-settings, which reads env files the same way
 
+from loadtest.ceiling import ClientCeiling
 from loadtest.corpus import counter_for, package_max_source_tokens, read_corpus
-from loadtest.load import LoadSpec, load, picker_for
+from loadtest.load import LoadSpec, client_ceiling, load, picker_for
 from loadtest.server import LocalServer
 from tuning.lengths import DEFAULT_LENGTHS, study_lengths
 from tuning.report import FILES, TuningRun, write_report
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input lengths (source tokens) of the length study; empty to skip it")
     p.add_argument("--length-seconds", type=float, default=8.0, help="seconds per length")
     p.add_argument("--length-concurrency", type=int, default=1, help="clients during the length study")
+    p.add_argument("--ceiling-seconds", type=float, default=2.0,
+                   help="measure the load generator's own ceiling per load level against a stub server for this long "
+                        "(0: skip); the report flags points where the client, not the server, set the pace")
     p.add_argument("--no-defaults", action="store_true",
                    help="do not add the service's default setting to the sweep (then the report states no gain)")
     p.add_argument("--no-verify", action="store_true", help="skip serving the env file and measuring it once more")
@@ -109,6 +113,16 @@ class Session:
         if args.threads is not None:
             self.fixed_env |= {"TRANSLATOR_INTRA_OP_THREADS": str(args.threads), "OMP_NUM_THREADS": str(max(1, args.threads))}
         self.logs = args.out / "logs"
+        self.ceilings: dict[LoadLevel, ClientCeiling] = {}
+
+    def ceiling(self, level: LoadLevel) -> ClientCeiling | None:
+        """The load generator's own ceiling at this load level, measured once per session (--ceiling-seconds)."""
+        if not self.args.ceiling_seconds:
+            return None
+        if level not in self.ceilings:
+            spec = self.spec("http://stub", level, self.args.ceiling_seconds, 0)
+            self.ceilings[level] = client_ceiling(spec, self.sentences[:1024], self.args.ceiling_seconds)
+        return self.ceilings[level]
 
     def spec(self, url: str, level: LoadLevel, seconds: float, warmup: float) -> LoadSpec:
         a = self.args
@@ -120,11 +134,15 @@ class Session:
         picker = picker_for(sentences, self.args.mix, "random", self.models_dir, url, self.args.source,
                             self.args.target, self.args.seed)
         label = f"{setting.label() if setting else url} @ {level.label()}"
+        ceiling = self.ceiling(level)
         result = load(self.spec(url, level, self.grid.seconds_per_point, self.grid.warmup_per_point), picker,
-                      progress=not self.args.no_progress, label=label[:60])
+                      progress=not self.args.no_progress, label=label[:60], ceiling=ceiling)
         point = SweepPoint.from_load(setting, level, result, server and server.rss_bytes(), server and server.peak_rss_bytes())
+        client = point.client
         print(f"  {label}: {point.target_tokens_per_s:.1f} target tokens/s, p95 {point.p95_ms:.0f} ms, "
-              f"{point.ok} ok / {point.rejected} rejected / {point.errors} errors", file=sys.stderr, flush=True)
+              f"{point.ok} ok / {point.rejected} rejected / {point.errors} errors; client {client.cpu_cores:.2f} cores"
+              + (f", {client.share_of_ceiling:.0%} of its ceiling" if client.ceiling else "")
+              + (" (CLIENT-LIMITED)" if client.limited else ""), file=sys.stderr, flush=True)
         return point
 
     def serve(self, environment: dict[str, str], name: str) -> LocalServer:
