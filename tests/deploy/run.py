@@ -568,6 +568,9 @@ def phase_compose(report: Report, args) -> None:
                      f"{sum(trip[3] for trip in trips)} of {len(trips)} uploads downloaded through nginx"
                      + ("" if all(trip[3] for trip in trips) else f": {[trip for trip in trips if not trip[3]]}"))
 
+        # A streamed answer through nginx: each text's event as soon as it is translated, not all at the end.
+        stream_check(report, lb)
+
         # The dashboard, the alerts and the adapter rules against this Prometheus, after traffic on every route.
         problems = every_route(lb)
         time.sleep(5)
@@ -588,6 +591,27 @@ def phase_compose(report: Report, args) -> None:
                 "--filter", f"label=io.podman.compose.project={PREFIX}").stdout.split()}
         (args.logs / "compose-logs.txt").write_text("".join(f"=== {n}\n{r.stdout}{r.stderr}\n" for n, r in logs.items()))
         shutil.rmtree(config_dir, ignore_errors=True)
+
+
+def stream_check(report: Report, lb: str) -> None:
+    """POST /v1/translate with "stream": true, a long text (40 sentences) and a short one: the short one's event
+    must reach the client well before the end, or nginx is holding the stream back."""
+    long_text = " ".join(test_sentences(40, 60, 110))
+    payload = {"text": [long_text, "Click OK."], "source": "en", "target": "de", "stream": True}
+    started, events = time.monotonic(), []
+    with httpx.stream("POST", lb + "/v1/translate", json=payload, timeout=120) as answer:
+        kind = answer.headers.get("content-type", "")
+        for line in answer.iter_lines():
+            if line.startswith("event:"):
+                events.append((line.split(":", 1)[1].strip(), round(time.monotonic() - started, 3)))
+            elif line.startswith("data:") and events and events[-1][0] == "translation":
+                events[-1] = (f"translation {json.loads(line[5:]).get('index')}", events[-1][1])
+    names = [name for name, _ in events]
+    first, done = (events[0][1], events[-1][1]) if events else (0, 0)
+    report.figure("compose", stream_events=events)
+    report.check("compose.stream_through_nginx", answer.status_code == 200 and kind.startswith("text/event-stream")
+                 and names == ["translation 1", "translation 0", "done"] and done - first >= 0.1,
+                 f"{answer.status_code} {kind.split(';')[0]}: " + ", ".join(f"{name} at {t} s" for name, t in events))
 
 
 def failover(report: Report, args, lb: str, api: Prometheus, replicas: list[str], ips: dict[str, str]) -> None:
