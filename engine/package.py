@@ -8,6 +8,12 @@
       spm.model       the SentencePiece tokenizer
       parity.json     the export's parity report against PyTorch
 
+A package imported from an OPUS-MT (Marian) checkpoint (export/importers/marian.py) has, in place of
+spm.model, a source and a target SentencePiece model and the vocabulary map between their pieces and the
+model's ids (`vocabulary`: source.spm, target.spm, vocab.json; engine/tokenization.py), and its parity
+report is against transformers' MarianMTModel. Its `bos` is the decoder's start token, which for Marian is
+the padding token.
+
 `load_package` refuses anything broken (missing or altered file, wrong language pair, a schema
 it does not know) with one clear error, so a bad package stops the service at start-up
 instead of translating garbage.
@@ -82,7 +88,20 @@ class Graphs(Strict):
 
 class SourceCheckpoint(Strict):
     path: str
-    model_safetensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    model_safetensors_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of `weights_file`
+    weights_file: str = "model.safetensors"  # imported checkpoints may have pytorch_model.bin
+
+
+class Vocabulary(Strict):
+    """Two SentencePiece models and a vocabulary map (piece → id) shared by source and target (Marian)."""
+
+    source_spm: str = "source.spm"
+    target_spm: str = "target.spm"
+    vocab: str = "vocab.json"
+    eos_piece: str = "</s>"
+    unk_piece: str = "<unk>"
+    pad_piece: str = "<pad>"
+    special_pieces: list[str] = ["</s>", "<unk>", "<pad>"]  # left out of decoded text
 
 
 class PackageManifest(Strict):
@@ -95,7 +114,8 @@ class PackageManifest(Strict):
     model: ModelDims
     limits: Limits
     graphs: Graphs
-    tokenizer: str = "spm.model"
+    tokenizer: str = "spm.model"  # our packages; ignored when `vocabulary` is given
+    vocabulary: Vocabulary | None = None  # imported Marian packages (engine/tokenization.py)
     files: dict[str, str]  # file name → sha256 of every file in the package but package.json
     source_checkpoint: SourceCheckpoint
     versions: dict[str, str | int]  # torch, onnx, onnxruntime, onnxscript, opset, exporter
@@ -112,9 +132,14 @@ class PackageManifest(Strict):
         if self.name != f"{self.source_language}-{self.target_language}":
             raise ValueError(f"name {self.name!r} does not match {self.source_language}-{self.target_language}")
         ids = self.special_ids
-        if len({ids.pad, ids.unk, ids.bos, ids.eos}) != 4 or max(ids.pad, ids.unk, ids.bos, ids.eos) >= self.model.vocab_size:
+        distinct = {ids.pad, ids.unk, ids.bos, ids.eos}
+        # Marian starts decoding from the padding token: bos (the decoder's start) may be pad there.
+        if (len(distinct) != 4 and not (self.vocabulary and ids.bos == ids.pad and len(distinct) == 3)) \
+                or max(ids.pad, ids.unk, ids.bos, ids.eos) >= self.model.vocab_size:
             raise ValueError("special ids must be distinct and inside the vocabulary")
-        for needed in (self.graphs.encoder.file, self.graphs.decoder.file, self.tokenizer):
+        tokenizers = ((self.vocabulary.source_spm, self.vocabulary.target_spm, self.vocabulary.vocab) if self.vocabulary
+                      else (self.tokenizer,))
+        for needed in (self.graphs.encoder.file, self.graphs.decoder.file, *tokenizers):
             if needed not in self.files:
                 raise ValueError(f"{needed} has no checksum in 'files'")
         for name in self.files:

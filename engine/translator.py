@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 
 from engine.package import PackageError, load_package
 from engine.search import Decoding, SearchOptions, SearchResult, StageTimes, pad_batch, search
 from engine.sessions import ProviderUnavailable, RuntimeOptions, create_session, run_options
 from engine.step_model import OnnxStepModel
+from engine.tokenization import load_tokenization
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class Translator:
         self.check_graphs()
         self.run_options = run_options(options, self.provider)
         self.step_model = self.make_step_model()
-        self.tokenizer = spm.SentencePieceProcessor(model_file=str(self.directory / self.manifest.tokenizer))
-        self.check_tokenizer()
+        self.tokenization = load_tokenization(self.directory, self.manifest)  # checks it against package.json
         self.lock = threading.Lock()
         log.warning(  # WARNING so that it shows at every log level: which hardware translates matters
             "model package %s (%s) runs on %s, %s intra-op threads",
@@ -85,13 +84,6 @@ class Translator:
                 raise PackageError(f"{self.name}: {spec.file} has inputs {inputs} and outputs {outputs}; "
                                    f"package.json says {spec.inputs} and {spec.outputs}")
 
-    def check_tokenizer(self) -> None:
-        ids, sp = self.manifest.special_ids, self.tokenizer
-        if sp.get_piece_size() != self.manifest.model.vocab_size:
-            raise PackageError(f"{self.name}: tokenizer has {sp.get_piece_size()} pieces, model {self.manifest.model.vocab_size}")
-        if (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) != (ids.pad, ids.unk, ids.bos, ids.eos):
-            raise PackageError(f"{self.name}: tokenizer special ids differ from package.json")
-
     # --- what the package says ---------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -116,13 +108,10 @@ class Translator:
     # --- text ↔ ids ----------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Source ids with EOS appended, as the model was trained. Not truncated: see max_source_tokens."""
-        # One call per text: given a list, sentencepiece starts a thread pool on every call (~80 µs for
-        # one sentence against ~4 µs; milliseconds when the cores are busy), and this runs in the event loop.
-        eos = self.manifest.special_ids.eos
-        return [self.tokenizer.encode(text, out_type=int) + [eos] for text in texts]
+        return [self.tokenization.encode(text) for text in texts]  # one call per text: engine/tokenization.py
 
     def detokenize(self, ids: list[list[int]]) -> list[str]:
-        return [self.tokenizer.decode(list(map(int, row))) for row in ids]  # one call per row: see tokenize
+        return [self.tokenization.decode(row) for row in ids]
 
     def search_options(self, beam_size: int = 1, n_best: int = 1, max_length: int | None = None, **extra) -> SearchOptions:
         ids = self.manifest.special_ids
