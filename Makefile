@@ -29,14 +29,16 @@ run: install-serve
 	$(VENV)/bin/translator serve --host $(HOST) --port $(PORT)
 
 # promtool (Prometheus config/rules checks and a real Prometheus for the dashboard test), nginx (load balancer
-# config check), msgfmt (.mo fixtures) and chromium with its driver (the web page test) come from Debian;
+# config check), msgfmt (.mo fixtures), chromium with its driver (the web page test) and wrk and hey (load
+# generators: make bench-http, translator load --generator wrk, tests/test_loadtest.py) come from Debian;
 # installed when missing and we are root.
 system-tools:
 	@if ! command -v promtool >/dev/null || ! command -v nginx >/dev/null || ! command -v msgfmt >/dev/null \
-	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! command -v wrk >/dev/null || ! command -v hey >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx-light gettext chromium chromium-driver >/dev/null; \
-	  else echo "note: install prometheus, nginx-light, gettext, chromium and chromium-driver for the deploy and web page tests (they skip otherwise)"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus nginx-light gettext chromium chromium-driver wrk hey >/dev/null; \
+	  else echo "note: install prometheus, nginx-light, gettext, chromium, chromium-driver, wrk and hey for the deploy, web page and load tests (they skip otherwise) and make bench-http"; fi; \
 	fi
 
 test: install-dev system-tools
@@ -93,8 +95,13 @@ soak: install-dev
 bench: install-dev
 	$(PY) -m bench.engines
 
-bench-http: install-dev
-	$(PY) -m bench.http_load
+# The service under wrk (32 connections, greedy and beam 4, 20 s each) against CTranslate2 int8 offline on the same
+# sentences (README "Load benchmark"): results/bench_http.json and .txt. Server settings for every server with
+# BENCH_HTTP_ARGS="--env TRANSLATOR_X=V", several servers in one run with "--variant NAME:TRANSLATOR_X=V,..."
+# (e.g. --variant continuous:TRANSLATOR_SCHEDULER=continuous --variant batch:TRANSLATOR_SCHEDULER=batch).
+BENCH_HTTP_ARGS ?=
+bench-http: install-dev system-tools
+	$(PY) -m bench.http_load $(BENCH_HTTP_ARGS)
 
 # Batching and length tuning of the shipped models (README "Tuning"): report.md, PNG plots, tuning.json and
 # recommended.env in $(TUNE_OUT). About 10 minutes on an idle machine; TUNE_ARGS=--quick checks the setup in one

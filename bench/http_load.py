@@ -1,13 +1,25 @@
-"""HTTP load benchmark (`make bench-http`): N concurrent clients, each sending one test sentence per
-request to `translator serve`, with cross-request batching on and off (off = one sentence per
-inference). Reports target tokens/s, latency percentiles, and mean batch size, padding ratio and
-queue wait read from the server's /metrics.
+"""HTTP load benchmark (`make bench-http`): the service as `make run` serves it, driven by a compiled load
+generator, against CTranslate2 int8 translating the same sentences offline on the same weights.
 
-    python -m bench.http_load --clients 32 --limit 256 --beam-size 4
-    python -m bench.http_load --url http://127.0.0.1:8000 --modes on     # a server already running
+    python -m bench.http_load                                      # make run's defaults, greedy and beam 4
+    python -m bench.http_load --env TRANSLATOR_INTRA_OP_THREADS=1  # a setting for every server started
+    python -m bench.http_load --variant continuous:TRANSLATOR_SCHEDULER=continuous --variant batch:TRANSLATOR_SCHEDULER=batch
+    python -m bench.http_load --url http://127.0.0.1:8000          # a server already running (one variant)
 
-With `results/bench_engines.json` from `python -m bench.engines` on the same sentences (`--limit`),
-the report adds the ratio to CTranslate2 int8 translating them offline in batches of 32.
+Per server variant (default: one, the service's defaults): `translator serve` on a free 127.0.0.1 port
+with the shipped models; then for greedy and for beam 4 (`beam_size` in each /v1/translate body) wrk,
+one thread, --connections (32) connections, each request one of the first --limit (256) test sentences
+in turn, --seconds (20) after --warmup (3) unmeasured seconds. Target tokens come from the server's own
+counter (`translator_generated_tokens_total` deltas), answers by HTTP status from wrk (non-2xx
+reported), p50/p99 latency from wrk. Then one connection, one pass over the same sentences (after a
+short warm-up): its p50 against the engine's own batch-1 p50 on them (bench.engines, ort-int8, the
+server's thread count): the serving overhead, which should stay within 1.2 x the engine + 2 ms.
+
+Offline, once per run: bench.engines' CTranslate2 int8 worker on the same sentences in batches of 32,
+with 1 and with 2 threads, the best of the two; the table gives service tokens/s over it. wrk's own
+ceiling (the same script against loadtest.stub) shows the client was not the limit.
+
+JSON in --out (results/bench_http.json), the table beside it (.txt).
 """
 
 from __future__ import annotations
@@ -16,118 +28,269 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from loadtest.corpus import SentencePicker, read_corpus
-from loadtest.load import LoadResult, LoadSpec, load
-from loadtest.server import LocalServer
+from loadtest.corpus import read_corpus
+from loadtest.load import LoadSpec
+from loadtest.scrape import scrape, server_view
+from loadtest.server import ROOT, LocalServer
+from loadtest.wrk import GENERATOR, WrkRun, body, run_wrk, wrk_ceiling
 
-MODES = {"on": None, "off": "1"}  # TRANSLATOR_MAX_BATCH_SENTENCES per mode (None: the configured default)
+SEARCHES = {"greedy": 1, "beam4": 4}
+LATENCY_BOUND = (1.2, 2.0)  # p50 at one connection ≤ 1.2 × the engine's batch-1 p50 + 2 ms
+ONE_CONNECTION_WARMUP = 32  # requests before the one-connection pass
+SETTLE_S = (0.3, 10.0)  # after a warm-up: wait until no token was generated for 0.3 s (at most 10 s)
 
 
-def row(result: LoadResult) -> dict:
-    """The columns this benchmark has always reported, from the load generator's result."""
-    server, latency = result.server, result.latency
+def physical_cores() -> int:
+    """ONNX Runtime's default intra-op thread count (TRANSLATOR_INTRA_OP_THREADS=0): one per physical core."""
+    cores = set()
+    for topology in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
+        except OSError:
+            pass
+    return len(cores) or os.cpu_count() or 1
+
+
+def scheduler_of(environment: dict[str, str]) -> str:
+    """The batch scheduler a server with this environment runs (TRANSLATOR_SCHEDULER, once the service has it)."""
+    from service.config import Settings
+
+    field = Settings.model_fields.get("scheduler")
+    if field is None:
+        return "batch (the service has no TRANSLATOR_SCHEDULER setting yet: its one cross-request batcher)"
+    return environment.get("TRANSLATOR_SCHEDULER") or os.environ.get("TRANSLATOR_SCHEDULER") or f"{field.default} (default)"
+
+
+def settle(url: str) -> None:
+    """Wait for the server to finish what an ended wrk run left running: wrk closes its connections with requests
+    in flight, and their sentences must not count as the next run's tokens."""
+    quiet, longest = SETTLE_S
+    deadline = time.monotonic() + longest
+    last = scrape(url).total("translator_generated_tokens_total")
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = scrape(url).total("translator_generated_tokens_total")
+        if now == last:
+            return
+        last = now
+
+
+def measure(url: str, bodies: list[str], connections: int, seconds: float, warmup: float, timeout: float,
+            cpus: str | None, max_requests: int | None = None) -> dict:
+    """One wrk run, its server-side deltas, as a row."""
+    if warmup:
+        run_wrk(url, bodies, connections, warmup, timeout_s=timeout, cpus=cpus)
+    settle(url)
+    before = scrape(url)
+    run: WrkRun = run_wrk(url, bodies, connections, seconds, max_requests=max_requests, timeout_s=timeout, cpus=cpus)
+    time.sleep(0.1)  # the server records a request's duration just after answering it
+    view = server_view(before, scrape(url))
+    lat = run.latency
     return {
-        "requests": result.requests, "errors": result.errors + result.rejected, "seconds": round(result.elapsed_s, 2),
-        "target_tokens": result.target_tokens, "tokens_per_second": round(result.target_tokens_per_s, 1),
-        "requests_per_second": round(result.requests_per_s, 1),
-        "latency_p50_ms": latency.p50_ms if latency else None, "latency_p95_ms": latency.p95_ms if latency else None,
-        "latency_p99_ms": latency.p99_ms if latency else None,
-        "batches": server.batches if server else None,
-        "mean_batch_size": round(server.mean_batch_size or 0, 2) if server else None,
-        "mean_padding_ratio": round(server.mean_padding_ratio or 0, 3) if server else None,
-        "mean_queue_wait_ms": round(server.mean_queue_wait_ms or 0, 1) if server else None,
+        "connections": connections, "seconds": round(run.elapsed_s, 2), "answers": run.answered, "ok": run.ok,
+        "non_2xx": run.non_2xx(), "socket_errors": {k: n for k, n in run.socket_errors.items() if n},
+        "requests_per_second": round(run.ok / run.elapsed_s, 1),
+        "tokens_per_second": round(view.generated_tokens / run.elapsed_s, 1), "generated_tokens": view.generated_tokens,
+        "latency_p50_ms": lat.p50_ms if lat else None, "latency_p99_ms": lat.p99_ms if lat else None,
+        "server_responses": view.translate_responses, "mean_batch_size": view.mean_batch_size,
+        "mean_queue_wait_ms": view.mean_queue_wait_ms, "client_cpu_cores": round(run.cpu_s / run.elapsed_s, 3),
     }
 
 
-def run_mode(args: argparse.Namespace, mode: str, sentences: list[str]) -> dict:
-    """Each sentence once, in order, from `--clients` closed-loop clients (after one unmeasured round)."""
-    environment = {"TRANSLATOR_DEFAULT_BEAM_SIZE": str(args.beam_size), "TRANSLATOR_QUEUE_LIMIT": str(max(512, args.clients * 2)),
-                   "OMP_NUM_THREADS": str(args.threads), "TRANSLATOR_INTRA_OP_THREADS": str(args.threads)}
-    if MODES[mode]:
-        environment["TRANSLATOR_MAX_BATCH_SENTENCES"] = MODES[mode]
-    spec = dict(source=args.source, target=args.target, concurrency=args.clients, duration_s=None, timeout_s=args.timeout)
+def run_variant(args: argparse.Namespace, name: str, environment: dict[str, str], bodies: dict[str, list[str]]) -> dict:
     server = None
-    url = args.url
-    if not url:
-        server = LocalServer(args.models_dir, environment, args.out.with_name(f"http_load_{mode}.log"))
+    if not args.url:
+        server = LocalServer(args.models_dir, environment, args.out.with_name(f"bench_http_{name}.log"), cpus=args.server_cpus)
     try:
-        url = server.wait_ready().url if server else url
-        load(LoadSpec(url=url, max_requests=args.clients, **spec), SentencePicker(sentences, "sequential"), progress=False)  # warm caches
-        result = load(LoadSpec(url=url, max_requests=len(sentences), **spec), SentencePicker(sentences, "sequential"),
-                      label=f"batching {mode}")
-        return {"batching": mode, **row(result)}
+        url = server.wait_ready().url if server else args.url
+        result = {"variant": name, "environment": environment, "scheduler": scheduler_of(environment), "url": url,
+                  "saturated": {}, "one_connection": {}}
+        for search, requests in bodies.items():
+            print(f"{name}: {search}, {args.connections} connections, {args.seconds:g} s ...", file=sys.stderr, flush=True)
+            result["saturated"][search] = measure(url, requests, args.connections, args.seconds, args.warmup, args.timeout,
+                                                  args.client_cpus)
+        for search, requests in bodies.items():
+            print(f"{name}: {search}, 1 connection, {len(requests)} requests ...", file=sys.stderr, flush=True)
+            run_wrk(url, requests, 1, 600, max_requests=ONE_CONNECTION_WARMUP, timeout_s=args.timeout, cpus=args.client_cpus)
+            result["one_connection"][search] = measure(url, requests, 1, 600, 0, args.timeout, args.client_cpus,
+                                                       max_requests=len(requests))
+        if server:
+            result["server_peak_rss_mb"] = round((server.peak_rss_bytes() or 0) / 2**20, 1)
+        return result
     finally:
         if server:
             server.stop(120)
 
 
-def ct2_reference(path: Path, beam_size: int) -> dict | None:
-    """CTranslate2 int8 in batches of 32 from bench.engines' results, if they are there."""
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    search = "greedy" if beam_size == 1 else f"beam{beam_size}"
-    for setting in summary.get("engines", {}).get("ct2-int8", {}).get("settings", []):
-        if setting["search"] == search and setting["batch_size"] == 32:
-            return {"tokens_per_second": setting["tokens_per_second"], "sentences": summary["sentences"],
-                    "threads": summary["threads"], "file": str(path)}
-    return None
+def engines(args: argparse.Namespace, engine: str, batch_size: int, threads: int) -> dict:
+    """bench.engines for one engine and batch size on the same sentences, in its own processes."""
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as scratch:
+        out = Path(scratch) / "engines.json"
+        command = [sys.executable, "-m", "bench.engines", "--limit", str(args.limit), "--engines", engine,
+                   "--batch-sizes", str(batch_size), "--beam-sizes", ",".join(str(b) for b in SEARCHES.values()),
+                   "--threads", str(threads), "--lengths", "8", "--out", str(out)]
+        print(f"offline: {engine}, batch {batch_size}, {threads} thread(s) ...", file=sys.stderr, flush=True)
+        pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
+        subprocess.run(pin + command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        summary = json.loads(out.read_text())
+    return {s["search"]: s for s in summary["engines"][engine]["settings"]}
+
+
+def offline(args: argparse.Namespace) -> dict:
+    ct2 = {threads: engines(args, "ct2-int8", 32, threads) for threads in args.ct2_threads}
+    best = {search: max(({"threads": t, **by_search[search]} for t, by_search in ct2.items()),
+                        key=lambda s: s["tokens_per_second"]) for search in SEARCHES}
+    ours = engines(args, "ort-int8", 1, args.engine_threads)
+    return {"ct2_int8_batch32": {search: {"tokens_per_second": s["tokens_per_second"], "threads": s["threads"],
+                                          "all_threads": {t: ct2[t][search]["tokens_per_second"] for t in ct2}}
+                                 for search, s in best.items()},
+            "engine_batch1": {search: {"latency_p50_ms": s["latency_p50_ms"], "tokens_per_second": s["tokens_per_second"],
+                                       "threads": args.engine_threads} for search, s in ours.items()}}
+
+
+def compare(variants: list[dict], reference: dict | None) -> None:
+    """Ratios to CTranslate2 offline and the one-connection latency check, written into each variant."""
+    if not reference:
+        return
+    for variant in variants:
+        for search, row in variant["saturated"].items():
+            row["vs_ct2_int8_batch32"] = round(row["tokens_per_second"] / reference["ct2_int8_batch32"][search]["tokens_per_second"], 3)
+        for search, row in variant["one_connection"].items():
+            engine = reference["engine_batch1"][search]["latency_p50_ms"]
+            bound = LATENCY_BOUND[0] * engine + LATENCY_BOUND[1]
+            row.update(engine_batch1_p50_ms=engine, bound_ms=round(bound, 2), within_bound=row["latency_p50_ms"] <= bound,
+                       over_engine_ms=round(row["latency_p50_ms"] - engine, 2))
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
+    def text(value) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{k}: {v}" for k, v in value.items()) or "0"
+        return "–" if value is None else str(value)
+
+    widths = [max(len(c), *(len(text(r.get(c))) for r in rows)) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    return "\n".join(lines + ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)) for r in rows])
+    return "\n".join(lines + ["  ".join(text(r.get(c)).ljust(w) for c, w in zip(columns, widths)) for r in rows])
 
 
-def main(argv: list[str] | None = None) -> None:
+def report(summary: dict) -> str:
+    ref = summary["offline"]
+    parts = [f"{summary['sentences']} sentences of {summary['data']}; {summary['machine']}; load average "
+             f"{summary['load_average_before']} before, {summary['load_average_after']} after",
+             f"client: {summary['client']['generator']}, {summary['connections']} connections, {summary['seconds']:g} s "
+             f"after {summary['warmup']:g} s of warm-up; its own ceiling {summary['client']['ceiling']['requests_per_s']:,.0f} "
+             f"requests/s against a stub server" + (f"; server pinned to CPUs {summary['server_cpus']}" if summary['server_cpus'] else "")
+             + (f", client to {summary['client_cpus']}" if summary['client_cpus'] else "")]
+    saturated, single = [], []
+    for v in summary["variants"]:
+        for search, row in v["saturated"].items():
+            saturated.append({"variant": v["variant"], "scheduler": v["scheduler"].split(" ")[0], "search": search, **row,
+                              "ct2_int8_b32_tok_s": ref and ref["ct2_int8_batch32"][search]["tokens_per_second"]})
+        for search, row in v["one_connection"].items():
+            single.append({"variant": v["variant"], "search": search, **row})
+    parts.append("saturated: service target tokens/s (server counter) / CTranslate2 int8 offline, batches of 32 (best threads)\n"
+                 + table(saturated, ["variant", "scheduler", "search", "tokens_per_second", "ct2_int8_b32_tok_s",
+                                     "vs_ct2_int8_batch32", "requests_per_second", "ok", "non_2xx", "socket_errors",
+                                     "latency_p50_ms", "latency_p99_ms", "mean_batch_size", "client_cpu_cores"]))
+    parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
+                 f"(ort-int8, {summary['engine_threads']} threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
+                 + table(single, ["variant", "search", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms", "bound_ms",
+                                  "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms"]))
+    if ref:
+        parts.append("CTranslate2 int8, batches of 32, target tokens/s by threads: " + "; ".join(
+            f"{search} " + ", ".join(f"{t} thread(s) {tps}" for t, tps in r["all_threads"].items())
+            for search, r in ref["ct2_int8_batch32"].items()))
+    parts += [f"{v['variant']}: scheduler {v['scheduler']}; environment {v['environment'] or 'the service defaults (make run)'}"
+              for v in summary["variants"]]
+    source = summary["source"]
+    parts.append(f"source: commit {source['commit']}" + (f", uncommitted changes in {', '.join(source['uncommitted'])}"
+                                                          if source["uncommitted"] else ""))
+    return "\n\n".join(parts)
+
+
+def source_state() -> dict:
+    """What was measured: the commit, and the files of the serving path that differed from it."""
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "engine", "service", "cli", "models")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": [line[3:] for line in changed.splitlines()]}
+
+
+def variants_of(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    common = dict(item.split("=", 1) for item in args.env)
+    if not args.variant:
+        return [("defaults", common)]
+    variants = []
+    for item in args.variant:
+        name, _, settings = item.partition(":")
+        variants.append((name, common | dict(pair.split("=", 1) for pair in settings.split(",") if pair)))
+    return variants
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--data", type=Path, default=Path("data/en-de/test.tsv"))
-    parser.add_argument("--source", default="en")
-    parser.add_argument("--target", default="de")
     parser.add_argument("--limit", type=int, default=256, help="the first N test sentences")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--beam-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads of the server")
-    parser.add_argument("--modes", default="on,off", help="batching on, off (one sentence per inference), or both")
-    parser.add_argument("--url", help="measure a running server instead of starting one (one mode)")
-    parser.add_argument("--timeout", type=float, default=300.0)
-    parser.add_argument("--compare", type=Path, default=Path("results/bench_engines.json"))
-    parser.add_argument("--out", type=Path, default=Path("results/http_load.json"))
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per search")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each")
+    parser.add_argument("--env", action="append", default=[], metavar="TRANSLATOR_X=VALUE",
+                        help="server environment for every variant (repeatable)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:TRANSLATOR_X=V[,TRANSLATOR_Y=W]",
+                        help="a server with these settings, measured in turn (repeatable; default: one, the defaults)")
+    parser.add_argument("--url", help="measure a running server instead of starting one (no variants)")
+    parser.add_argument("--server-cpus", help="taskset CPU list for the server and the offline engines, e.g. 0,1")
+    parser.add_argument("--client-cpus", help="taskset CPU list for wrk, e.g. 1")
+    parser.add_argument("--ct2-threads", default="1,2", help="CTranslate2 thread counts to try; the best is the reference")
+    parser.add_argument("--engine-threads", type=int, default=physical_cores(),
+                        help="threads of the engine's batch-1 reference (default: the server's, one per physical core)")
+    parser.add_argument("--no-offline", action="store_true", help="skip CTranslate2 and the engine reference")
+    parser.add_argument("--timeout", type=float, default=120.0, help="wrk's per-request timeout, seconds")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_http.json"))
     args = parser.parse_args(argv)
+    args.ct2_threads = [int(t) for t in args.ct2_threads.split(",") if t]
+    if args.url and args.variant:
+        parser.error("--variant starts servers; with --url the server runs as it was started")
+    return args
 
-    sentences = read_corpus(args.data, args.source)[: args.limit]
-    rows = []
-    for mode in args.modes.split(","):
-        print(f"batching {mode}: {len(sentences)} sentences, {args.clients} clients ...", file=sys.stderr, flush=True)
-        rows.append(run_mode(args, mode, sentences))
-    reference = ct2_reference(args.compare, args.beam_size)
-    for row in rows:
-        if reference:
-            row["vs_ct2_int8_batch32"] = round(row["tokens_per_second"] / reference["tokens_per_second"], 2)
-    summary = {"data": str(args.data), "sentences": len(sentences), "clients": args.clients, "beam_size": args.beam_size,
-               "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ct2_int8_batch32": reference, "results": rows}
-    columns = ["batching", "requests", "errors", "tokens_per_second", "latency_p50_ms", "latency_p95_ms",
-               "latency_p99_ms", "mean_batch_size", "mean_padding_ratio", "mean_queue_wait_ms"]
-    if reference:
-        columns.append("vs_ct2_int8_batch32")
-    text = (f"{len(sentences)} sentences of {args.data}, {args.clients} clients, beam {args.beam_size}, "
-            f"{args.threads} threads, {summary['machine']}\n\n" + table(rows, columns))
-    if reference:
-        text += (f"\n\nCTranslate2 int8, batches of 32: {reference['tokens_per_second']} tokens/s "
-                 f"({reference['sentences']} sentences, {reference['threads']} threads, {reference['file']})")
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sentences = read_corpus(args.data, "en")[: args.limit]
+    bodies = {search: [body([s], LoadSpec(url="-", concurrency=1, beam_size=beam)) for s in sentences]
+              for search, beam in SEARCHES.items()}
+    load_before = round(os.getloadavg()[0], 2)
+    ceiling = wrk_ceiling(bodies["greedy"], args.connections, cpus=args.client_cpus)
+    variants = [run_variant(args, name, environment, bodies) for name, environment in variants_of(args)]
+    reference = None if args.no_offline else offline(args)
+    compare(variants, reference)
+    summary = {
+        "data": str(args.data), "sentences": len(sentences), "connections": args.connections, "seconds": args.seconds,
+        "warmup": args.warmup, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_before": load_before,
+        "load_average_after": round(os.getloadavg()[0], 2), "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
+        "engine_threads": args.engine_threads, "source": source_state(),
+        "client": {"generator": GENERATOR, "ceiling": ceiling.model_dump()}, "offline": reference, "variants": variants,
+    }
+    text = report(summary)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     args.out.with_suffix(".txt").write_text(text + "\n")
     print(text)
     print(f"\nwritten: {args.out} and {args.out.with_suffix('.txt')}")
+    failed = any(row["non_2xx"] or row["socket_errors"] for v in variants for rows in (v["saturated"], v["one_connection"])
+                 for row in rows.values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

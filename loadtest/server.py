@@ -1,5 +1,5 @@
 """`translator serve` in a subprocess on a free 127.0.0.1 port, configured only through TRANSLATOR_*
-variables: the tuner starts one per batching setting, bench.http_load one per batching mode.
+variables: the tuner starts one per batching setting, bench.http_load one per server variant.
 
 A subprocess rather than an in-process app because what is tuned is the real thing: its own event
 loop, its own inference thread, and a resident set size we can read from /proc without the load
@@ -39,9 +39,10 @@ def proc_status_bytes(pid: int, field: str) -> int | None:
 
 
 class LocalServer:
-    """One `python -m cli.main serve` process; use as a context manager (SIGTERM on exit)."""
+    """One `python -m cli.main serve` process; use as a context manager (SIGTERM on exit). `cpus`: a CPU list
+    for taskset (e.g. "0" or "0,1") to pin the server, away from a load generator or another job."""
 
-    def __init__(self, models_dir: Path, environment: dict[str, str], log: Path):
+    def __init__(self, models_dir: Path, environment: dict[str, str], log: Path, cpus: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
@@ -51,7 +52,8 @@ class LocalServer:
                "TRANSLATOR_MODELS_DIR": str(models_dir), "TRANSLATOR_HOST": "127.0.0.1", "TRANSLATOR_PORT": str(self.port)}
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=ROOT, env=env,
+        pin = ["taskset", "-c", cpus] if cpus else []
+        self.process = subprocess.Popen(pin + [sys.executable, "-m", "cli.main", "serve"], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180.0) -> "LocalServer":

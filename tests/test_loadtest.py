@@ -135,3 +135,21 @@ def test_load_command_writes_json_and_fails_when_nothing_is_answered(server, tmp
     written = json.loads(out.read_text())
     assert written["errors"] == written["requests"] == 3 and written["rejected"] == 0 and "records" not in written
     assert "HTTP 400" in written["error_examples"][0] and written["client"]["ceiling"] is None
+
+
+@needs_wrk
+def test_bench_http_measures_a_running_server(server, tmp_path):
+    from bench import http_load
+
+    out = tmp_path / "bench_http.json"
+    assert http_load.main(["--url", server.url, "--limit", "8", "--seconds", "1", "--warmup", "0", "--connections", "2",
+                           "--no-offline", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    (variant,) = summary["variants"]
+    for search in ("greedy", "beam4"):
+        saturated, single = variant["saturated"][search], variant["one_connection"][search]
+        assert saturated["ok"] > 0 and saturated["non_2xx"] == {} and saturated["generated_tokens"] > 0
+        assert single["ok"] == 8 == single["server_responses"]["200"]  # exactly one pass over the sentences
+        assert single["latency_p50_ms"] <= single["latency_p99_ms"]
+    assert summary["client"]["ceiling"]["requests_per_s"] > 1000 and summary["source"]["commit"]
+    assert "one connection, one pass over the 8 sentences" in out.with_suffix(".txt").read_text()
