@@ -109,8 +109,9 @@ def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_p
     assert status == 0
     run = TuningRun.model_validate_json((out / "tuning.json").read_text())
     assert [p.setting.max_batch_sentences for p in run.points] == [1, 32]  # 32 and 5 ms: the defaults, measured once
-    for p in run.points:  # the generator's counts, as each server saw them
+    for p in run.points:  # the generator's counts, as each server saw them; the generator's own ceiling, measured once
         assert p.ok > 0 and p.server.translate_responses == {"200": p.ok}
+        assert p.client.ceiling == run.points[0].client.ceiling and p.client.limited is False
     assert run.points[0].server.mean_batch_size == 1.0  # batching off is off
     chosen = run.points[run.recommendation.point]
     assert run.recommendation.met_target and run.frontier
@@ -120,6 +121,7 @@ def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_p
     for name in ("frontier.png", "batching.png", "lengths.png"):
         assert_png(out / name)
     report = (out / "report.md").read_text()
+    assert "No point came within 80% of it: the server set the pace." in report
     assert "test run" in report and run.gain.text in report and "![throughput vs p95 latency](frontier.png)" in report and "## Sequence length" in report
 
     env_file = out / "recommended.env"
