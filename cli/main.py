@@ -3,6 +3,8 @@
     translator serve [--host H] [--port P] [--models-dir DIR]    serve the model packages over HTTP
     translator data|train|evaluate|export ...                     the training side, delegated to
                                                                   model.data, model.train, model.evaluate, export
+    translator import marian DIR --out models/<pair> ...          an OPUS-MT (Marian) checkpoint → a model package,
+                                                                  delegated to export.importers
     translator load|tune ...                                      load generator and batching/length tuner,
                                                                   delegated to loadtest.load, tuning.tune
 
@@ -26,6 +28,7 @@ DELEGATED = {
     "evaluate": "model.evaluate",
     "card": "model.model_card",
     "export": "export.__main__",
+    "import": "export.importers.__main__",  # import marian DIR: an OPUS-MT checkpoint → a package
     "load": "loadtest.load",
     "tune": "tuning.tune",
 }

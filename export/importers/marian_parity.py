@@ -82,8 +82,8 @@ def generation_config(options: SearchOptions, limit: int, pad_id: int):
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        max_new_tokens=limit, num_beams=options.beam_size, length_penalty=options.length_penalty, early_stopping=True,
-        do_sample=False, num_return_sequences=1, decoder_start_token_id=options.bos_id, eos_token_id=options.eos_id,
+        max_new_tokens=limit, num_beams=options.beam_size, length_penalty=options.length_penalty,
+        early_stopping=True if options.beam_size > 1 else False, do_sample=False, num_return_sequences=1, decoder_start_token_id=options.bos_id, eos_token_id=options.eos_id,
         pad_token_id=pad_id, forced_eos_token_id=None, bad_words_ids=None, use_cache=True)
 
 
