@@ -19,7 +19,7 @@ $(VENV)/.serve-installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
 
 # Everything: training (torch CPU), export, benchmark, tests.
 $(VENV)/.dev-installed: pyproject.toml $(CONSTRAINTS) | $(VENV)/bin/python
-	$(PIP) install -c $(CONSTRAINTS) -e ".[train,bench,tune,test]"
+	$(PIP) install -c $(CONSTRAINTS) -e ".[train,bench,tune,test,import]"
 	touch $@ $(VENV)/.serve-installed
 
 install-serve: $(VENV)/.serve-installed
