@@ -212,6 +212,40 @@ def test_int8_within_the_parity_tolerance(packages, name):
     assert r["greedy_agreement"] >= 0.4 and r["token_bleu_against_transformers"] >= 70
 
 
+GELU = dict(source="en", target="de", activation="gelu", tied=True, shared=True, scale_embedding=True, d_model=16,
+            heads=2, encoder_layers=1, decoder_layers=1, ffn=32, positions=64, eos_bias=3.0, weights="safetensors", seed=3)
+
+
+def test_gelu_model_and_fp16(checkpoints, references, packages, tmp_path):
+    """A third configuration (gelu, one layer each side, d_model 16) at fp32, and model A at fp16 (built in float16
+    from the weights; ONNX Runtime's CPU provider runs it)."""
+    directory = make_marian(tmp_path / "opus-mt-en-de", **GELU)
+    texts, targets = sample("A", 40)
+    build_marian_package(directory, tmp_path / "gelu", "fp32", max_source_tokens=64)
+    r = check_marian_parity(load_reference(directory), tmp_path / "gelu", texts, targets, beam_sentences=20)
+    assert r["greedy_identical"] == 40 and r["beam_identical"] == 20 and r["log_probs_max_abs_diff"] < 1e-4
+    build_marian_package(checkpoints["A"], tmp_path / "fp16", "fp16", max_source_tokens=64)
+    r = check_marian_parity(references["A"], tmp_path / "fp16", texts, targets, beam_sentences=20,
+                            fp32_graphs=packages["A", "fp32"])
+    print(f"\nA fp16: {json.dumps({k: r[k] for k in ('greedy_agreement', 'beam_agreement', 'token_bleu_against_transformers')})}")
+    assert r["passed"] and r["token_bleu_against_transformers"] >= 90
+
+
+def test_languages_from_the_checkpoint(checkpoints, tmp_path):
+    from export.importers.marian import languages
+
+    assert languages(read_checkpoint(checkpoints["B"]), None, None) == ("de", "en")  # tokenizer_config.json
+    directory = tmp_path / "opus-mt-tc-big-fr-en"
+    shutil.copytree(checkpoints["A"], directory)
+    (directory / "tokenizer_config.json").unlink()
+    assert languages(read_checkpoint(directory), None, None) == ("fr", "en")  # the directory name
+    assert languages(read_checkpoint(directory), "fra", None) == ("fra", "en")
+    unnamed = tmp_path / "model"
+    directory.rename(unnamed)
+    with pytest.raises(UnsupportedCheckpoint, match="--src-lang"):
+        languages(read_checkpoint(unnamed), None, None)
+
+
 def test_packages_load_with_parity_and_record_the_reference(packages):
     manifest = load_package(packages["A", "int8"])  # parity required, as the service loads it
     assert manifest.parity["passed"] and manifest.parity["reference"].startswith("transformers ")

@@ -341,21 +341,18 @@ def decoder_weights(c: MarianCheckpoint) -> DecoderWeights:
 def languages(c: MarianCheckpoint, source: str | None, target: str | None) -> tuple[str, str]:
     """--src-lang/--tgt-lang, else tokenizer_config.json's source_lang/target_lang, else the directory name
     (opus-mt-en-de)."""
-    found = re.search(r"opus-mt-([a-z]{2,3})-([a-z]{2,3})$", c.directory.resolve().name)
+    found = re.search(r"opus-mt-(?:.+-)?([a-z]{2,3})-([a-z]{2,3})$", c.directory.resolve().name)  # opus-mt-tc-big-en-de
     guesses = [(c.tokenizer_config.get("source_lang"), c.tokenizer_config.get("target_lang")),
                found.groups() if found else (None, None)]
-    for i, given in enumerate((source, target)):
+    chosen = []
+    for i, (given, side, option) in enumerate(((source, "source", "--src-lang"), (target, "target", "--tgt-lang"))):
         if given is None:
-            given = next((g[i] for g in guesses if g[i] and LANGUAGE.match(str(g[i]))), None)
+            given = next((str(g[i]) for g in guesses if g[i] and LANGUAGE.match(str(g[i]))), None)
         if given is None or not LANGUAGE.match(given):
-            option = ("--src-lang", "--tgt-lang")[i]
-            raise UnsupportedCheckpoint(f"{c.directory}: cannot tell the {('source', 'target')[i]} language "
-                                        f"({given!r}); pass {option} with an ISO 639 code")
-        if i == 0:
-            source = given
-        else:
-            target = given
-    return source, target  # type: ignore[return-value]
+            raise UnsupportedCheckpoint(f"{c.directory}: cannot tell the {side} language ({given!r}); pass {option} "
+                                        "with an ISO 639 code")
+        chosen.append(given)
+    return chosen[0], chosen[1]
 
 
 # --- the package -------------------------------------------------------------------------------------
