@@ -38,6 +38,18 @@ PROMETHEUS_PACKAGES="prometheus,wget,ca-certificates"
 
 log() { printf '== %s\n' "$*" >&2; }
 
+# image_id TAG → the image's id, or nothing
+image_id() { $PODMAN image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+
+# drop_superseded OLD_ID TAG: after a rebuild, the image the tag named before is removed (its own layers,
+# chiefly the runtime stage's copy of the virtualenv, would pile up with every build); kept when a
+# container still uses it. The builder stage's intermediate images stay: they are the build cache.
+drop_superseded() {
+    if [ -n "$1" ] && [ "$1" != "$(image_id "$2")" ]; then
+        $PODMAN rmi "$1" >/dev/null 2>&1 && log "removed the previous $2 (${1%"${1#????????????}"})" || true
+    fi
+}
+
 apt_sources() {
     if [ -n "${APT_SOURCES:-}" ]; then echo "$APT_SOURCES"; return; fi
     for file in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
@@ -65,10 +77,12 @@ debian_base() {
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias' \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         "$SUITE" "$WORK/$name.tar" "$(apt_sources)"
+    previous=$(image_id "$tag")
     $PODMAN import --quiet --change "LABEL org.translator.packages=$packages" \
         --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
         "$WORK/$name.tar" "$tag" >/dev/null
     rm -f "$WORK/$name.tar"
+    drop_superseded "$previous" "$tag"
 }
 
 # The build context: "." or a directory holding a commit's copy of what .dockerignore lets in.
@@ -104,6 +118,7 @@ translator() {
     pip_dir=$(mktemp -d)
     trap 'rm -rf "$pip_dir"' EXIT
     "${PYTHON:-python3}" deploy/podman/pip_conf.py "$pip_dir"
+    previous=$(image_id "$IMAGE")
     log "podman build deploy/Dockerfile → $IMAGE"
     # --format docker keeps HEALTHCHECK (the OCI image format has no field for it).
     $PODMAN build --format docker --network host \
@@ -111,6 +126,7 @@ translator() {
         -v "$pip_dir/pip.conf:/etc/pip.conf:ro" -v "$pip_dir/ca.pem:/etc/pip-ca.pem:ro" \
         --label org.opencontainers.image.revision="$(revision_label)" \
         -f "$build_context/deploy/Dockerfile" -t "$IMAGE" "$build_context"
+    drop_superseded "$previous" "$IMAGE"
     rm -rf "$pip_dir"
     trap - EXIT
 }
@@ -118,12 +134,16 @@ translator() {
 stack() {
     debian_base nginx "$NGINX_PACKAGES"
     debian_base prometheus "$PROMETHEUS_PACKAGES"
+    previous=$(image_id "$NGINX_IMAGE")
     log "podman build nginx → $NGINX_IMAGE"
     $PODMAN build --format docker --build-arg BASE="localhost/translator-base-nginx:$SUITE" \
         -f deploy/podman/nginx.Dockerfile -t "$NGINX_IMAGE" deploy/podman
+    drop_superseded "$previous" "$NGINX_IMAGE"
+    previous=$(image_id "$PROMETHEUS_IMAGE")
     log "podman build prometheus → $PROMETHEUS_IMAGE"
     $PODMAN build --format docker --build-arg BASE="localhost/translator-base-prometheus:$SUITE" \
         -f deploy/podman/prometheus.Dockerfile -t "$PROMETHEUS_IMAGE" deploy/podman
+    drop_superseded "$previous" "$PROMETHEUS_IMAGE"
 }
 
 [ $# -gt 0 ] || set -- translator
