@@ -156,6 +156,7 @@ def test_no_torch_is_imported_by_the_service():
     import subprocess
     import sys
 
-    code = ("import sys, engine.translator, engine.package, engine.sessions, engine.step_model, engine.search, engine.segmentation; "
-            "assert 'torch' not in sys.modules, 'service imports torch'")
+    code = ("import sys, engine.translator, engine.package, engine.sessions, engine.step_model, engine.search, engine.segmentation, "
+            "engine.tokenization; assert 'torch' not in sys.modules, 'service imports torch'; "
+            "assert 'transformers' not in sys.modules, 'service imports transformers'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

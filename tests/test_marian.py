@@ -27,15 +27,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremo
 import torch  # noqa: E402
 
 from engine.package import PackageError, load_package  # noqa: E402
-from engine.search import SearchOptions  # noqa: E402
 from engine.sessions import RuntimeOptions  # noqa: E402
 from engine.translator import Translator  # noqa: E402
 from export.importers.marian import (  # noqa: E402
     UnsupportedCheckpoint, build_marian_package, read_checkpoint, sinusoidal_positions,
 )
-from export.importers.marian_parity import (  # noqa: E402
-    ParityError, check_marian_parity, load_reference, logits_processors, reference_ids,
-)
+from export.importers.marian_parity import check_marian_parity, load_reference, reference_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "marian"
@@ -284,7 +281,9 @@ def test_vocabulary_must_fit_package_json(packages, tmp_path):
     broken = tmp_path / "en-de"
     shutil.copytree(packages["A", "fp32"], broken)
     vocab = json.loads((broken / "vocab.json").read_text())
-    (broken / "vocab.json").write_text(json.dumps({**vocab, "</s>": 5, vocab and next(iter(k for k, v in vocab.items() if v == 5)): 0}))
+    swapped = next(piece for piece, i in vocab.items() if i == 5)
+    vocab[swapped], vocab["</s>"] = 0, 5
+    (broken / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(PackageError, match="vocab.json is corrupted"):
         Translator(broken, ONE_THREAD)
     write_manifest(broken, read_manifest(broken))  # checksums that fit the altered file
