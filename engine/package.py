@@ -114,7 +114,7 @@ class PackageManifest(Strict):
     model: ModelDims
     limits: Limits
     graphs: Graphs
-    tokenizer: str = "spm.model"  # our packages; ignored when `vocabulary` is given
+    tokenizer: str = "spm.model"  # the (source) SentencePiece model; Marian packages: source.spm, ids via `vocabulary`
     vocabulary: Vocabulary | None = None  # imported Marian packages (engine/tokenization.py)
     files: dict[str, str]  # file name → sha256 of every file in the package but package.json
     source_checkpoint: SourceCheckpoint
@@ -137,9 +137,8 @@ class PackageManifest(Strict):
         if (len(distinct) != 4 and not (self.vocabulary and ids.bos == ids.pad and len(distinct) == 3)) \
                 or max(ids.pad, ids.unk, ids.bos, ids.eos) >= self.model.vocab_size:
             raise ValueError("special ids must be distinct and inside the vocabulary")
-        tokenizers = ((self.vocabulary.source_spm, self.vocabulary.target_spm, self.vocabulary.vocab) if self.vocabulary
-                      else (self.tokenizer,))
-        for needed in (self.graphs.encoder.file, self.graphs.decoder.file, *tokenizers):
+        tokenizers = (self.vocabulary.source_spm, self.vocabulary.target_spm, self.vocabulary.vocab) if self.vocabulary else ()
+        for needed in (self.graphs.encoder.file, self.graphs.decoder.file, self.tokenizer, *tokenizers):
             if needed not in self.files:
                 raise ValueError(f"{needed} has no checksum in 'files'")
         for name in self.files:

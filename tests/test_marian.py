@@ -246,7 +246,8 @@ def test_languages_from_the_checkpoint(checkpoints, tmp_path):
 def test_packages_load_with_parity_and_record_the_reference(packages):
     manifest = load_package(packages["A", "int8"])  # parity required, as the service loads it
     assert manifest.parity["passed"] and manifest.parity["reference"].startswith("transformers ")
-    assert manifest.vocabulary is not None and manifest.special_ids.bos == manifest.special_ids.pad
+    assert manifest.vocabulary is not None and manifest.tokenizer == "source.spm"
+    assert manifest.special_ids.bos == manifest.special_ids.pad
     assert manifest.source_checkpoint.weights_file == "model.safetensors"
     assert load_package(packages["B", "fp32"]).source_checkpoint.weights_file == "pytorch_model.bin"
     assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "source.spm", "target.spm", "vocab.json", "parity.json"}

@@ -411,6 +411,7 @@ def manifest_for(c: MarianCheckpoint, source: str, target: str, precision: str, 
             encoder=GraphSpec(file="encoder.onnx", inputs=["input_ids"], outputs=encoder_output_names(n_layers)),
             decoder=GraphSpec(file="decoder.onnx", inputs=decoder_input_names(n_layers),
                               outputs=decoder_output_names(n_layers))),
+        tokenizer="source.spm",  # what token counters (loadtest) read; the ids come through the vocabulary
         vocabulary=Vocabulary(eos_piece=pieces["eos"], unk_piece=pieces["unk"], pad_piece=pieces["pad"],
                               special_pieces=c.skipped_pieces),
         files={name: "" for name in (*GRAPH_FILES, *TOKENIZER_FILES)},  # filled in by write_manifest
