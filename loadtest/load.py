@@ -329,9 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam-size", type=int, help="sent with every request (default: the server's)")
     parser.add_argument("--timeout", type=float, default=120.0, help="client timeout per request, seconds")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--generator", choices=["python", "wrk"], default="python",
-                        help="python: aiohttp on uvloop, closed or open loop, every request recorded (default); "
-                             "wrk: Debian's wrk, closed loop only, tokens from the server's /metrics")
+    parser.add_argument("--generator", choices=["auto", "python", "wrk"], default="auto",
+                        help="wrk: Debian's wrk, closed loop only, no per-request records, tokens from the server's "
+                             "/metrics, a tenth of python's CPU; python: aiohttp on uvloop, closed or open loop, every "
+                             "request recorded; auto (default): wrk for a closed loop without --records when wrk is "
+                             "installed, else python")
     parser.add_argument("--ceiling-seconds", type=float, default=CEILING_S,
                         help="first measure the generator's own ceiling against a stub server for this long (0: skip)")
     parser.add_argument("--json", type=Path, help="write the result here as JSON")
@@ -348,6 +350,14 @@ def picker_for(sentences: list[str], mix: str | None, order: str, models_dir: Pa
     return SentencePicker.by_mix(sentences, counter.count(sentences), parse_mix(mix), seed)
 
 
+def generator_for(args: argparse.Namespace) -> str:
+    if args.generator != "auto":
+        return args.generator
+    from loadtest.wrk import wrk_installed
+
+    return "wrk" if not args.rate and not args.records and wrk_installed() else "python"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = LoadSpec(url=args.url, source=args.source, target=args.target,
@@ -357,10 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed)
     sentences = read_corpus(args.data, args.source)
     picker = picker_for(sentences, args.mix, args.order, args.models_dir, args.url, args.source, args.target, args.seed)
-    if args.generator == "wrk":
-        from loadtest.wrk import wrk_load
+    if generator_for(args) == "wrk":
+        from loadtest.wrk import bodies_for, wrk_ceiling, wrk_load
 
-        result = wrk_load(spec, picker, args.ceiling_seconds)
+        sample = bodies_for(spec, SentencePicker(sentences[:1024], "sequential"))
+        ceiling = wrk_ceiling(sample, spec.concurrency, args.ceiling_seconds) if args.ceiling_seconds else None
+        result = wrk_load(spec, picker, ceiling)
     else:
         ceiling = client_ceiling(spec, sentences[:1024], args.ceiling_seconds) if args.ceiling_seconds else None
         result = load(spec, picker, progress=not args.no_progress, ceiling=ceiling)

@@ -118,6 +118,10 @@ class WrkRun(BaseModel):
         return {status: n for status, n in sorted(self.statuses.items()) if not status.startswith("2")}
 
 
+def wrk_installed() -> bool:
+    return shutil.which("wrk") is not None
+
+
 def wrk_binary() -> str:
     found = shutil.which("wrk")
     if not found:
@@ -181,12 +185,12 @@ def metrics(url: str) -> MetricsSnapshot | None:
         return None
 
 
-def wrk_load(spec: LoadSpec, picker: SentencePicker, ceiling_s: float = 3.0) -> LoadResult:
-    """`translator load --generator wrk`: a closed loop through wrk, as a LoadResult (tokens from /metrics)."""
+def wrk_load(spec: LoadSpec, picker: SentencePicker, ceiling: ClientCeiling | None = None) -> LoadResult:
+    """`translator load --generator wrk`: a closed loop through wrk, as a LoadResult (tokens from /metrics).
+    `ceiling` (wrk_ceiling's, measured beforehand) makes the result say whether the client set the pace."""
     if not spec.concurrency:
         raise ValueError("wrk runs a closed loop only: give --concurrency (an open loop needs --generator python)")
     bodies = bodies_for(spec, picker)
-    ceiling = wrk_ceiling(bodies, spec.concurrency, ceiling_s) if ceiling_s else None
     duration = spec.duration_s or 3600.0
     if spec.warmup_s:
         run_wrk(spec.url, bodies, spec.concurrency, spec.warmup_s, timeout_s=spec.timeout_s)

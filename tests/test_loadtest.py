@@ -100,10 +100,12 @@ def test_the_python_generators_ceiling_against_the_stub(sentences):
 
 @needs_wrk
 def test_wrk_counts_agree_with_the_servers_own_metrics(server, sentences):
-    from loadtest.wrk import body, run_wrk, wrk_load
+    from loadtest.wrk import body, bodies_for, run_wrk, wrk_ceiling, wrk_load
 
     spec = LoadSpec(url=server.url, concurrency=2, duration_s=2.0, beam_size=1)
-    result = wrk_load(spec, SentencePicker(sentences[:64], "sequential"), ceiling_s=1.0)
+    picker = SentencePicker(sentences[:64], "sequential")
+    ceiling = wrk_ceiling(bodies_for(spec, picker), spec.concurrency, seconds=1.0)
+    result = wrk_load(spec, picker, ceiling)
     assert result.ok == result.requests == result.server.translate_responses["200"] > 0 and result.errors == 0
     assert result.target_tokens == result.server.generated_tokens > 0 and result.records == []
     assert result.latency.p50_ms <= result.latency.p99_ms and result.elapsed_s == pytest.approx(2.0, abs=0.5)
@@ -131,10 +133,20 @@ def test_load_command_writes_json_and_fails_when_nothing_is_answered(server, tmp
     text_file = tmp_path / "sentences.txt"
     text_file.write_text("Open the file.\n\nClose the window.\n")
     assert load_command.main(["--url", server.url, "--data", str(text_file), "--requests", "3", "--duration", "0",
-                              "--texts-per-request", "65", "--no-progress", "--json", str(out), "--ceiling-seconds", "0"]) == 1
+                              "--texts-per-request", "65", "--no-progress", "--json", str(out), "--ceiling-seconds", "0",
+                              "--generator", "python"]) == 1
     written = json.loads(out.read_text())
     assert written["errors"] == written["requests"] == 3 and written["rejected"] == 0 and "records" not in written
     assert "HTTP 400" in written["error_examples"][0] and written["client"]["ceiling"] is None
+
+
+def test_the_generator_by_default():
+    parse = load_command.build_parser().parse_args
+    closed = "wrk" if shutil.which("wrk") else "python"
+    assert load_command.generator_for(parse(["--url", "u", "--concurrency", "4"])) == closed
+    assert load_command.generator_for(parse(["--url", "u", "--concurrency", "4", "--records"])) == "python"
+    assert load_command.generator_for(parse(["--url", "u", "--rate", "4"])) == "python"
+    assert load_command.generator_for(parse(["--url", "u", "--rate", "4", "--generator", "wrk"])) == "wrk"
 
 
 @needs_wrk

@@ -3,6 +3,7 @@ the recommended env file configuring a real server (the load generator itself: t
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -144,11 +145,15 @@ def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_p
 
 def test_tune_against_a_url_sweeps_load_levels_only(server, tmp_path):
     out = tmp_path / "tuning"
+    generator = "wrk" if shutil.which("wrk") else "python"  # the sweep on wrk where it is installed
     assert tune_command.main(["--url", server.url, "--data", str(TEST_SPLIT), "--out", str(out), "--concurrency", "1,2",
                               "--seconds", "1", "--warmup", "0", "--lengths", "8", "--length-seconds", "1",
-                              "--no-progress"]) == 0
+                              "--no-progress", "--generator", generator, "--ceiling-seconds", "0.5"]) == 0
     run = TuningRun.model_validate_json((out / "tuning.json").read_text())
     assert run.mode == "url" and [p.level.concurrency for p in run.points] == [1, 2] and run.gain is None
+    assert all(p.client.generator.startswith(generator.replace("python", "aiohttp")) for p in run.points)
+    assert all(p.server.generated_tokens and p.client.ceiling for p in run.points)
+    assert_png(out / "lengths.png")
     assert all(p.setting is None and p.ok > 0 for p in run.points) and run.verification is None
     assert "Only load levels were swept" in (out / "report.md").read_text()
     # The server's batching stays as it is; the length study still advises the input limit and bucket edges.
@@ -165,6 +170,12 @@ def test_cli_delegates_and_tuning_never_imports_torch():
     help_text = subprocess.run([sys.executable, "-m", "cli.main", "tune", "--help"], cwd=ROOT, check=True,
                                capture_output=True, text=True).stdout
     assert "--p95-ms" in help_text and "--length-buckets" in help_text
+
+
+def test_wrk_takes_closed_loops_only(capsys):
+    with pytest.raises(SystemExit):
+        tune_command.parse_args(["--generator", "wrk", "--rate", "2,5"])
+    assert "closed loops only" in capsys.readouterr().err
 
 
 def test_quick_budget_gives_way_to_explicit_options():

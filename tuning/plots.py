@@ -192,6 +192,9 @@ def plot_lengths(study: LengthStudy | None, samples: list[tuple[int, float]], sa
     measured.grid(True, alpha=0.3)
     if samples:
         observed.scatter([t for t, _ in samples], [ms for _, ms in samples], s=6, alpha=0.4)
+    else:
+        observed.text(0.5, 0.5, "no per-request records\n(the sweep ran on wrk, which keeps none)", ha="center", va="center",
+                      transform=observed.transAxes)
     observed.set_title("Sweep requests: latency vs source tokens\n" + textwrap.shorten(sample_label, 90), fontsize=9)
     observed.set_xlabel("source tokens")
     observed.set_ylabel("latency, ms")

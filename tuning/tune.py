@@ -29,9 +29,10 @@ from typing import Callable
 from dotenv import dotenv_values  # python-dotenv: a dependency of pydantic-settings, which reads env files the same way
 
 from loadtest.ceiling import ClientCeiling
-from loadtest.corpus import counter_for, package_max_source_tokens, read_corpus
+from loadtest.corpus import SentencePicker, counter_for, package_max_source_tokens, read_corpus
 from loadtest.load import LoadSpec, client_ceiling, load, picker_for
 from loadtest.server import LocalServer
+from loadtest.wrk import bodies_for, wrk_ceiling, wrk_load
 from tuning.lengths import DEFAULT_LENGTHS, study_lengths
 from tuning.report import FILES, TuningRun, write_report
 from tuning.sweep import (DEFAULT_BUCKETS, BatchingSetting, LoadLevel, SweepGrid, SweepPoint, gain_over_defaults,
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input lengths (source tokens) of the length study; empty to skip it")
     p.add_argument("--length-seconds", type=float, default=8.0, help="seconds per length")
     p.add_argument("--length-concurrency", type=int, default=1, help="clients during the length study")
+    p.add_argument("--generator", choices=["python", "wrk"], default="python",
+                   help="the sweep's load generator: python (aiohttp on uvloop; every request recorded, which the "
+                        "latency-by-length scatter needs) or wrk (closed loop only; a fifth of python's CPU, no "
+                        "per-request records); the length study always uses python, at one client")
     p.add_argument("--ceiling-seconds", type=float, default=2.0,
                    help="measure the load generator's own ceiling per load level against a stub server for this long "
                         "(0: skip); the report flags points where the client, not the server, set the pace")
@@ -121,7 +126,11 @@ class Session:
             return None
         if level not in self.ceilings:
             spec = self.spec("http://stub", level, self.args.ceiling_seconds, 0)
-            self.ceilings[level] = client_ceiling(spec, self.sentences[:1024], self.args.ceiling_seconds)
+            if self.args.generator == "wrk":
+                sample = bodies_for(spec, SentencePicker(self.sentences[:1024], "sequential"))
+                self.ceilings[level] = wrk_ceiling(sample, level.concurrency, self.args.ceiling_seconds)
+            else:
+                self.ceilings[level] = client_ceiling(spec, self.sentences[:1024], self.args.ceiling_seconds)
         return self.ceilings[level]
 
     def spec(self, url: str, level: LoadLevel, seconds: float, warmup: float) -> LoadSpec:
@@ -134,9 +143,11 @@ class Session:
         picker = picker_for(sentences, self.args.mix, "random", self.models_dir, url, self.args.source,
                             self.args.target, self.args.seed)
         label = f"{setting.label() if setting else url} @ {level.label()}"
-        ceiling = self.ceiling(level)
-        result = load(self.spec(url, level, self.grid.seconds_per_point, self.grid.warmup_per_point), picker,
-                      progress=not self.args.no_progress, label=label[:60], ceiling=ceiling)
+        ceiling, spec = self.ceiling(level), self.spec(url, level, self.grid.seconds_per_point, self.grid.warmup_per_point)
+        if self.args.generator == "wrk":
+            result = wrk_load(spec, picker, ceiling)
+        else:
+            result = load(spec, picker, progress=not self.args.no_progress, label=label[:60], ceiling=ceiling)
         point = SweepPoint.from_load(setting, level, result, server and server.rss_bytes(), server and server.peak_rss_bytes())
         client = point.client
         print(f"  {label}: {point.target_tokens_per_s:.1f} target tokens/s, p95 {point.p95_ms:.0f} ms, "
@@ -205,6 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:  # the quick budget as defaults, then parse again: what was given explicitly stays
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
+    if args.generator == "wrk" and args.rate:
+        parser.error("--generator wrk runs closed loops only: use --concurrency, or --generator python for --rate")
     return args
 
 
