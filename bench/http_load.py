@@ -197,7 +197,9 @@ def report(summary: dict) -> str:
     parts.append("saturated: service target tokens/s (server counter) / CTranslate2 int8 offline, batches of 32 (best threads)\n"
                  + table(saturated, ["variant", "scheduler", "search", "tokens_per_second", "ct2_int8_b32_tok_s",
                                      "vs_ct2_int8_batch32", "requests_per_second", "ok", "non_2xx", "socket_errors",
-                                     "latency_p50_ms", "latency_p99_ms", "mean_batch_size", "client_cpu_cores"]))
+                                     "latency_p50_ms", "latency_p99_ms", "mean_batch_size", "client_cpu_cores"])
+                 + "\nmean_batch_size: the mean of translator_batch_size, sentences per batch for the batch scheduler but "
+                   "sentences per admission into the running batch for the continuous one (not comparable between them)")
     parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
                  f"(ort-int8, {summary['engine_threads']} threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
                  + table(single, ["variant", "search", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms", "bound_ms",
