@@ -4,19 +4,23 @@ At every decoder step boundary, waiting sentences join the running batch (their 
 batched, sources of any length together) and finished sentences leave and are answered at once,
 instead of a batch running until its longest sentence ends while newcomers wait for the next one.
 Greedy and beam sentences cannot share a decoder step (the beam width is one per step), so each
-search setting has its own running batch; a model's inference thread steps them in turn.
+search setting has its own running batch; the model's decoding thread steps them in turn.
 
-Admission keeps the running batch within the policy: at most `max_sentences` sentences, and the
-cache they may fill (beams × output limit per sentence) within `cache_budget`. Everything about the
-queue (deadlines, cancellation, backpressure, drain) stays the batcher's: a sentence whose caller
-went away or whose deadline passed leaves the running batch at the next step. All decisions are
-taken on the event loop; the inference thread only runs the engine, one step per call.
+The decoding thread never waits for the event loop: it takes what the event loop sent it (sentences
+to join, sentences to withdraw) from an inbox between two steps, and posts each step's finished
+sentences back without waiting for an answer. The event loop decides everything about the queue:
+admission keeps the running batch within the policy (at most `max_sentences` sentences, and the
+cache they may fill, beams × output limit per sentence, within `cache_budget`); deadlines,
+cancellation, backpressure and drain stay the batcher's, and a sentence whose caller went away or
+whose deadline passed is withdrawn from the running batch at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,97 +28,81 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.search import Decoding, SearchOptions, SearchResult
-from service.lanes import DeadlineExceeded, GroupKey, InferenceFailed, Job, Lane
+from service.lanes import DeadlineExceeded, InferenceFailed, Job, Lane
 
 if TYPE_CHECKING:
     from service.batcher import Batcher
 
 log = logging.getLogger(__name__)
 RATE_WINDOW_S = 0.25  # model seconds over which finished work updates the lane's tokens-per-second estimate
+REPORT_EVERY_S = 0.02  # with nothing finished, the event loop still hears from the thread this often (deadlines)
 
 
 @dataclass
-class RunningBatch:
-    """The sentences of one search setting being decoded; `decoding` is touched by the inference thread only."""
+class Running:
+    """The event loop's account of one search setting's running batch."""
 
-    decoding: Decoding
     jobs: set[Job] = field(default_factory=set)
     cache_slots: int = 0  # Σ beams × output limit of its sentences
 
 
 @dataclass
 class StepReport:
-    """What one call of the inference thread did."""
+    """What one step of the decoding thread did."""
 
     finished: list[tuple[Job, SearchResult]] = field(default_factory=list)
-    failed: list[tuple[SearchOptions, BaseException]] = field(default_factory=list)
-    encode_seconds: float = 0.0
-    step_seconds: float = 0.0
+    failed: list[tuple[SearchOptions, list[Job], BaseException]] = field(default_factory=list)
+    model_seconds: float = 0.0
 
 
 class ContinuousScheduler:
     def __init__(self, batcher: Batcher, lane: Lane):
         self.batcher, self.lane = batcher, lane
         self.translator = lane.translator
-        self.running: dict[SearchOptions, RunningBatch] = {}
+        self.running: dict[SearchOptions, Running] = {}
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # ("join" | "withdraw", options, jobs), or None: stop
         self.window_tokens, self.window_seconds = 0, 0.0
 
     async def run(self) -> None:
         batcher, lane = self.batcher, self.lane
         loop = asyncio.get_running_loop()
-        while True:
-            withdrawn = self.withdrawals()
-            admitted = self.admit()
-            encode_key = next((key for key in lane.groups if key.task == "encode"), None)
-            if encode_key is not None:  # sentence embeddings run between two steps, as a batch of their own
-                batch = batcher._take(lane, encode_key)
-                if batch:
-                    await batcher._run(lane, encode_key, batch)
-            if not any(r.jobs for r in self.running.values()):
-                self.running.clear()  # the next sentence starts a fresh running batch
-                if not lane.groups:
-                    if batcher.closing:
-                        return
-                    lane.wakeup.clear()
-                    await lane.wakeup.wait()
-                continue
-            report = await loop.run_in_executor(lane.executor, self.advance, admitted, withdrawn)
-            self.settle(report)
+        thread = threading.Thread(target=self.decode, args=(loop,), name=f"decoding-{self.translator.name}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                self.admit()
+                encode_key = next((key for key in lane.groups if key.task == "encode"), None)
+                if encode_key is not None:  # sentence embeddings: batches of their own, in the lane's executor
+                    batch = batcher._take(lane, encode_key)
+                    if batch:
+                        await batcher._run(lane, encode_key, batch)
+                    continue
+                if batcher.closing and not lane.groups and not any(r.jobs for r in self.running.values()):
+                    return
+                lane.wakeup.clear()
+                await lane.wakeup.wait()  # a new sentence, a finished step, a withdrawal, or the drain
+        finally:
+            self.inbox.put(None)
+            await asyncio.to_thread(thread.join)
 
     # --- on the event loop -----------------------------------------------------------------------
-    def withdrawals(self) -> dict[SearchOptions, set[Job]]:
-        """Running sentences whose caller went away or whose deadline passed: they leave at the next step."""
-        now, gone = time.monotonic(), {}
-        for options, running in self.running.items():
-            leaving = {job for job in running.jobs if job.future.done() or now > job.deadline}
-            for job in leaving:
-                if not job.future.done():
-                    job.future.set_exception(DeadlineExceeded("deadline passed while being translated"))
-                running.jobs.discard(job)
-                running.cache_slots -= self.cache_slots(job, options)
-            if leaving:
-                gone[options] = leaving
-        return gone
-
-    def cache_slots(self, job: Job, options: SearchOptions) -> int:
+    def cache_slots(self, job: Job) -> int:
+        options = job.group.options
         return max(1, options.beam_size) * int(options.output_limits(np.array([len(job.ids)]))[0])
 
-    def admit(self) -> dict[SearchOptions, list[Job]]:
-        """Waiting sentences that join their running batch at the next step, oldest first, within the policy."""
-        policy, lane, admitted = self.batcher.policy, self.lane, {}
-        now = time.monotonic()
+    def admit(self) -> None:
+        """Send waiting sentences to their running batch, oldest first, within the policy."""
+        policy, lane, now = self.batcher.policy, self.lane, time.monotonic()
         for key in [k for k in lane.groups if k.task == "translate"]:
-            options = key.options
-            running = self.running.get(options)
-            if running is None:
-                running = self.running[options] = RunningBatch(self.translator.decoding(options))
+            running = self.running.setdefault(key.options, Running())
             joining: list[Job] = []
             for job in list(lane.groups[key]):
-                slots = self.cache_slots(job, options)
-                count = len(running.jobs) + len(joining)
+                slots, count = self.cache_slots(job), len(running.jobs) + len(joining)
                 if count >= policy.max_sentences or (count and running.cache_slots + slots > policy.cache_budget):
                     break
-                self.take(key, job)
+                lane.remove(job)
+                job.queued = False
+                self.batcher._set_depth(self.batcher.depth - 1)
                 if job.future.done():
                     continue
                 if now > job.deadline:  # the caller's timer may not have fired yet while the loop was busy
@@ -125,15 +113,9 @@ class ContinuousScheduler:
             if joining:
                 self.observe_join(joining, running, now)
                 running.jobs.update(joining)
-                admitted[options] = joining
-        return admitted
+                self.inbox.put(("join", key.options, joining))
 
-    def take(self, key: GroupKey, job: Job) -> None:
-        self.lane.remove(job)
-        job.queued = False
-        self.batcher._set_depth(self.batcher.depth - 1)
-
-    def observe_join(self, joining: list[Job], running: RunningBatch, now: float) -> None:
+    def observe_join(self, joining: list[Job], running: Running, now: float) -> None:
         m, name = self.batcher.metrics, self.translator.name
         lengths = [len(job.ids) for job in joining]
         for job, length in zip(joining, lengths):
@@ -146,55 +128,97 @@ class ContinuousScheduler:
         if running.jobs:
             m.joined_sentences.labels(model=name).inc(len(joining))
 
+    def leave(self, job: Job) -> None:
+        running = self.running[job.group.options]
+        running.jobs.discard(job)
+        running.cache_slots -= self.cache_slots(job)
+
     def settle(self, report: StepReport) -> None:
-        """Answer what finished, fail what broke, and account the model time."""
-        m, name = self.batcher.metrics, self.translator.name
+        """Answer what finished, fail what broke, withdraw what was abandoned; then admit again."""
+        m, name, now = self.batcher.metrics, self.translator.name, time.monotonic()
         for job, result in report.finished:
-            running = self.running.get(job.group.options)
-            if running is not None and job in running.jobs:
-                running.jobs.discard(job)
-                running.cache_slots -= self.cache_slots(job, job.group.options)
+            if job not in self.running[job.group.options].jobs:
+                continue  # withdrawn meanwhile
+            self.leave(job)
             generated = len(result.hypotheses[0].tokens) if result.hypotheses else 0
             m.output_tokens.labels(model=name).observe(generated)
             m.generated_tokens.labels(model=name).inc(generated)
             if not job.future.done():
                 job.future.set_result(result)
-        for options, error in report.failed:
-            running = self.running.pop(options)
-            log.error("%s running batch of %d sentences failed", name, len(running.jobs), exc_info=error)
-            for job in running.jobs:
+        for options, jobs, error in report.failed:
+            log.error("%s running batch of %d sentences failed", name, len(jobs), exc_info=error)
+            for job in jobs:
+                if job in self.running[options].jobs:
+                    self.leave(job)
                 if not job.future.done():
                     job.future.set_exception(InferenceFailed(f"{name}: inference failed ({type(error).__name__})"))
+        for options, running in self.running.items():
+            leaving = [job for job in running.jobs if job.future.done() or now > job.deadline]
+            for job in leaving:
+                if not job.future.done():
+                    job.future.set_exception(DeadlineExceeded("deadline passed while being translated"))
+                self.leave(job)
+            if leaving:
+                self.inbox.put(("withdraw", options, leaving))
         self.window_tokens += sum(len(job.ids) for job, _ in report.finished)
-        self.window_seconds += report.encode_seconds + report.step_seconds
+        self.window_seconds += report.model_seconds
         if self.window_seconds >= RATE_WINDOW_S:
             self.lane.note_batch(self.window_tokens, self.window_seconds)
             self.window_tokens, self.window_seconds = 0, 0.0
+        self.lane.wakeup.set()
 
-    # --- in the model's inference thread ---------------------------------------------------------
-    def advance(self, admitted: dict[SearchOptions, list[Job]], withdrawn: dict[SearchOptions, set[Job]]) -> StepReport:
-        """Withdraw, join, then one decoder step of every running batch."""
-        report, m, name = StepReport(), self.batcher.metrics, self.translator.name
-        with self.translator.lock:
-            for options, running in list(self.running.items()):
+    # --- the decoding thread ---------------------------------------------------------------------
+    def decode(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Join, withdraw, step every running batch once, post the outcome; block only when idle."""
+        decodings: dict[SearchOptions, Decoding] = {}
+        m, name = self.batcher.metrics, self.translator.name
+        report, reported = StepReport(), time.monotonic()
+        while True:
+            idle = not any(d.sentences for d in decodings.values())
+            try:
+                message = self.inbox.get(block=idle)
+            except queue.Empty:
+                message = ()
+            while message != ():
+                if message is None:
+                    return
+                kind, options, jobs = message
+                decoding = decodings.get(options)
                 try:
-                    if options in withdrawn:
-                        running.decoding.withdraw(withdrawn[options])
-                    if options in admitted:
-                        started = time.perf_counter()
-                        jobs = admitted[options]
-                        self.translator.join(running.decoding, [job.ids for job in jobs], jobs)
-                        seconds = time.perf_counter() - started
-                        m.inference_duration.labels(model=name, stage="encode").observe(seconds)
-                        report.encode_seconds += seconds
-                    if running.decoding.sentences:
-                        m.running_sentences.labels(model=name).observe(running.decoding.sentences)
-                        started = time.perf_counter()
-                        report.finished += running.decoding.step()
-                        seconds = time.perf_counter() - started
-                        m.step_duration.labels(model=name).observe(seconds)
-                        m.inference_duration.labels(model=name, stage="decode").observe(seconds)
-                        report.step_seconds += seconds
+                    with self.translator.lock:
+                        if kind == "withdraw" and decoding is not None:
+                            decoding.withdraw(set(jobs))
+                        elif kind == "join":
+                            if decoding is None:
+                                decoding = decodings[options] = self.translator.decoding(options)
+                            started = time.perf_counter()
+                            self.translator.join(decoding, [job.ids for job in jobs], jobs)
+                            seconds = time.perf_counter() - started
+                            m.inference_duration.labels(model=name, stage="encode").observe(seconds)
+                            report.model_seconds += seconds
                 except Exception as error:  # noqa: BLE001 - only this running batch's sentences hear of it
-                    report.failed.append((options, error))
-        return report
+                    report.failed.append((options, [*jobs, *(decoding.tags if decoding else [])], error))
+                    decodings.pop(options, None)
+                try:
+                    message = self.inbox.get_nowait()
+                except queue.Empty:
+                    message = ()
+            for options, decoding in list(decodings.items()):
+                if not decoding.sentences:
+                    continue
+                m.running_sentences.labels(model=name).observe(decoding.sentences)
+                started = time.perf_counter()
+                try:
+                    with self.translator.lock:
+                        report.finished += decoding.step()
+                except Exception as error:  # noqa: BLE001
+                    report.failed.append((options, list(decoding.tags), error))
+                    del decodings[options]
+                    continue
+                seconds = time.perf_counter() - started
+                m.step_duration.labels(model=name).observe(seconds)
+                m.inference_duration.labels(model=name, stage="decode").observe(seconds)
+                report.model_seconds += seconds
+            if report.finished or report.failed or (report.model_seconds and time.monotonic() - reported > REPORT_EVERY_S):
+                loop.call_soon_threadsafe(self.settle, report)
+                report, reported = StepReport(), time.monotonic()

@@ -23,6 +23,17 @@ def en_de(translators):  # noqa: F811
     return translators["en-de"]
 
 
+# The queue's behaviour under both schedulers. With the model stood still, the continuous scheduler has
+# already let the running batch's sentences in (up to its cap), the batch one holds them all in the queue:
+# a cap of one running sentence makes "what is queued" the same for both.
+SCHEDULERS = {"batch": {"scheduler": "batch"}, "continuous": {"scheduler": "continuous", "max_batch_sentences": 1}}
+
+
+@pytest.fixture(params=list(SCHEDULERS))
+def scheduler(request) -> dict:
+    return SCHEDULERS[request.param]
+
+
 @pytest.fixture()
 def pool():
     with ThreadPoolExecutor(16) as executor:
@@ -55,7 +66,7 @@ def test_ready_only_after_warmup(models_dir, translators, en_de):  # noqa: F811
 
 
 def test_concurrent_requests_share_a_batch(models_dir, translators, en_de, pool):  # noqa: F811
-    with serving(models_dir, translators, max_wait_ms=0) as server:
+    with serving(models_dir, translators, max_wait_ms=0, scheduler="batch") as server:
         with inference_paused(en_de):
             first = send(pool, server.url, json=SENTENCE)
             wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")
@@ -84,9 +95,9 @@ def full_queue(server, en_de, pool: ThreadPoolExecutor) -> Iterator[tuple[Future
         yield first, filling
 
 
-def test_full_queue_answers_at_once_with_retry_after(models_dir, translators, en_de, pool):  # noqa: F811
+def test_full_queue_answers_at_once_with_retry_after(models_dir, translators, en_de, pool, scheduler):  # noqa: F811
     limits = {"queue_limit": 4, "max_texts_per_request": 4, "max_wait_ms": 0, "retry_after_s": 2}
-    with serving(models_dir, translators, **limits) as server:
+    with serving(models_dir, translators, **limits, **scheduler) as server:
         with full_queue(server, en_de, pool) as (first, filling):
             native = httpx.post(server.url + "/v1/translate", json=SENTENCE, timeout=5)
             libre = httpx.post(server.url + "/translate", data={"q": "Hello", "source": "en", "target": "de"}, timeout=5)
@@ -98,13 +109,13 @@ def test_full_queue_answers_at_once_with_retry_after(models_dir, translators, en
         assert value(server, "translator_requests_rejected_total", reason="queue_full") == 2
 
 
-def test_a_full_queue_refuses_before_reading_the_body(models_dir, translators, en_de, pool):  # noqa: F811
+def test_a_full_queue_refuses_before_reading_the_body(models_dir, translators, en_de, pool, scheduler):  # noqa: F811
     """Load shedding: with the queue full, even a malformed body is answered 503 (it is never read,
     let alone parsed); once the queue has room the same body is a 400 again. CORS headers and the
     route's request metric still apply to the refusal."""
     garbled = {"content": b'{"text": "unterminated', "headers": {"content-type": "application/json", "origin": "https://app.example"}}
     limits = {"queue_limit": 4, "max_texts_per_request": 4, "max_wait_ms": 0, "cors_origins": ["https://app.example"]}
-    with serving(models_dir, translators, **limits) as server:
+    with serving(models_dir, translators, **limits, **scheduler) as server:
         with full_queue(server, en_de, pool) as (first, filling):
             shed = httpx.post(server.url + "/v1/translate", timeout=5, **garbled)
             encode = httpx.post(server.url + "/v1/encode", json={"text": "Hello", "source": "en"}, timeout=5)
@@ -118,8 +129,8 @@ def test_a_full_queue_refuses_before_reading_the_body(models_dir, translators, e
         assert metric(exposition, "translator_request_duration_seconds_count", route="/v1/translate", status="503") == 1
 
 
-def test_deadline_expiry_answers_and_the_sentences_do_no_work(models_dir, translators, en_de, pool):  # noqa: F811
-    with serving(models_dir, translators, request_deadline_s=0.5, max_wait_ms=0) as server:
+def test_deadline_expiry_answers_and_the_sentences_do_no_work(models_dir, translators, en_de, pool, scheduler):  # noqa: F811
+    with serving(models_dir, translators, request_deadline_s=0.5, max_wait_ms=0, **scheduler) as server:
         with inference_paused(en_de):
             first = send(pool, server.url, json=SENTENCE)
             wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")
@@ -133,8 +144,8 @@ def test_deadline_expiry_answers_and_the_sentences_do_no_work(models_dir, transl
         assert metric(exposition, "translator_queue_depth") == 0
 
 
-def test_a_client_that_disconnects_leaves_the_queue(models_dir, translators, en_de, pool):  # noqa: F811
-    with serving(models_dir, translators, max_wait_ms=0) as server:
+def test_a_client_that_disconnects_leaves_the_queue(models_dir, translators, en_de, pool, scheduler):  # noqa: F811
+    with serving(models_dir, translators, max_wait_ms=0, **scheduler) as server:
         with inference_paused(en_de):
             first = send(pool, server.url, json=SENTENCE)
             wait_until(lambda: value(server, "translator_batch_size_count") == 1, what="the first batch")

@@ -5,6 +5,7 @@ running batch, a failing running batch fails only its own sentences, and the ste
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -43,6 +44,24 @@ async def until(condition, timeout: float = 20.0) -> None:
     raise AssertionError("condition not reached")
 
 
+class StepGate:
+    """The translator's step model, stopping the decoding thread after a number of steps until told to go on."""
+
+    def __init__(self, inner, pause_after: int):
+        self.inner, self.steps, self.pause_after = inner, 0, pause_after
+        self.paused, self.resume = threading.Event(), threading.Event()
+
+    def step(self, state, tokens, k):
+        if self.steps == self.pause_after:
+            self.paused.set()
+            self.resume.wait(30)
+        self.steps += 1
+        return self.inner.step(state, tokens, k)
+
+    def __getattr__(self, name):  # start, join, reorder, keep: the real ones
+        return getattr(self.inner, name)
+
+
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_a_sentence_joining_the_running_batch_gets_what_it_gets_alone(tiny, beam_size):
     options = tiny.search_options(beam_size=beam_size, n_best=beam_size)
@@ -51,11 +70,18 @@ def test_a_sentence_joining_the_running_batch_gets_what_it_gets_alone(tiny, beam
 
     async def scenario():
         batcher, metrics = started(tiny)
-        running = asyncio.create_task(batcher.translate(tiny.name, [first], options))
-        await until(lambda: sample(metrics, "translator_step_duration_seconds_count", model=tiny.name) >= 2)
-        joined = await batcher.translate(tiny.name, [joining], options)
-        assert not running.done()  # it joined mid-decode, it did not wait for the first to end
-        await running
+        healthy = tiny.step_model
+        tiny.step_model = gate = StepGate(healthy, pause_after=2)
+        try:
+            running = asyncio.create_task(batcher.translate(tiny.name, [first], options))
+            await until(gate.paused.is_set)  # the first sentence has taken two steps; the decoding thread waits
+            joined = asyncio.create_task(batcher.translate(tiny.name, [joining], options))
+            await until(lambda: batcher.depth == 0)  # admitted: it joins before the next step
+            gate.resume.set()
+            joined = await joined
+            await running
+        finally:
+            tiny.step_model = healthy
         await batcher.drain(5)
         return joined[0], metrics
 
