@@ -123,8 +123,9 @@ class DecodeState:
         return self.caches[0].shape[2]
 
     @property
-    def all_alive(self) -> bool:
-        return len(self.alive) == self.sentences
+    def in_order(self) -> bool:
+        """Every sentence in the buffers is searched, in buffer order: rows map to the search's rows one to one."""
+        return len(self.alive) == self.sentences and bool((self.alive == np.arange(self.sentences)).all())
 
     def alive_rows(self) -> np.ndarray:
         return (self.alive[:, None] * self.beam_width + np.arange(self.beam_width)).reshape(-1)
@@ -133,12 +134,13 @@ class DecodeState:
 class OnnxStepModel:
     def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, pad_id: int,
                  cross_outputs: list[str], cache_inputs: list[str], cache_outputs: list[str],
-                 cache_shape: tuple[int, int], run_options: ort.RunOptions | None = None):
+                 cache_shape: tuple[int, int], max_position: int, run_options: ort.RunOptions | None = None):
         self.encoder, self.decoder = encoder, decoder
         self.pad_id = pad_id
         self.cross_names = cross_outputs  # cross_key_0, cross_value_0, ...: encoder outputs and decoder inputs
         self.cache_inputs, self.cache_outputs = cache_inputs, cache_outputs
         self.heads, self.head_dim = cache_shape
+        self.max_position = max_position - 1  # the last row of the decoder's position table
 
         self.run_options = run_options
 
@@ -162,19 +164,24 @@ class OnnxStepModel:
         return state
 
     def join(self, state: DecodeState, src_ids: np.ndarray, limits: np.ndarray) -> None:
+        """Newcomers take the places of finished sentences first (their rows need no moving: the slots before a
+        newcomer's start are masked), then places after the last sentence."""
         added, width = len(src_ids), src_ids.shape[1]
         cross = self.encode(src_ids)
-        if state.sentences + added > state.allocated and not state.all_alive:
+        free = np.setdiff1d(np.arange(state.sentences), state.alive)[:added]
+        extra = added - len(free)
+        if state.sentences + extra > state.allocated and len(state.alive) < state.sentences:
             self.compact(state)
-        if state.sentences + added > state.allocated:
-            self.grow(state, sentences=max(state.sentences + added, 2 * state.allocated))
+            free, extra = free[:0], added
+        if state.sentences + extra > state.allocated:
+            self.grow(state, sentences=max(state.sentences + extra, 2 * state.allocated))
         if width > state.source_mask.shape[1]:
             self.grow(state, source=width)
         if state.length + int(limits.max()) > state.capacity:
             self.rebase(state)
         if state.length + int(limits.max()) > state.capacity:
             self.grow(state, capacity=max(state.length + int(limits.max()), 2 * state.capacity))
-        new = slice(state.sentences, state.sentences + added)
+        new = np.concatenate([free, np.arange(state.sentences, state.sentences + extra)])
         for array, part in zip(state.cross, cross):
             array[new] = 0  # keys/values of padding stay finite: masked scores must not turn into NaN
             array[new, :, :width] = part
@@ -182,21 +189,22 @@ class OnnxStepModel:
         state.source_mask[new, :width] = src_ids != self.pad_id
         state.start[new] = state.length
         state.indirection[new] = 0  # slots before the start are masked, but must name a valid beam
-        state.alive = np.concatenate([state.alive, np.arange(new.start, new.stop)])
-        state.sentences += added
+        state.alive = np.concatenate([state.alive, new])
+        state.sentences += extra
         state.bound = None
 
     def step(self, state: DecodeState, tokens: np.ndarray, k: int) -> Candidates:
         binding = self.bind(state, k)
         rows, length, buffers = state.rows, state.length, state.buffers
         # Rows of finished sentences keep their last token: computed, never read.
-        live = slice(0, rows) if state.all_alive else state.alive_rows()
+        live = slice(0, rows) if state.in_order else state.alive_rows()
         buffers.tokens[live] = tokens
         mask = buffers.attention_mask[: rows * (length + 1)].reshape(rows, length + 1)  # contiguous: a prefix
         if state.row_start is None:
             buffers.positions[:rows] = length
-        else:  # rows that joined later: their own positions, and the slots before they joined hidden
-            buffers.positions[:rows] = length - state.row_start
+        else:  # rows that joined later: their own positions, and the slots before they joined hidden (a finished
+            # sentence's rows, computed and ignored until their place is taken, stay inside the position table)
+            np.minimum(length - state.row_start, self.max_position, out=buffers.positions[:rows])
             np.greater_equal(np.arange(length + 1), state.row_start[:, None], out=mask, casting="unsafe")
         binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
         self.decoder.run_with_iobinding(binding, self.run_options)
@@ -206,7 +214,7 @@ class OnnxStepModel:
 
     def reorder(self, state: DecodeState, parents: np.ndarray) -> None:
         parents = parents[:, :, None].astype(np.intp)
-        if state.all_alive:
+        if state.in_order:
             written = state.indirection[: state.sentences, :, : state.length]
             written[...] = np.take_along_axis(written, parents, axis=1)
         else:
@@ -233,17 +241,16 @@ class OnnxStepModel:
         state.sentences, state.alive, state.bound = len(alive), np.arange(len(alive)), None
 
     def rebase(self, state: DecodeState) -> None:
-        """Move every live row's history to the front of the slots, so that sentences joining later fit."""
-        if not state.all_alive:
-            self.compact(state)
+        """Move every row's history to the front of the slots by the oldest live start, so that sentences joining
+        later fit (finished sentences' rows are moved too: cheaper than telling them apart)."""
         length, rows, batch = state.length, state.rows, state.sentences
-        first = int(state.start[:batch].min()) if batch else length
+        first = int(state.start[state.alive].min()) if len(state.alive) else length
         if first == 0:
             return
         for cache in state.caches:
             cache[:rows, :, : length - first] = cache[:rows, :, first:length].copy()
         state.indirection[:batch, :, : length - first] = state.indirection[:batch, :, first:length].copy()
-        state.start[:batch] -= first
+        np.maximum(state.start[:batch] - first, 0, out=state.start[:batch])
         state.past_length[0] = length - first
         state.bound = None
 

@@ -72,7 +72,8 @@ class Translator:
             self.encoder_session, self.decoder_session, self.manifest.special_ids.pad,
             cross_outputs=graphs.encoder.outputs[1:],  # cross_key_0, cross_value_0, ... (not memory)
             cache_inputs=graphs.decoder.inputs[-caches:], cache_outputs=graphs.decoder.outputs[-caches:],
-            cache_shape=(dims.n_heads, dims.head_dim), run_options=self.run_options,
+            cache_shape=(dims.n_heads, dims.head_dim), max_position=self.manifest.limits.max_positions,
+            run_options=self.run_options,
         )
 
     def check_graphs(self) -> None:

@@ -141,7 +141,7 @@ def check_graphs(
     n = c.n_decoder_layers
     onnx_model = OnnxStepModel(encoder, decoder, c.pad_id, encoder_output_names(n)[1:],
                                decoder_input_names(n)[-2 * n:], decoder_output_names(n)[-2 * n:],
-                               (c.n_heads, c.d_model // c.n_heads))
+                               (c.n_heads, c.d_model // c.n_heads), c.max_positions)
     torch_model = TorchStepModel(model.eval())
     rng = np.random.default_rng(0)
     worst = 0.0
