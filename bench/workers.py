@@ -92,20 +92,27 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return round(float(np.percentile(seconds, q)) * 1000, 2)
 
 
-def run_setting(translate: Translate, sources: list[list[int]], beam_size: int, batch_size: int) -> tuple[dict, list]:
-    """Translate every source in batches of similar length → timings and the outputs in input order."""
+def run_setting(translate: Translate, sources: list[list[int]], beam_size: int, batch_size: int,
+                repeats: int = 1) -> tuple[dict, list]:
+    """Translate every source in batches of similar length, `repeats` passes → the fastest pass's timings and the
+    outputs in input order. (This machine's speed drifts by tens of percent from minute to minute: the best of a
+    few passes is what an engine can do, for every engine alike.)"""
     from engine.search import length_sorted_batches
 
     batches = length_sorted_batches(sources, batch_size)
     translate([sources[i] for i in batches[len(batches) // 2]], beam_size)  # warm-up, untimed
     outputs: list[list[int]] = [[] for _ in sources]
-    latencies = []
-    for batch in batches:
-        started = time.perf_counter()
-        results = translate([sources[i] for i in batch], beam_size)
-        latencies.append(time.perf_counter() - started)
-        for i, tokens in zip(batch, results):
-            outputs[i] = tokens
+    passes = []
+    for _ in range(repeats):
+        latencies = []
+        for batch in batches:
+            started = time.perf_counter()
+            results = translate([sources[i] for i in batch], beam_size)
+            latencies.append(time.perf_counter() - started)
+            for i, tokens in zip(batch, results):
+                outputs[i] = tokens
+        passes.append(latencies)
+    latencies = min(passes, key=sum)
     target_tokens = sum(len(o) + 1 for o in outputs)  # + EOS: every output token was a decoder step
     seconds = sum(latencies)
     return {
@@ -148,7 +155,7 @@ def measure(name: str, config: dict) -> dict:
     sources, references = config["sources"], config["references"]
     result = {"engine": name, "threads": config["threads"], "load_seconds": round(load_seconds, 2), "settings": []}
     for beam_size, batch_size in config["settings"]:
-        row, outputs = run_setting(translate, sources, beam_size, batch_size)
+        row, outputs = run_setting(translate, sources, beam_size, batch_size, config.get("repeats", 1))
         row["bleu"] = round(sacrebleu.corpus_bleu(processor.decode(outputs), [references]).score, 2)
         if beam_size == 1 and batch_size == 1:
             result["greedy_outputs"] = outputs  # compared across engines by the parent
