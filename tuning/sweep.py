@@ -11,6 +11,7 @@ its gain is measured against the service's default setting, which every local sw
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,20 +33,31 @@ class BatchingSetting(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    scheduler: Literal["continuous", "batch"] = "continuous"
     batch_token_budget: int = Field(2048, ge=1)
     max_batch_sentences: int = Field(32, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
 
+    def effective(self) -> "BatchingSetting":
+        """The same setting with the knobs its scheduler ignores at their defaults (continuous batching has no
+        batch token budget, wait or length buckets), so that the grid does not measure one setting twice."""
+        if self.scheduler == "batch":
+            return self
+        return BatchingSetting(scheduler="continuous", max_batch_sentences=self.max_batch_sentences)
+
     def environment(self) -> dict[str, str]:
-        return {"TRANSLATOR_BATCH_TOKEN_BUDGET": str(self.batch_token_budget),
+        return {"TRANSLATOR_SCHEDULER": self.scheduler, "TRANSLATOR_BATCH_TOKEN_BUDGET": str(self.batch_token_budget),
                 "TRANSLATOR_MAX_BATCH_SENTENCES": str(self.max_batch_sentences),
                 "TRANSLATOR_MAX_WAIT_MS": f"{self.max_wait_ms:g}",
                 "TRANSLATOR_LENGTH_BUCKETS": edges_text(self.length_buckets)}
 
     def label(self) -> str:
-        return (f"budget {self.batch_token_budget}, ≤{self.max_batch_sentences} sent., wait {self.max_wait_ms:g} ms, "
-                f"buckets {edges_text(self.length_buckets)}" + (" (defaults)" if self == BatchingSetting() else ""))
+        defaults = " (defaults)" if self == BatchingSetting() else ""
+        if self.scheduler == "continuous":
+            return f"continuous, ≤{self.max_batch_sentences} sent.{defaults}"
+        return (f"batch, budget {self.batch_token_budget}, ≤{self.max_batch_sentences} sent., wait {self.max_wait_ms:g} ms, "
+                f"buckets {edges_text(self.length_buckets)}" + defaults)
 
 
 class LoadLevel(BaseModel):
@@ -63,6 +75,7 @@ class LoadLevel(BaseModel):
 class SweepGrid(BaseModel):
     """Every combination of the setting axes is a setting; every setting runs every load level."""
 
+    scheduler: list[Literal["continuous", "batch"]] = ["continuous", "batch"]
     batch_token_budget: list[int] = [2048]
     max_batch_sentences: list[int] = [8, 32]
     max_wait_ms: list[float] = [2.0, 10.0]
@@ -74,9 +87,13 @@ class SweepGrid(BaseModel):
     with_defaults: bool = Field(True, description="measure the service's default setting too (first), as the baseline")
 
     def settings(self) -> list[BatchingSetting]:
-        grid = [BatchingSetting(batch_token_budget=b, max_batch_sentences=s, max_wait_ms=w, length_buckets=e)
-                for b, s, w, e in itertools.product(self.batch_token_budget, self.max_batch_sentences,
-                                                    self.max_wait_ms, self.length_buckets)]
+        grid = []
+        for c, b, s, w, e in itertools.product(self.scheduler, self.batch_token_budget, self.max_batch_sentences,
+                                               self.max_wait_ms, self.length_buckets):
+            setting = BatchingSetting(scheduler=c, batch_token_budget=b, max_batch_sentences=s, max_wait_ms=w,
+                                      length_buckets=e).effective()
+            if setting not in grid:
+                grid.append(setting)
         return [BatchingSetting()] + grid if self.with_defaults and BatchingSetting() not in grid else grid
 
     def levels(self) -> list[LoadLevel]:

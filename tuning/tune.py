@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p95-ms", type=float, default=500.0, help="latency target: p95 of answered requests, ms")
     p.add_argument("--out", type=Path, default=Path("results/tuning"))
     grid = SweepGrid()
+    p.add_argument("--scheduler", type=lambda text: [v.strip() for v in text.split(",")], default=grid.scheduler,
+                   help="TRANSLATOR_SCHEDULER values (continuous, batch; the batch knobs apply to batch only)")
     p.add_argument("--token-budget", type=numbers(int), default=grid.batch_token_budget, help="TRANSLATOR_BATCH_TOKEN_BUDGET values")
     p.add_argument("--max-batch-sentences", type=numbers(int), default=grid.max_batch_sentences,
                    help="TRANSLATOR_MAX_BATCH_SENTENCES values (1 = batching off, a useful baseline)")
@@ -107,7 +109,8 @@ class Session:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.grid = SweepGrid(batch_token_budget=args.token_budget, max_batch_sentences=args.max_batch_sentences,
+        self.grid = SweepGrid(scheduler=args.scheduler, batch_token_budget=args.token_budget,
+                              max_batch_sentences=args.max_batch_sentences,
                               max_wait_ms=args.max_wait_ms, length_buckets=args.length_buckets or [DEFAULT_BUCKETS],
                               concurrency=args.concurrency if not args.rate else [], rate=args.rate or [],
                               seconds_per_point=args.seconds, warmup_per_point=args.warmup,
