@@ -46,6 +46,13 @@ ONE_CONNECTION_WARMUP = 32  # requests before the one-connection pass
 SETTLE_S = (0.3, 10.0)  # after a warm-up: wait until no token was generated for 0.3 s (at most 10 s)
 
 
+def service_threads() -> int:
+    """The ONNX Runtime thread count `translator serve` uses with make run's settings (and this environment)."""
+    from service.config import Settings
+
+    return Settings().onnx_threads() or physical_cores()
+
+
 def physical_cores() -> int:
     """ONNX Runtime's default intra-op thread count (TRANSLATOR_INTRA_OP_THREADS=0): one per physical core."""
     cores = set()
@@ -58,13 +65,11 @@ def physical_cores() -> int:
 
 
 def scheduler_of(environment: dict[str, str]) -> str:
-    """The batch scheduler a server with this environment runs (TRANSLATOR_SCHEDULER, once the service has it)."""
+    """The scheduler a server with this environment runs (TRANSLATOR_SCHEDULER)."""
     from service.config import Settings
 
-    field = Settings.model_fields.get("scheduler")
-    if field is None:
-        return "batch (the service has no TRANSLATOR_SCHEDULER setting yet: its one cross-request batcher)"
-    return environment.get("TRANSLATOR_SCHEDULER") or os.environ.get("TRANSLATOR_SCHEDULER") or f"{field.default} (default)"
+    default = Settings.model_fields["scheduler"].default
+    return environment.get("TRANSLATOR_SCHEDULER") or os.environ.get("TRANSLATOR_SCHEDULER") or f"{default} (default)"
 
 
 def settle(url: str) -> None:
@@ -253,8 +258,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-cpus", help="taskset CPU list for the server and the offline engines, e.g. 0,1")
     parser.add_argument("--client-cpus", help="taskset CPU list for wrk, e.g. 1")
     parser.add_argument("--ct2-threads", default="1,2", help="CTranslate2 thread counts to try; the best is the reference")
-    parser.add_argument("--engine-threads", type=int, default=physical_cores(),
-                        help="threads of the engine's batch-1 reference (default: the server's, one per physical core)")
+    parser.add_argument("--engine-threads", type=int, default=service_threads(),
+                        help="threads of the engine's batch-1 reference (default: the server's with make run's settings)")
     parser.add_argument("--no-offline", action="store_true", help="skip CTranslate2 and the engine reference")
     parser.add_argument("--timeout", type=float, default=120.0, help="wrk's per-request timeout, seconds")
     parser.add_argument("--out", type=Path, default=Path("results/bench_http.json"))

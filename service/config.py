@@ -10,6 +10,7 @@ platforms set `PORT`. `README.md` lists every field with the description written
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -53,7 +54,9 @@ class Settings(BaseSettings):
     providers: CommaList = Field(("CPUExecutionProvider",), description=(
         "ONNX Runtime execution providers in order of preference; the CPU is always appended as the fallback."))
     strict_providers: bool = Field(False, description="Refuse to start when the first provider cannot run a model, instead of falling back with a warning.")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per model (0 = one per physical core).")
+    intra_op_threads: int = Field(-1, ge=-1, description=(
+        "ONNX Runtime threads per model: -1 = the CPUs this process may use less one, which the event loop needs "
+        "(at least 1; measured best on 2 cores: README, Load benchmark); 0 = ONNX Runtime's own default (one per physical core)."))
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (resident memory holds its peak); "
@@ -66,10 +69,10 @@ class Settings(BaseSettings):
         "noisier resident memory than with the arena on or off)."))
 
     # --- batching ----------------------------------------------------------------------------------
-    scheduler: Literal["continuous", "batch"] = Field("continuous", description=(
-        "continuous: one running batch per model and search setting; waiting sentences join it at every decoder step "
-        "and finished ones leave and are answered at once. batch: a batch runs until its last sentence ends while the "
-        "next one fills (measured against each other: README, Tuning)."))
+    scheduler: Literal["continuous", "batch"] = Field("batch", description=(
+        "batch: a batch of one length bucket runs until its last sentence ends while the next one fills. continuous: "
+        "one running batch per model and search setting; waiting sentences join it at every decoder step and finished "
+        "ones leave and are answered at once (measured against each other: README, Load benchmark)."))
     cache_token_budget: int = Field(8192, ge=1, description=(
         "continuous: most cache slots the running batch may need (per sentence: beams × output limit, ~6 KiB each for "
         "the shipped models); it bounds the running batch's key/value cache memory. One sentence over it still runs."))
@@ -77,7 +80,7 @@ class Settings(BaseSettings):
         "Most padded source tokens in one batch (sentences × longest sentence). A longer single sentence still runs alone."))
     max_batch_sentences: int = Field(32, ge=1, description=(
         "Most sentences in one batch (continuous: in the running batch); 1 turns cross-request batching off."))
-    max_wait_ms: float = Field(5.0, ge=0, description=(
+    max_wait_ms: float = Field(0.0, ge=0, description=(
         "batch: how long the oldest waiting sentence may wait for others to fill its batch while the model is idle "
         "(continuous starts at once: later arrivals join at the next step)."))
     length_buckets: CommaInts = Field((8, 16, 24, 32, 48, 64, 96, 128), description=(
@@ -173,7 +176,13 @@ class Settings(BaseSettings):
             raise ValueError("max_alternatives + 1 exceeds max_beam_size: alternatives come from the beam")
         return self
 
+    def onnx_threads(self) -> int:
+        """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs less the event loop's one, at least 1."""
+        if self.intra_op_threads >= 0:
+            return self.intra_op_threads
+        return max(1, len(os.sched_getaffinity(0)) - 1) if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1)
+
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,
-                              intra_op_threads=self.intra_op_threads, spin_wait=self.spin_wait, enable_cpu_mem_arena=self.cpu_mem_arena,
+                              intra_op_threads=self.onnx_threads(), spin_wait=self.spin_wait, enable_cpu_mem_arena=self.cpu_mem_arena,
                               shrink_arena_after_run=self.shrink_arena)

@@ -47,11 +47,11 @@ class InferenceFailed(BatcherError):
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    scheduler: Literal["continuous", "batch"] = "continuous"
+    scheduler: Literal["continuous", "batch"] = "batch"
     cache_budget: int = 8192  # continuous: Σ beams × output limit over the running batch's sentences
     token_budget: int = 2048  # padded tokens: sentences × longest sentence
     max_sentences: int = 32
-    max_wait_s: float = 0.005
+    max_wait_s: float = 0.0
     length_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128)
     queue_limit: int = 512  # sentences waiting, all models together
     deadline_s: float = 30.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -51,7 +53,13 @@ def test_cli_serves_and_delegates_without_importing_the_training_side():
     parser = build_parser()
     args = parser.parse_args(["serve", "--port", "8001", "--models-dir", "somewhere"])
     assert (args.port, str(args.models_dir), args.handler.__name__) == (8001, "somewhere", "serve")
-    assert set(DELEGATED) == {"data", "train", "average", "evaluate", "card", "export", "load", "tune"}
+    assert set(DELEGATED) == {"data", "train", "average", "evaluate", "card", "export", "import", "load", "tune"}
+
+
+def test_onnx_threads_default_leaves_the_event_loop_a_cpu():
+    usable = len(os.sched_getaffinity(0))
+    assert Settings().onnx_threads() == max(1, usable - 1)
+    assert Settings(intra_op_threads=0).onnx_threads() == 0 and Settings(intra_op_threads=3).onnx_threads() == 3
 
 
 @pytest.mark.parametrize("arena, shrink", [(False, False), (True, True)])

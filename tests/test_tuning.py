@@ -58,13 +58,13 @@ def test_gain_is_measured_against_the_services_defaults():
     assert Settings().batch_token_budget == defaults.batch_token_budget and Settings().max_wait_ms == defaults.max_wait_ms
     assert Settings().max_batch_sentences == defaults.max_batch_sentences and Settings().length_buckets == DEFAULT_BUCKETS
     assert "(defaults)" in defaults.label() and "(defaults)" not in bigger.label()
-    one = {"scheduler": ["continuous"], "max_wait_ms": [5]}
+    one = {"scheduler": ["batch"], "max_wait_ms": [0]}
     assert SweepGrid(max_batch_sentences=[64], **one).settings() == [defaults, bigger]  # the baseline first
     assert SweepGrid(max_batch_sentences=[32, 64], **one).settings() == [defaults, bigger]  # not twice
     assert SweepGrid(max_batch_sentences=[64], with_defaults=False, **one).settings() == [bigger]
     # Both schedulers; the batch scheduler's knobs do not multiply the continuous settings.
     both = SweepGrid(max_batch_sentences=[64], max_wait_ms=[2, 10]).settings()
-    assert [(s.scheduler, s.max_wait_ms) for s in both] == [("continuous", 5), ("continuous", 5), ("batch", 2), ("batch", 10)]
+    assert [(s.scheduler, s.max_wait_ms) for s in both] == [("batch", 0), ("continuous", 0), ("batch", 2), ("batch", 10)]
     # The defaults at their fastest within 300 ms: 200 tokens/s (400 is too slow); the recommendation 300.
     points = [point(100, 50, setting=defaults), point(200, 250, setting=defaults), point(400, 900, setting=defaults),
               point(300, 280, setting=bigger)]
@@ -108,13 +108,13 @@ def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_p
     out = tmp_path / "tuning"
     status = tune_command.main([
         "--models-dir", str(models_dir), "--data", str(TEST_SPLIT), "--out", str(out), "--p95-ms", "20000",
-        "--scheduler", "continuous", "--max-batch-sentences", "1,32", "--max-wait-ms", "5", "--concurrency", "4",
+        "--scheduler", "batch", "--max-batch-sentences", "1,32", "--max-wait-ms", "0", "--concurrency", "4",
         "--seconds", "2", "--warmup", "0.5",
         "--lengths", "8,32", "--length-seconds", "1.5", "--threads", "1", "--beam-size", "1", "--no-progress",
         "--note", "test run"])
     assert status == 0
     run = TuningRun.model_validate_json((out / "tuning.json").read_text())
-    assert [p.setting.max_batch_sentences for p in run.points] == [1, 32]  # 32 and 5 ms: the defaults, measured once
+    assert [p.setting.max_batch_sentences for p in run.points] == [1, 32]  # 32 and 0 ms: the defaults, measured once
     for p in run.points:  # the generator's counts, as each server saw them; the generator's own ceiling, measured once
         assert p.ok > 0 and p.server.translate_responses == {"200": p.ok}
         assert p.client.ceiling == run.points[0].client.ceiling and p.client.limited is False

@@ -33,10 +33,10 @@ class BatchingSetting(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    scheduler: Literal["continuous", "batch"] = "continuous"
+    scheduler: Literal["continuous", "batch"] = "batch"
     batch_token_budget: int = Field(2048, ge=1)
     max_batch_sentences: int = Field(32, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
+    max_wait_ms: float = Field(0.0, ge=0)
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
 
     def effective(self) -> "BatchingSetting":
@@ -78,7 +78,7 @@ class SweepGrid(BaseModel):
     scheduler: list[Literal["continuous", "batch"]] = ["continuous", "batch"]
     batch_token_budget: list[int] = [2048]
     max_batch_sentences: list[int] = [8, 32]
-    max_wait_ms: list[float] = [2.0, 10.0]
+    max_wait_ms: list[float] = [0.0, 5.0]
     length_buckets: list[tuple[int, ...]] = [DEFAULT_BUCKETS]
     concurrency: list[int] = [1, 4, 16, 32]
     rate: list[float] = []  # when given, open-loop levels instead of concurrency
