@@ -21,24 +21,34 @@ LEVEL_MARKERS = "os^Dvp<>h*"  # one marker shape per load level, in sweep order
 LEGEND_FONT = 8
 
 
-def setting_parts(point: SweepPoint) -> list[str]:
+def setting_parts(point: SweepPoint) -> dict[str, str]:
+    """A setting's knobs by kind (the continuous scheduler has no batch budget, wait or buckets)."""
     s = point.setting
     if s is None:
-        return ["as configured at the URL"]
-    return [f"budget {s.batch_token_budget}", f"≤{s.max_batch_sentences} sent.", f"wait {s.max_wait_ms:g} ms",
-            f"buckets {edges_text(s.length_buckets)}"]
+        return {"url": "as configured at the URL"}
+    parts = {"scheduler": s.scheduler, "sentences": f"≤{s.max_batch_sentences} sent."}
+    if s.scheduler == "batch":
+        parts |= {"budget": f"budget {s.batch_token_budget}", "wait": f"wait {s.max_wait_ms:g} ms",
+                  "buckets": f"buckets {edges_text(s.length_buckets)}"}
+    return parts
 
 
 def setting_names(points: list[SweepPoint]) -> tuple[dict[str, str], str]:
     """Short legend names for the settings (only what differs between them, "(defaults)" marked) and the parts
-    they all share, for the title: full labels repeated in every entry made the legends wider than the plots."""
+    they all share, for the title: full labels repeated in every entry made the legends wider than the plots.
+    A knob counts as shared when every setting that has it has the same value."""
     parts = {p.setting_label(): setting_parts(p) for p in points}
-    common = [part for part in next(iter(parts.values()), []) if all(part in ps for ps in parts.values())] if len(parts) > 1 else []
+    common: dict[str, str] = {}
+    if len(parts) > 1:
+        for kind in dict.fromkeys(kind for ps in parts.values() for kind in ps):
+            values = {ps[kind] for ps in parts.values() if kind in ps}
+            if len(values) == 1:
+                common[kind] = values.pop()
     names = {}
     for p in points:
-        own = [part for part in parts[p.setting_label()] if part not in common] or ["one setting"]
+        own = [text for kind, text in parts[p.setting_label()].items() if kind not in common] or ["one setting"]
         names[p.setting_label()] = ", ".join(own) + (" (defaults)" if p.setting == BatchingSetting() else "")
-    return names, ", ".join(common)
+    return names, ", ".join(common.values())
 
 
 def by_setting(points: list[SweepPoint]) -> dict[str, list[int]]:
