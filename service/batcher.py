@@ -237,7 +237,12 @@ class Batcher:
 
     def _take(self, lane: Lane, key: GroupKey) -> list[Job]:
         count, _ = self._fitting(lane.groups[key])
-        taken = lane.take_oldest(key, count)
+        return self.claim(lane.take_oldest(key, count))
+
+    def claim(self, taken: list[Job]) -> list[Job]:
+        """Jobs just taken out of their lane's queue → those still worth running: a job whose caller went away
+        is dropped, one whose deadline passed is answered so (its caller's timer may not have fired yet while
+        the loop was busy)."""
         self._set_depth(self.depth - len(taken))
         now = time.monotonic()
         batch = []
@@ -245,23 +250,27 @@ class Batcher:
             job.queued = False
             if job.future.done():
                 continue
-            if now > job.deadline:  # the caller's timer may not have fired yet while the loop was busy
+            if now > job.deadline:
                 job.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
                 continue
             batch.append(job)
         return batch
 
-    async def _run(self, lane: Lane, key: GroupKey, batch: list[Job]) -> None:
-        name, m = lane.translator.name, self.metrics
-        now = time.monotonic()
+    def observe_batch(self, model: str, batch: list[Job]) -> None:
+        """Queue waits and batch shape, when sentences start (a batch, or a join into the running batch)."""
+        m, now = self.metrics, time.monotonic()
         lengths = [len(job.ids) for job in batch]
         padded = len(batch) * max(lengths)
         for job, length in zip(batch, lengths):
             m.queue_wait.observe(now - job.enqueued)
-            m.input_tokens.labels(model=name).observe(length)
+            m.input_tokens.labels(model=model).observe(length)
         m.batch_size.observe(len(batch))
         m.batch_tokens.observe(padded)
         m.padding_ratio.observe(1.0 - sum(lengths) / padded)
+
+    async def _run(self, lane: Lane, key: GroupKey, batch: list[Job]) -> None:
+        name = lane.translator.name
+        self.observe_batch(name, batch)
         sources = [job.ids for job in batch]
         loop = asyncio.get_running_loop()
         # Stays ShuttingDown only if the batch is cancelled: a drain that ran out of time.
@@ -270,7 +279,7 @@ class Batcher:
             if key.task == "translate":
                 outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options)
                 # Model time only (the engine's stage times): a test holding the model's lock does not skew it.
-                lane.note_batch(sum(lengths), lane.times.encode_seconds + lane.times.decode_seconds)
+                lane.note_batch(sum(len(job.ids) for job in batch), lane.times.encode_seconds + lane.times.decode_seconds)
             else:
                 outcome = await loop.run_in_executor(lane.executor, self._encode, lane, sources)
         except Exception as error:  # noqa: BLE001 - whatever broke, only this batch's requests hear of it

@@ -10,6 +10,7 @@ platforms set `PORT`. `README.md` lists every field with the description written
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -32,6 +33,22 @@ def split_list(value: object) -> object:
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity, capped by a CPU quota (docker --cpus, a Kubernetes limit),
+    which the affinity does not show."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 class Settings(BaseSettings):
@@ -180,7 +197,7 @@ class Settings(BaseSettings):
         """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs less the event loop's one, at least 1."""
         if self.intra_op_threads >= 0:
             return self.intra_op_threads
-        return max(1, len(os.sched_getaffinity(0)) - 1) if hasattr(os, "sched_getaffinity") else max(1, (os.cpu_count() or 2) - 1)
+        return max(1, usable_cpus() - 1)
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,

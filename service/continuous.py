@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.search import Decoding, SearchOptions, SearchResult
-from service.lanes import DeadlineExceeded, InferenceFailed, Job, Lane
+from service.lanes import DeadlineExceeded, InferenceFailed, Job, Lane, ShuttingDown
 
 if TYPE_CHECKING:
     from service.batcher import Batcher
@@ -81,9 +81,13 @@ class ContinuousScheduler:
                     return
                 lane.wakeup.clear()
                 await lane.wakeup.wait()  # a new sentence, a finished step, a withdrawal, or the drain
-        finally:
+        finally:  # drained, or the drain ran out of time: whatever still runs is answered
             self.inbox.put(None)
             await asyncio.to_thread(thread.join)
+            for running in self.running.values():
+                for job in running.jobs:
+                    if not job.future.done():
+                        job.future.set_exception(ShuttingDown("the server stopped before this sentence finished"))
 
     # --- on the event loop -----------------------------------------------------------------------
     def cache_slots(self, job: Job) -> int:
@@ -92,54 +96,41 @@ class ContinuousScheduler:
 
     def admit(self) -> None:
         """Send waiting sentences to their running batch, oldest first, within the policy."""
-        policy, lane, now = self.batcher.policy, self.lane, time.monotonic()
+        policy, lane = self.batcher.policy, self.lane
         for key in [k for k in lane.groups if k.task == "translate"]:
             running = self.running.setdefault(key.options, Running())
-            joining: list[Job] = []
-            for job in list(lane.groups[key]):
-                slots, count = self.cache_slots(job), len(running.jobs) + len(joining)
-                if count >= policy.max_sentences or (count and running.cache_slots + slots > policy.cache_budget):
+            count, slots = 0, running.cache_slots
+            for job in lane.groups[key]:
+                need = self.cache_slots(job)
+                full = len(running.jobs) + count >= policy.max_sentences
+                if full or ((running.jobs or count) and slots + need > policy.cache_budget):
                     break
-                lane.remove(job)
-                job.queued = False
-                self.batcher._set_depth(self.batcher.depth - 1)
-                if job.future.done():
-                    continue
-                if now > job.deadline:  # the caller's timer may not have fired yet while the loop was busy
-                    job.future.set_exception(DeadlineExceeded("deadline passed in the queue"))
-                    continue
-                joining.append(job)
-                running.cache_slots += slots
-            if joining:
-                self.observe_join(joining, running, now)
-                running.jobs.update(joining)
-                self.inbox.put(("join", key.options, joining))
+                count, slots = count + 1, slots + need
+            joining = self.batcher.claim(lane.take_oldest(key, count)) if count else []
+            if not joining:
+                continue
+            self.batcher.observe_batch(self.translator.name, joining)
+            if running.jobs:
+                self.batcher.metrics.joined_sentences.labels(model=self.translator.name).inc(len(joining))
+            running.jobs.update(joining)
+            running.cache_slots += sum(self.cache_slots(job) for job in joining)
+            self.inbox.put(("join", key.options, joining))
 
-    def observe_join(self, joining: list[Job], running: Running, now: float) -> None:
-        m, name = self.batcher.metrics, self.translator.name
-        lengths = [len(job.ids) for job in joining]
-        for job, length in zip(joining, lengths):
-            m.queue_wait.observe(now - job.enqueued)
-            m.input_tokens.labels(model=name).observe(length)
-        m.batch_size.observe(len(joining))
-        padded = len(joining) * max(lengths)
-        m.batch_tokens.observe(padded)
-        m.padding_ratio.observe(1.0 - sum(lengths) / padded)
-        if running.jobs:
-            m.joined_sentences.labels(model=name).inc(len(joining))
-
-    def leave(self, job: Job) -> None:
-        running = self.running[job.group.options]
+    def leave(self, job: Job) -> bool:
+        """Take a job out of its running batch's account → whether it was there (not withdrawn meanwhile)."""
+        running = self.running.get(job.group.options)
+        if running is None or job not in running.jobs:
+            return False
         running.jobs.discard(job)
         running.cache_slots -= self.cache_slots(job)
+        return True
 
     def settle(self, report: StepReport) -> None:
         """Answer what finished, fail what broke, withdraw what was abandoned; then admit again."""
         m, name, now = self.batcher.metrics, self.translator.name, time.monotonic()
         for job, result in report.finished:
-            if job not in self.running[job.group.options].jobs:
+            if not self.leave(job):
                 continue  # withdrawn meanwhile
-            self.leave(job)
             generated = len(result.hypotheses[0].tokens) if result.hypotheses else 0
             m.output_tokens.labels(model=name).observe(generated)
             m.generated_tokens.labels(model=name).inc(generated)
@@ -148,8 +139,7 @@ class ContinuousScheduler:
         for options, jobs, error in report.failed:
             log.error("%s running batch of %d sentences failed", name, len(jobs), exc_info=error)
             for job in jobs:
-                if job in self.running[options].jobs:
-                    self.leave(job)
+                self.leave(job)
                 if not job.future.done():
                     job.future.set_exception(InferenceFailed(f"{name}: inference failed ({type(error).__name__})"))
         for options, running in self.running.items():
@@ -160,6 +150,8 @@ class ContinuousScheduler:
                 self.leave(job)
             if leaving:
                 self.inbox.put(("withdraw", options, leaving))
+        for options in [options for options, running in self.running.items() if not running.jobs]:
+            del self.running[options]  # every search setting a client asks for gets a running batch: not for long
         self.window_tokens += sum(len(job.ids) for job, _ in report.finished)
         self.window_seconds += report.model_seconds
         if self.window_seconds >= RATE_WINDOW_S:
@@ -219,6 +211,7 @@ class ContinuousScheduler:
                 m.step_duration.labels(model=name).observe(seconds)
                 m.inference_duration.labels(model=name, stage="decode").observe(seconds)
                 report.model_seconds += seconds
+            decodings = {options: decoding for options, decoding in decodings.items() if decoding.sentences}
             if report.finished or report.failed or (report.model_seconds and time.monotonic() - reported > REPORT_EVERY_S):
                 loop.call_soon_threadsafe(self.settle, report)
                 report, reported = StepReport(), time.monotonic()

@@ -56,9 +56,20 @@ def test_cli_serves_and_delegates_without_importing_the_training_side():
     assert set(DELEGATED) == {"data", "train", "average", "evaluate", "card", "export", "import", "load", "tune"}
 
 
-def test_onnx_threads_default_leaves_the_event_loop_a_cpu():
-    usable = len(os.sched_getaffinity(0))
-    assert Settings().onnx_threads() == max(1, usable - 1)
+def test_onnx_threads_default_leaves_the_event_loop_a_cpu(tmp_path, monkeypatch):
+    import service.config as config
+
+    affinity = len(os.sched_getaffinity(0))
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")  # no quota: the affinity counts
+    assert config.usable_cpus(quota) == affinity
+    quota.write_text("150000 100000\n")  # 1.5 CPUs of quota: 2 usable, at most the affinity
+    assert config.usable_cpus(quota) == min(affinity, 2)
+    assert config.usable_cpus(tmp_path / "missing") == affinity
+    monkeypatch.setattr(config, "usable_cpus", lambda: 4)
+    assert Settings().onnx_threads() == 3
+    monkeypatch.setattr(config, "usable_cpus", lambda: 1)
+    assert Settings().onnx_threads() == 1  # never none
     assert Settings(intra_op_threads=0).onnx_threads() == 0 and Settings(intra_op_threads=3).onnx_threads() == 3
 
 

@@ -141,12 +141,16 @@ def test_a_deadline_passing_mid_decode_frees_the_slot(translators):  # noqa: F81
         batcher, metrics = started(en_de, max_sentences=1, deadline_s=0.1)
         with pytest.raises(DeadlineExceeded):
             await batcher.translate("en-de", [long], options)
+        steps_at_deadline = sample(metrics, "translator_step_duration_seconds_count", model="en-de")
+        # The short sentence (its own deadline 0.1 s as well) needs the only place: the long one must have left.
         after = await batcher.translate("en-de", [short], options)
         await batcher.drain(5)
-        return after, metrics
+        return after, metrics, steps_at_deadline
 
-    result, metrics = asyncio.run(scenario())
-    assert result[0].hypotheses and sample(metrics, "translator_generated_tokens_total", model="en-de") > 0
+    result, metrics, steps_at_deadline = asyncio.run(scenario())
+    assert result[0].hypotheses
+    # the long sentence would have taken hundreds of steps; it left within a few after its deadline
+    assert sample(metrics, "translator_step_duration_seconds_count", model="en-de") < steps_at_deadline + 60
 
 
 def test_drain_finishes_the_running_batch_and_loses_nothing(translators):  # noqa: F811
@@ -179,20 +183,31 @@ class FailingJoin:
 
 
 def test_a_failing_running_batch_fails_only_its_own_sentences(tiny):
-    options = tiny.search_options()
-    ids = tiny.tokenize(["Open the file."])[0]
+    """A beam search's running batch fails as it starts while a greedy one is mid-decode: the beam sentence is
+    answered with the failure, the greedy sentence with its translation."""
+    greedy, beam = tiny.search_options(), tiny.search_options(beam_size=2)
+    first, second = tiny.tokenize([LONG_SENTENCE, "Open the file."])
 
     async def scenario():
         batcher, _ = started(tiny)
         healthy = tiny.step_model
-        tiny.step_model = FailingJoin(healthy)
+        tiny.step_model = gate = StepGate(healthy, pause_after=2)
         try:
+            running = asyncio.create_task(batcher.translate(tiny.name, [first], greedy))
+            await until(gate.paused.is_set)
+            tiny.step_model = FailingJoin(healthy)  # running batches started from now on fail
+            failing = asyncio.create_task(batcher.translate(tiny.name, [second], beam))
+            await until(lambda: batcher.depth == 0)
+            gate.resume.set()
             with pytest.raises(InferenceFailed):
-                await batcher.translate(tiny.name, [ids], options)
+                await failing
+            result = await running
         finally:
             tiny.step_model = healthy
-        after = await batcher.translate(tiny.name, [ids], options)
+        after = await batcher.translate(tiny.name, [second], beam)
         await batcher.drain(5)
-        return after
+        return result, after
 
-    assert asyncio.run(scenario())[0].hypotheses
+    result, after = asyncio.run(scenario())
+    assert result[0].hypotheses[0].tokens == tiny.translate_ids([first], greedy)[0].hypotheses[0].tokens
+    assert after[0].hypotheses

@@ -131,7 +131,10 @@ def stream_translations(state: ServiceState, work: Work) -> StreamingResponse:
             yield event("done", {"model": work.translator.name, "texts": len(work.texts)})
         except Exception as raised:  # noqa: BLE001 - mid-stream errors become an event, rendered as the JSON API would
             error = as_api_error(raised, state.settings.max_body_bytes)
-            yield event("error", {"detail": error.message, "status": STATUS[error.kind][0]})
+            status, _, reason = STATUS[error.kind]
+            if reason is not None:  # counted as the JSON API's route class counts a rejection
+                state.metrics.reject(reason)
+            yield event("error", {"detail": error.message, "status": status})
         finally:
             if submission is not None:
                 submission.close()
