@@ -12,7 +12,7 @@ one thread, --connections (32) connections, each request one of the first --limi
 in turn, --seconds (20) after --warmup (3) unmeasured seconds. Target tokens come from the server's own
 counter (`translator_generated_tokens_total` deltas), answers by HTTP status from wrk (non-2xx
 reported), p50/p99 latency from wrk. Then one connection, one pass over the same sentences (after a
-short warm-up): its p50 against the engine's own batch-1 p50 on them (bench.engines, ort-int8, the
+short warm-up): its p50 against the engine's own batch-1 p50 on them (bench.engines, ort-int8, that
 server's thread count): the serving overhead, which should stay within 1.2 x the engine + 2 ms.
 
 Offline, once per run: bench.engines' CTranslate2 int8 worker on the same sentences in batches of 32,
@@ -46,11 +46,25 @@ ONE_CONNECTION_WARMUP = 32  # requests before the one-connection pass
 SETTLE_S = (0.3, 10.0)  # after a warm-up: wait until no token was generated for 0.3 s (at most 10 s)
 
 
-def service_threads() -> int:
-    """The ONNX Runtime thread count `translator serve` uses with make run's settings (and this environment)."""
+def service_threads(environment: dict[str, str], server_cpus: str | None) -> int:
+    """The ONNX Runtime thread count a server started with this environment (over this process's) uses,
+    pinned to `server_cpus` (a taskset list) if given."""
     from service.config import Settings
 
-    return Settings().onnx_threads() or physical_cores()
+    settings = Settings(**{k.removeprefix("TRANSLATOR_").lower(): v for k, v in environment.items()
+                           if k.startswith("TRANSLATOR_")})
+    if settings.intra_op_threads == -1 and server_cpus:  # what -1 resolves to inside the pinned server
+        return max(1, len(cpu_list(server_cpus)) - 1)
+    return settings.onnx_threads() or physical_cores()
+
+
+def cpu_list(cpus: str) -> set[int]:
+    """taskset's list syntax: 0,2-3 → {0, 2, 3}."""
+    chosen = set()
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        chosen.update(range(int(first), int(last or first) + 1))
+    return chosen
 
 
 def physical_cores() -> int:
@@ -115,6 +129,7 @@ def run_variant(args: argparse.Namespace, name: str, environment: dict[str, str]
     try:
         url = server.wait_ready().url if server else args.url
         result = {"variant": name, "environment": environment, "scheduler": scheduler_of(environment), "url": url,
+                  "engine_threads": args.engine_threads or service_threads(environment, args.server_cpus),
                   "saturated": {}, "one_connection": {}}
         for search, requests in bodies.items():
             print(f"{name}: {search}, {args.connections} connections, {args.seconds:g} s ...", file=sys.stderr, flush=True)
@@ -147,16 +162,16 @@ def engines(args: argparse.Namespace, engine: str, batch_size: int, threads: int
     return {s["search"]: s for s in summary["engines"][engine]["settings"]}
 
 
-def offline(args: argparse.Namespace) -> dict:
+def offline(args: argparse.Namespace, variants: list[dict]) -> dict:
     ct2 = {threads: engines(args, "ct2-int8", 32, threads) for threads in args.ct2_threads}
     best = {search: max(({"threads": t, **by_search[search]} for t, by_search in ct2.items()),
                         key=lambda s: s["tokens_per_second"]) for search in SEARCHES}
-    ours = engines(args, "ort-int8", 1, args.engine_threads)
+    ours = {threads: engines(args, "ort-int8", 1, threads) for threads in sorted({v["engine_threads"] for v in variants})}
     return {"ct2_int8_batch32": {search: {"tokens_per_second": s["tokens_per_second"], "threads": s["threads"],
                                           "all_threads": {t: ct2[t][search]["tokens_per_second"] for t in ct2}}
                                  for search, s in best.items()},
-            "engine_batch1": {search: {"latency_p50_ms": s["latency_p50_ms"], "tokens_per_second": s["tokens_per_second"],
-                                       "threads": args.engine_threads} for search, s in ours.items()}}
+            "engine_batch1": {threads: {search: {"latency_p50_ms": s["latency_p50_ms"], "tokens_per_second": s["tokens_per_second"]}
+                                        for search, s in by_search.items()} for threads, by_search in ours.items()}}
 
 
 def compare(variants: list[dict], reference: dict | None) -> None:
@@ -167,7 +182,7 @@ def compare(variants: list[dict], reference: dict | None) -> None:
         for search, row in variant["saturated"].items():
             row["vs_ct2_int8_batch32"] = round(row["tokens_per_second"] / reference["ct2_int8_batch32"][search]["tokens_per_second"], 3)
         for search, row in variant["one_connection"].items():
-            engine = reference["engine_batch1"][search]["latency_p50_ms"]
+            engine = reference["engine_batch1"][variant["engine_threads"]][search]["latency_p50_ms"]
             bound = LATENCY_BOUND[0] * engine + LATENCY_BOUND[1]
             row.update(engine_batch1_p50_ms=engine, bound_ms=round(bound, 2), within_bound=row["latency_p50_ms"] <= bound,
                        over_engine_ms=round(row["latency_p50_ms"] - engine, 2))
@@ -198,7 +213,7 @@ def report(summary: dict) -> str:
             saturated.append({"variant": v["variant"], "scheduler": v["scheduler"].split(" ")[0], "search": search, **row,
                               "ct2_int8_b32_tok_s": ref and ref["ct2_int8_batch32"][search]["tokens_per_second"]})
         for search, row in v["one_connection"].items():
-            single.append({"variant": v["variant"], "search": search, **row})
+            single.append({"variant": v["variant"], "search": search, "engine_threads": v["engine_threads"], **row})
     parts.append("saturated: service target tokens/s (server counter) / CTranslate2 int8 offline, batches of 32 (best threads)\n"
                  + table(saturated, ["variant", "scheduler", "search", "tokens_per_second", "ct2_int8_b32_tok_s",
                                      "vs_ct2_int8_batch32", "requests_per_second", "ok", "non_2xx", "socket_errors",
@@ -206,8 +221,8 @@ def report(summary: dict) -> str:
                  + "\nmean_batch_size: the mean of translator_batch_size, sentences per batch for the batch scheduler but "
                    "sentences per admission into the running batch for the continuous one (not comparable between them)")
     parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
-                 f"(ort-int8, {summary['engine_threads']} threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
-                 + table(single, ["variant", "search", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms", "bound_ms",
+                 f"(ort-int8, the variant's server's threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
+                 + table(single, ["variant", "search", "engine_threads", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms", "bound_ms",
                                   "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms"]))
     if ref:
         parts.append("CTranslate2 int8, batches of 32, target tokens/s by threads: " + "; ".join(
@@ -258,8 +273,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-cpus", help="taskset CPU list for the server and the offline engines, e.g. 0,1")
     parser.add_argument("--client-cpus", help="taskset CPU list for wrk, e.g. 1")
     parser.add_argument("--ct2-threads", default="1,2", help="CTranslate2 thread counts to try; the best is the reference")
-    parser.add_argument("--engine-threads", type=int, default=service_threads(),
-                        help="threads of the engine's batch-1 reference (default: the server's with make run's settings)")
+    parser.add_argument("--engine-threads", type=int, default=0,
+                        help="threads of the engine's batch-1 reference (default: each variant's server's own)")
     parser.add_argument("--no-offline", action="store_true", help="skip CTranslate2 and the engine reference")
     parser.add_argument("--timeout", type=float, default=120.0, help="wrk's per-request timeout, seconds")
     parser.add_argument("--out", type=Path, default=Path("results/bench_http.json"))
@@ -278,14 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     load_before = round(os.getloadavg()[0], 2)
     ceiling = wrk_ceiling(bodies["greedy"], args.connections, cpus=args.client_cpus)
     variants = [run_variant(args, name, environment, bodies) for name, environment in variants_of(args)]
-    reference = None if args.no_offline else offline(args)
+    reference = None if args.no_offline else offline(args, variants)
     compare(variants, reference)
     summary = {
         "data": str(args.data), "sentences": len(sentences), "connections": args.connections, "seconds": args.seconds,
         "warmup": args.warmup, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_before": load_before,
         "load_average_after": round(os.getloadavg()[0], 2), "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
-        "engine_threads": args.engine_threads, "source": source_state(),
+        "source": source_state(),
         "client": {"generator": GENERATOR, "ceiling": ceiling.model_dump()}, "offline": reference, "variants": variants,
     }
     text = report(summary)

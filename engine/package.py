@@ -118,8 +118,8 @@ class PackageManifest(Strict):
     vocabulary: Vocabulary | None = None  # imported Marian packages (engine/tokenization.py)
     files: dict[str, str]  # file name → sha256 of every file in the package but package.json
     source_checkpoint: SourceCheckpoint
-    versions: dict[str, str | int]  # torch, onnx, onnxruntime, onnxscript, opset, exporter
-    export_options: dict[str, bool | int | str] = {}  # int8: per_channel, reduce_range; transformer_optimizer
+    versions: dict[str, str | int]  # torch, onnx, onnxruntime, opset, exporter (older packages: onnxscript too)
+    export_options: dict[str, bool | int | str] = {}  # int8: per_channel, reduce_range; imported: importer
     parity: dict | None = None  # summary of parity.json
 
     @model_validator(mode="after")

@@ -8,6 +8,8 @@ builders serve our own checkpoints and imported ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,7 +17,26 @@ from onnx import TensorProto, helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
 OPSET = 18
+EXPORTER = "export.graph_builder: ONNX written from the weights"
 FLOAT, INT32, INT64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+
+
+def save(graph: onnx.ModelProto, path: Path) -> None:
+    """One self-contained .onnx file (our models are far below protobuf's 2 GB limit), checked first."""
+    onnx.checker.check_model(graph, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, str(path))
+
+
+def versions() -> dict[str, str | int]:
+    """What a package's graphs were written with, for its manifest (torch where installed: the trainer)."""
+    installed = {}
+    for name in ("torch", "onnx", "onnxruntime"):
+        try:
+            installed[name] = version(name)
+        except PackageNotFoundError:  # an importer needs no torch
+            pass
+    return {**installed, "opset": OPSET, "exporter": EXPORTER}
 
 
 @dataclass

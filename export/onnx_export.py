@@ -21,10 +21,9 @@ from export.decoder_graph import (
     DecoderLayerWeights, DecoderWeights, build_decoder_step, decoder_input_names, decoder_output_names,
 )
 from export.encoder_graph import EncoderLayerWeights, EncoderWeights, build_encoder, encoder_output_names
-from export.graph_builder import OPSET, Linear, Norm
+from export.graph_builder import OPSET, Linear, Norm, save
 from model.transformer import Transformer
 
-EXPORTER = "export.graph_builder: ONNX written from the weights"
 log = logging.getLogger(__name__)
 
 
@@ -93,13 +92,6 @@ def decoder_weights(model: Transformer) -> DecoderWeights:
         embedding=embedding * math.sqrt(c.d_model), positions=array(model.decoder.positions.table), layers=layers,
         final_norm=norm(model.decoder.final_norm), output=Linear(embedding.T.copy(), array(model.output_bias)),
         n_heads=c.n_heads, eos_id=c.eos_id, activation=c.activation, layer_norm_eps=c.layer_norm_eps)
-
-
-def save(graph: onnx.ModelProto, path: Path) -> None:
-    """One self-contained .onnx file (our models are far below protobuf's 2 GB limit), checked first."""
-    onnx.checker.check_model(graph, full_check=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(graph, str(path))
 
 
 def export_encoder(model: Transformer, path: Path, half: bool = False) -> None:

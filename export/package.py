@@ -7,17 +7,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import onnx
-import onnxruntime
-import onnxscript
-import torch
-
 from engine.package import (
     FORMAT_VERSION, GraphSpec, Graphs, Limits, ModelDims, PackageManifest, SourceCheckpoint, SpecialIds, read_manifest,
     sha256_of, write_manifest,
 )
+from export.graph_builder import versions
 from export.onnx_export import (
-    EXPORTER, OPSET, check_graphs, decoder_input_names, decoder_output_names, encoder_output_names, export_decoder,
+    check_graphs, decoder_input_names, decoder_output_names, encoder_output_names, export_decoder,
     export_encoder, export_fp32,
 )
 from export.quantize import check_fp16, quantize_int8
@@ -27,13 +23,6 @@ from model.transformer import Transformer
 log = logging.getLogger(__name__)
 GRAPH_FILES = ("encoder.onnx", "decoder.onnx")
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "spm.model")
-
-
-def versions() -> dict[str, str | int]:
-    return {
-        "torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__,
-        "onnxruntime": onnxruntime.__version__, "opset": OPSET, "exporter": EXPORTER,
-    }
 
 
 def manifest_for(model: Transformer, config: dict, checkpoint: Path, weights_sha256: str, precision: str,

@@ -7,7 +7,9 @@ bucket (so a 5-token sentence is not padded to 120). One scheduler task per mode
 whose oldest sentence has waited longest and sends it as soon as it is full (token budget of padded
 tokens, or the sentence cap) or its oldest sentence has waited `max_wait`. Inference runs in one
 worker thread per model, off the event loop, so the server keeps accepting while a batch computes;
-while it does, the next batch fills up by itself.
+while it does, the next batch fills up by itself. That is the `batch` scheduler; with the `continuous` one
+(service/continuous.py) a lane's sentences join a running batch at decoder steps instead, and the queue,
+backpressure, deadlines, cancellation and drain below are this module's for both.
 
 Backpressure: the queue holds at most `queue_limit` sentences and refuses more at once (QueueFull).
 It also refuses, at once, a request that could not be answered within its deadline: each model's

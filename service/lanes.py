@@ -1,7 +1,7 @@
 """What the schedulers share: the batching policy, queued sentences (jobs), and a model's lane.
 
 A lane is one model: its waiting sentences, grouped by what may share a batch (task, search options
-and, for the batch scheduler, length bucket), its scheduler task and its single inference thread.
+and, for the batch scheduler, length bucket), its scheduler task and the one thread its inference runs in.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ class Embedding:
 
 @dataclass(eq=False)
 class Lane:
-    """One model: its waiting groups, its scheduler task and its single inference thread."""
+    """One model: its waiting groups, its scheduler task and the single-thread executor its inference runs in
+    (the batch scheduler's batches and both schedulers' encoder-only batches; the continuous scheduler's
+    decoding thread is its own)."""
 
     translator: Translator
     executor: ThreadPoolExecutor

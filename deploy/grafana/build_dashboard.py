@@ -186,8 +186,8 @@ def panels() -> list[dict]:
     grid.row("Batching")
     grid.add(heatmap(
         "Batch size (sentences)",
-        "Sentences per inference batch. Mostly 1 under load means batching is not happening: raise "
-        "TRANSLATOR_MAX_WAIT_MS or check the length buckets; a pile at TRANSLATOR_MAX_BATCH_SENTENCES means the cap binds.",
+        "Sentences per inference batch. Mostly 1 under load means batching is not happening: check the length "
+        "buckets, or measure a few ms of TRANSLATOR_MAX_WAIT_MS with translator tune; a pile at TRANSLATOR_MAX_BATCH_SENTENCES means the cap binds.",
         "translator_batch_size", TARGETS, "short"), width=8)
     grid.add(heatmap(
         "Batch tokens (padded)",

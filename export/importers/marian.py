@@ -43,7 +43,7 @@ from export.decoder_graph import (
     DecoderLayerWeights, DecoderWeights, build_decoder_step, decoder_input_names, decoder_output_names,
 )
 from export.encoder_graph import EncoderLayerWeights, EncoderWeights, build_encoder, encoder_output_names
-from export.graph_builder import Linear, Norm
+from export.graph_builder import Linear, Norm, save, versions
 
 log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -356,13 +356,6 @@ def languages(c: MarianCheckpoint, source: str | None, target: str | None) -> tu
 
 
 # --- the package -------------------------------------------------------------------------------------
-def save(graph, path: Path) -> None:
-    import onnx
-
-    onnx.checker.check_model(graph, full_check=True)
-    onnx.save(graph, str(path))
-
-
 def write_graphs(c: MarianCheckpoint, directory: Path, precision: str, fp32_dir: Path | None = None,
                  per_channel: bool = False, reduce_range: bool = False) -> None:
     """encoder.onnx and decoder.onnx in `precision`: fp32 and fp16 from the weights, int8 quantized from the
@@ -382,18 +375,6 @@ def write_graphs(c: MarianCheckpoint, directory: Path, precision: str, fp32_dir:
             quantize_int8(fp32_dir / name, directory / name, per_channel=per_channel, reduce_range=reduce_range)
     else:
         raise ValueError(f"unknown precision {precision!r}")
-
-
-def versions() -> dict[str, str | int]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from export.graph_builder import OPSET
-    from export.onnx_export import EXPORTER
-
-    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "opset": OPSET, "exporter": EXPORTER}
 
 
 def manifest_for(c: MarianCheckpoint, source: str, target: str, precision: str, max_source_tokens: int,
