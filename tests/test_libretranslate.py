@@ -175,6 +175,17 @@ def test_a_text_already_in_the_target_language_comes_back_unchanged(server):
     assert ok(post(server, "/translate", json={"q": "Open the file.", "source": "en", "target": "en"}))["translatedText"] == "Open the file."
 
 
+@pytest.mark.parametrize("text_format", ["text", "html"])
+def test_source_auto_identifies_a_text_once(server, monkeypatch, text_format):
+    identifier = server.app.state.service.identifier
+    calls = []
+    detect = identifier.detect
+    monkeypatch.setattr(identifier, "detect", lambda text: calls.append(text) or detect(text))
+    text = "Open the file and then close the window on the left."  # long enough for the identifier to be asked
+    ok(post(server, "/translate", json={"q": text, "source": "auto", "target": "de", "format": text_format}))
+    assert len(calls) == 1, calls
+
+
 # --- HTML ---------------------------------------------------------------------------------------------------
 def test_html_keeps_untranslatable_parts_and_inline_markup(server):
     mastodon = ['<p>Thanks for the new version <span translate="no">:blobcat:</span> it works.</p>', "",

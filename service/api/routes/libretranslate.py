@@ -189,7 +189,9 @@ def plain_text(markup: str) -> str:
 
 
 async def translate_one_language(state: ServiceState, texts: list[str], source: str, target: str, text_format: str,
-                                 alternatives: int) -> list[Translated]:
+                                 alternatives: int, keep_target_language: bool) -> list[Translated]:
+    """keep_target_language: return a text the identifier is sure is in `target` unchanged (False when
+    source detection already asked it, so langid runs once a text)."""
     if source == target:  # LibreTranslate's identity translation
         return [Translated.unchanged(text) for text in texts]
     translator = state.model_for(source, target)
@@ -197,9 +199,10 @@ async def translate_one_language(state: ServiceState, texts: list[str], source: 
         raise ApiError("invalid", f"{language_name(target)} ({target}) is not available as a target language from "
                                   f"{language_name(source)} ({source})")
     if text_format == "text":
-        return await translate_with(state, translator, texts, alternatives=alternatives, field="q")
+        return await translate_with(state, translator, texts, alternatives=alternatives, field="q",
+                                    keep_target_language=keep_target_language)
     answers: list[Translated] = [Translated.unchanged(text) for text in texts]
-    todo = [i for i, text in enumerate(texts) if not already_in(state, plain_text(text), target)]
+    todo = [i for i, text in enumerate(texts) if not (keep_target_language and already_in(state, plain_text(text), target))]
     documents = [split_html(texts[i], source) for i in todo]
 
     async def translate(sentences: list[str]) -> list[str]:
@@ -212,12 +215,13 @@ async def translate_one_language(state: ServiceState, texts: list[str], source: 
 
 
 async def translate_by_language(state: ServiceState, texts: list[str], sources: list[str], target: str, text_format: str,
-                                alternatives: int) -> list[Translated]:
+                                alternatives: int, keep_target_language: bool) -> list[Translated]:
     """Texts of several (detected) source languages → translations in input order, one batcher call per language."""
     by_language: dict[str, list[int]] = {}
     for i, source in enumerate(sources):
         by_language.setdefault(source, []).append(i)
-    groups = await asyncio.gather(*(translate_one_language(state, [texts[i] for i in indices], source, target, text_format, alternatives)
+    groups = await asyncio.gather(*(translate_one_language(state, [texts[i] for i in indices], source, target, text_format, alternatives,
+                                                           keep_target_language)
                                     for source, indices in by_language.items()))
     results: list[Translated] = [None] * len(texts)  # type: ignore[list-item]
     for indices, group in zip(by_language.values(), groups):
@@ -254,7 +258,9 @@ async def translate(request: Request, state: StateDep) -> TranslateAnswer:
         detected = [DetectedLanguage(language=target, confidence=100.0) if already_in(state, plain_text(text), target)
                     else detect(state, text, candidates or [target]) for text in texts]
     sources = [d.language for d in detected] if detected else [source] * len(texts)
-    results = await unless_disconnected(request, translate_by_language(state, texts, sources, target, text_format, alternatives))
+    # A detected text was already checked for being in the target language (it is then "detected" as it).
+    results = await unless_disconnected(request, translate_by_language(state, texts, sources, target, text_format, alternatives,
+                                                                       keep_target_language=detected is None))
     answer = TranslateAnswer(translatedText=[r.text for r in results] if batch else results[0].text)
     if alternatives:
         kept = [unique_alternatives(r.alternatives, r.text) for r in results]
