@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from fastapi import FastAPI
@@ -26,7 +25,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.bodies import body_limit
-from service.api.errors import STATUS, BodyTooLarge, LibreTranslateRoute, NativeRoute, ShapedErrorRoute
+from service.api.errors import ApiError, BodyTooLarge, LibreTranslateRoute, NativeRoute, ShapedErrorRoute
 from service.config import Settings
 from service.metrics import Metrics
 
@@ -78,15 +77,10 @@ class LoadSheddingMiddleware:
         if reason is None:
             await self.app(scope, receive, send)
             return
-        status = STATUS["overloaded"][route_class.flavour]
-        state.metrics.reject(STATUS["overloaded"][2])
         scope[ROUTE_TEMPLATE] = scope["path"]  # no route ran to name it; these paths have no parameters
-        message = f"too many requests waiting ({reason}); retry later"
-        body = json.dumps(route_class.body(("Slowdown: " if status == 429 else "") + message)).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(state.settings.retry_after_s).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        # Rendered (and the rejection counted) as the route itself would render a QueueFull.
+        response = route_class.render(state, ApiError("overloaded", f"too many requests waiting ({reason}); retry later"))
+        await response(scope, receive, send)
 
 
 class BodyLimitMiddleware:
