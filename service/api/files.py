@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from service.api.errors import ApiError
-from service.api.html import split_html, translate_documents
+from service.api.html import has_letters, split_html, translate_documents
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def html_to_pieces(markup: str, base: int) -> list[Piece]:
 async def translate_paragraphs(paragraphs: list[list[Piece]], translate: Translate, language: str,
                                strategy: str) -> list[list[Piece] | None]:
     """Paragraphs with letters in them → their translated pieces (None: leave the paragraph as it is)."""
-    todo = [i for i, pieces in enumerate(paragraphs) if any(p.text and any(c.isalpha() for c in p.text) for p in pieces)]
+    todo = [i for i, pieces in enumerate(paragraphs) if any(p.text and has_letters(p.text) for p in pieces)]
     if not todo:
         return [None] * len(paragraphs)
     markups = [pieces_to_html(paragraphs[i]) for i in todo]

@@ -248,6 +248,7 @@ class Part:
 
 
 def has_letters(text: str) -> bool:
+    """Worth sending to the model: numbers, punctuation, emoji and whitespace are kept as they are."""
     return any(c.isalpha() for c in text)
 
 

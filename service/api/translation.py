@@ -25,6 +25,7 @@ from engine.segmentation import segment
 from engine.translator import Translator
 from service.api.deps import ServiceState
 from service.api.errors import ApiError
+from service.api.html import has_letters
 from service.batcher import Embedding, Submission
 
 CLAUSE_END = re.compile(r"(?<=[,;:])\s+|\s+(?=[–—-]\s)")  # where a sentence over the token limit may be cut
@@ -123,10 +124,6 @@ def search_limits(state: ServiceState, beam_size: int | None, alternatives: int,
         raise ApiError("invalid", f"max_length is {max_length}; at most {s.max_output_tokens}")
     # Alternatives are the beam's runners-up: the beam must hold them.
     return max(beam, alternatives + 1), alternatives + 1, max_length or s.max_output_tokens
-
-
-def has_letters(text: str) -> bool:
-    return any(c.isalpha() for c in text)
 
 
 def already_in(state: ServiceState, text: str, language: str) -> bool:

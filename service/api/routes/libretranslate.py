@@ -23,10 +23,10 @@ from service.api.bodies import Fields, read_fields
 from service.api.deps import ServiceState, StateDep, unless_disconnected
 from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
 from service.api.files import SUPPORTED_EXTENSIONS
-from service.api.html import split_html, translate_documents
+from service.api.html import has_letters, split_html, translate_documents
 from service.api.openapi import KEY_GATED
 from service.api.security import presented_key
-from service.api.translation import Translated, already_in, check_unicode, has_letters, translate_with
+from service.api.translation import Translated, already_in, check_unicode, translate_with
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
 ERRORS = error_responses(LibreTranslateError, 400, 403, 413, 429, 500, 503)
