@@ -12,7 +12,7 @@ from service.api.deps import ServiceState, StateDep, unless_disconnected
 from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
 from service.api.files import SUPPORTED_EXTENSIONS, Translate, download_name, extension_of, translate_file
 from service.api.openapi import KEY_GATED
-from service.api.routes.libretranslate import GATE, check_language, detect
+from service.api.routes.libretranslate import GATE, check_language, detect, sources_to
 from service.api.translation import TooManySentences, translate_with
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
@@ -32,17 +32,16 @@ UPLOAD = {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "api_key": {"type": "string"}}}}}}}
 
 
-def file_translator(state: ServiceState, source: str, target: str) -> tuple[Translate, list[str]]:
+def file_translator(state: ServiceState, source: str, target: str) -> Translate:
     """A translate function for a whole file's texts: in groups (each a batcher request, so other clients'
     requests are served in between), and, for source `auto`, the language detected from the first texts."""
-    chosen: list[str] = []
+    chosen: list[str] = []  # the source language, once known
 
     async def translate(texts: list[str]) -> list[str]:
         if not chosen:
             language = source
             if source == "auto":
-                candidates = sorted(t.source_language for t in state.translators.values() if t.target_language == target)
-                language = detect(state, " ".join(texts)[:5000], candidates or [target]).language
+                language = detect(state, " ".join(texts)[:5000], sources_to(state, target) or [target]).language
             chosen.append(language)
         if chosen[0] == target:
             return list(texts)
@@ -72,7 +71,7 @@ def file_translator(state: ServiceState, source: str, target: str) -> tuple[Tran
                 out[i] = result.text
         return out
 
-    return translate, chosen
+    return translate
 
 
 @router.post("/translate_file", response_model=TranslatedFile, dependencies=GATE, openapi_extra=UPLOAD | KEY_GATED,
@@ -95,10 +94,9 @@ async def translate_file_route(request: Request, state: StateDep) -> TranslatedF
         check_language(state, source)
     check_language(state, target)
     data = await upload.read()
-    translate, _ = file_translator(state, source, target)
-    if source == "auto":  # sentence rules of the likeliest source; the language itself is detected from the text
-        source = next((t.source_language for t in state.translators.values() if t.target_language == target), target)
-        translate, _ = file_translator(state, "auto", target)
+    translate = file_translator(state, source, target)
+    if source == "auto":  # sentence rules of the likeliest source; translate detects the language itself from the text
+        source = next(iter(sources_to(state, target)), target)
     translated = await unless_disconnected(request, translate_file(data, filename, translate, state.settings, source))
     name = state.files.save(translated, filename)
     return TranslatedFile(translatedFileUrl=str(request.url_for("download_file", name=name)))

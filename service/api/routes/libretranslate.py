@@ -173,6 +173,11 @@ def check_language(state: ServiceState, code: str) -> None:
 
 
 # --- translating ---------------------------------------------------------------------------------------
+def sources_to(state: ServiceState, target: str) -> list[str]:
+    """The languages with a model to `target`: the candidates of source detection."""
+    return sorted(t.source_language for t in state.translators.values() if t.target_language == target)
+
+
 def detect(state: ServiceState, text: str, candidates: list[str]) -> DetectedLanguage:
     """The most likely of `candidates` (languages with a model to the requested target)."""
     if not state.detector:
@@ -254,9 +259,9 @@ async def translate(request: Request, state: StateDep) -> TranslateAnswer:
     text_format = format_of(fields)
     detected = None
     if source == "auto":
-        candidates = sorted(t.source_language for t in state.translators.values() if t.target_language == target)
+        candidates = sources_to(state, target) or [target]
         detected = [DetectedLanguage(language=target, confidence=100.0) if already_in(state, plain_text(text), target)
-                    else detect(state, text, candidates or [target]) for text in texts]
+                    else detect(state, text, candidates) for text in texts]
     sources = [d.language for d in detected] if detected else [source] * len(texts)
     # A detected text was already checked for being in the target language (it is then "detected" as it).
     results = await unless_disconnected(request, translate_by_language(state, texts, sources, target, text_format, alternatives,
