@@ -112,6 +112,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         preparing.cancel()
         await asyncio.gather(preparing, return_exceptions=True)
         await state.batcher.drain(state.settings.shutdown_timeout_s)
+        if state.suggestions is not None:  # uvicorn runs shutdown once open requests have ended
+            state.suggestions.close()
         log.info("drained")
 
 

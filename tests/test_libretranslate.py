@@ -16,6 +16,7 @@ import pytest
 
 from engine.segmentation import split_sentences
 from service.api.files import FileStore
+from service.api.suggestions import SuggestionStore
 from tests.service_support import ROOT, models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 TEN_PARAGRAPHS = (ROOT / "tests" / "data" / "ten_paragraphs.en.txt").read_text(encoding="utf-8")
@@ -237,11 +238,21 @@ def test_suggestions_are_kept_across_a_restart(models_dir, translators, tmp_path
         assert httpx.get(first.url + "/frontend/settings").json()["suggestions"] is True
         assert ok(post(first, "/suggest", data={**fields, "api_key": "key-1"})) == {"success": True}
         assert error(post(first, "/suggest", data={**fields, "s": ""}), 400) == "Invalid request: missing s parameter"
+    with pytest.raises(sqlite3.ProgrammingError):  # the app's shutdown closed the store's connection
+        first.app.state.service.suggestions.all()
     with serving(models_dir, translators, suggestions=True, suggestions_db=database) as second:
         assert ok(post(second, "/suggest", json={**fields, "s": "Datei öffnen."})) == {"success": True}
     rows = sqlite3.connect(database).execute("SELECT q, s, source, target, api_key_sha256 FROM suggestions ORDER BY id").fetchall()
     assert [row[:4] for row in rows] == [("Open the file.", "Öffne die Datei.", "en", "de"), ("Open the file.", "Datei öffnen.", "en", "de")]
     assert rows[0][4] and len(rows[0][4]) == 64 and "key-1" not in rows[0][4] and rows[1][4] is None
+
+
+def test_the_suggestion_store_closes_its_connection(tmp_path):
+    with SuggestionStore(tmp_path / "db.sqlite3") as store:
+        store.add("Open the file.", "Öffne die Datei.", "en", "de", None)
+        assert [(row["q"], row["s"]) for row in store.all()] == [("Open the file.", "Öffne die Datei.")]
+    with pytest.raises(sqlite3.ProgrammingError):  # closed
+        store.all()
 
 
 # --- keys, rate limits --------------------------------------------------------------------------------------------

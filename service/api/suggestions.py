@@ -28,39 +28,45 @@ class SuggestionsUnavailable(RuntimeError):
 
 
 class SuggestionStore:
+    """One connection, opened here and closed by close() (the app's shutdown) or on leaving a `with`."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.lock = threading.Lock()  # one writer at a time; sqlite3 connections are not shared across threads
+        self.lock = threading.Lock()  # one user of the connection at a time: route threads share it
+        connection = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.connect() as connection:
-                connection.execute("PRAGMA journal_mode=WAL")
+            connection = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA journal_mode=WAL")
+            with connection:
                 connection.execute(SCHEMA)
         except (OSError, sqlite3.Error) as error:
+            if connection is not None:
+                connection.close()
             raise SuggestionsUnavailable(f"suggestions database {self.path}: cannot be opened ({error})") from None
+        self.connection = connection
 
-    def connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, timeout=10)
-        connection.execute("PRAGMA synchronous=FULL")
-        return connection
+    def __enter__(self) -> "SuggestionStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self.connection.close()
 
     def add(self, q: str, s: str, source: str, target: str, api_key: str | None) -> int:
         digest = hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest() if api_key else None
-        with self.lock:
-            connection = self.connect()
-            try:
-                with connection:  # commits, or rolls back on an error
-                    cursor = connection.execute(
-                        "INSERT INTO suggestions (q, s, source, target, api_key_sha256, created) VALUES (?, ?, ?, ?, ?, ?)",
-                        (q, s, source, target, digest, time.time()))
-                return int(cursor.lastrowid)
-            finally:
-                connection.close()
+        with self.lock, self.connection:  # commits, or rolls back on an error
+            cursor = self.connection.execute(
+                "INSERT INTO suggestions (q, s, source, target, api_key_sha256, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (q, s, source, target, digest, time.time()))
+        return int(cursor.lastrowid)
 
     def all(self) -> list[dict]:
-        connection = self.connect()
-        try:
-            connection.row_factory = sqlite3.Row
-            return [dict(row) for row in connection.execute("SELECT * FROM suggestions ORDER BY id")]
-        finally:
-            connection.close()
+        with self.lock:
+            cursor = self.connection.execute("SELECT * FROM suggestions ORDER BY id")
+            names = [column[0] for column in cursor.description]
+            return [dict(zip(names, row)) for row in cursor]
