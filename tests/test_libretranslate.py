@@ -5,6 +5,7 @@ across a restart, long texts translated whole (native API too), and two client l
 from __future__ import annotations
 
 import io
+import os
 import re
 import sqlite3
 import time
@@ -386,15 +387,21 @@ def test_the_file_store_forgets_old_files_and_keeps_its_size(tmp_path):
     store = FileStore(tmp_path, max_age_s=60, max_total_bytes=100)
     first = store.save(b"a" * 40, "first.txt")
     second = store.save(b"b" * 40, "second.txt")
-    assert store.path(first) and store.path(second)
+    assert store.read(first) == b"a" * 40 and store.read(second) == b"b" * 40
     third = store.save(b"c" * 40, "../../third.txt")  # 120 bytes would not fit: the oldest goes
-    assert store.path(first) is None and store.path(second) and third.endswith(".third.txt")
+    assert store.read(first) is None and store.read(second) and third.endswith(".third.txt")
     old = time.time() - 120
-    import os
-
     os.utime(tmp_path / second, (old, old))
-    assert store.path(second) is None and not (tmp_path / second).exists()
-    assert store.path("../" + third) is None and store.path("x" * 32 + ".txt") is None
+    assert store.read(second) is None and not (tmp_path / second).exists()
+    assert store.read("../" + third) is None and store.read("x" * 32 + ".txt") is None
+
+
+def test_a_download_of_an_expired_or_removed_file_is_a_404(server):
+    directory = server.app.state.service.files.directory
+    for name, gone in (("old.txt", lambda path: os.utime(path, (0, 0))), ("removed.txt", lambda path: path.unlink())):
+        url = ok(translate_file(server, name, b"Open the file."))["translatedFileUrl"]
+        gone(directory / url.rsplit("/", 1)[1])
+        assert error(httpx.get(url, timeout=30), 404) == "File not found (unknown, or expired)"
 
 
 # --- client libraries, unchanged ---------------------------------------------------------------------------------

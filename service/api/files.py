@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 import uuid
@@ -67,9 +68,13 @@ class FileStore:
     def files(self) -> list[tuple[float, int, Path]]:
         found = []
         for path in self.directory.iterdir():
-            if STORED_NAME.match(path.name) and path.is_file():
-                with_stat = path.stat()
-                found.append((with_stat.st_mtime, with_stat.st_size, path))
+            if STORED_NAME.match(path.name):
+                try:
+                    with_stat = path.stat()
+                except FileNotFoundError:  # expired by a concurrent save since iterdir listed it
+                    continue
+                if stat.S_ISREG(with_stat.st_mode):
+                    found.append((with_stat.st_mtime, with_stat.st_size, path))
         return sorted(found)
 
     def expire(self, room: int = 0) -> None:
@@ -98,19 +103,20 @@ class FileStore:
         os.replace(temporary, self.directory / name)
         return name
 
-    def path(self, name: str) -> Path | None:
-        """The stored file, or None (unknown, expired, or not a name this store makes)."""
+    def read(self, name: str) -> bytes | None:
+        """The stored file's bytes, or None (unknown, expired, or not a name this store makes). Opened before
+        its age is checked: once open, a concurrent expiry (an unlink) cannot cut the read short."""
         if not STORED_NAME.match(name):
             return None
         path = self.directory / name
         try:
-            made = path.stat().st_mtime
-        except OSError:
+            with path.open("rb") as file:
+                if time.time() - os.fstat(file.fileno()).st_mtime > self.max_age_s:
+                    path.unlink(missing_ok=True)
+                    return None
+                return file.read()
+        except OSError:  # gone: expired, or pushed out by newer files
             return None
-        if time.time() - made > self.max_age_s:
-            path.unlink(missing_ok=True)
-            return None
-        return path
 
 
 def safe_name(filename: str) -> str:

@@ -3,8 +3,9 @@ URL of its translation out (service.api.files does the formats and keeps the tra
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+import asyncio
+
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from service.api.bodies import read_fields
@@ -98,17 +99,20 @@ async def translate_file_route(request: Request, state: StateDep) -> TranslatedF
     if source == "auto":  # sentence rules of the likeliest source; translate detects the language itself from the text
         source = next(iter(sources_to(state, target)), target)
     translated = await unless_disconnected(request, translate_file(data, filename, translate, state.settings, source))
-    name = state.files.save(translated, filename)
+    name = await asyncio.to_thread(state.files.save, translated, filename)  # disk work off the event loop
     return TranslatedFile(translatedFileUrl=str(request.url_for("download_file", name=name)))
 
 
-@router.get("/download_file/{name}", response_class=FileResponse, responses={
+@router.get("/download_file/{name}", response_class=Response, responses={
     200: {"content": {"application/octet-stream": {}}, "description": "The translated file."},
     **error_responses(LibreTranslateError, 400, 404)}, summary="Download a translated file (LibreTranslate-compatible)")
-async def download_file(name: str, state: StateDep) -> FileResponse:
+async def download_file(name: str, state: StateDep) -> Response:
     if not state.settings.files_translation or state.files is None:
         raise ApiError("invalid", DISABLED)
-    path = state.files.path(name)
-    if path is None:
+    # Read whole here, not streamed by FileResponse: a file that expires after a check but before the
+    # response opens it would fail after the 200 was sent. Stored files are bounded by TRANSLATOR_FILES_MAX_TOTAL_BYTES.
+    data = await asyncio.to_thread(state.files.read, name)
+    if data is None:
         raise ApiError("not_found", "File not found (unknown, or expired)")
-    return FileResponse(path, filename=download_name(name), media_type="application/octet-stream")
+    return Response(data, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{download_name(name)}"'})
