@@ -5,7 +5,7 @@ markup, paragraph by paragraph (the same `par_id` in the same page).
 
 For every English paragraph with inline markup (a, b, i, em, strong, span, code) whose German twin has
 the same inline elements, and whose text is held out from training (every sentence of it in
-data/en-de/test.tsv, else counted apart as "seen"), each strategy of service.api.html translates the
+data/en-de/test.tsv, else counted apart as "seen"), each strategy of service.api.html_markup translates the
 paragraph with the shipped en-de model (greedy). Reported per strategy:
 - carried: sentences whose markup the strategy placed itself (the rest fell back to piece by piece);
 - element chrF: chrF of each inline element's text in our output against the same element's text in
@@ -32,7 +32,7 @@ from sacrebleu.metrics import CHRF
 
 from engine.segmentation import split_sentences
 from engine.translator import Translator
-from service.api import html
+from service.api import html, html_markup
 
 ROOT = Path(__file__).resolve().parent.parent
 HELP = ROOT / "data" / "cache" / "unpacked"
@@ -93,7 +93,7 @@ def measure(translator: Translator, samples: list[tuple[str, str, bool]], strate
     real = "align" if strategy == "pieces" else strategy
     started = time.monotonic()
     with mock.patch.object(html, "aligned", lambda *a: None) if strategy == "pieces" else contextlib.nullcontext():
-        outcome = asyncio.run(html.translate_documents([html.split_html(english, "en") for english, _, _ in samples], translate, real))
+        outcome = asyncio.run(html_markup.translate_documents([html.split_html(english, "en") for english, _, _ in samples], translate, real))
     seconds = time.monotonic() - started
     element_scores, exact, outputs, references = [], 0, [], []
     for (english, german, _), translated in zip(samples, outcome.html):

@@ -5,7 +5,8 @@ import asyncio
 
 import pytest
 
-from service.api.html import from_placeholders, locate, split_html, translate_documents, with_placeholders
+from service.api.html import split_html
+from service.api.html_markup import from_placeholders, locate, translate_documents, with_placeholders
 
 DOCUMENT = ('<!DOCTYPE html><p class="a" title="Keep me">Open the <b>file</b> &amp; save.</p>\n'
             '<script>if (a < b) { x("<p>"); }</script><style>p { color: red }</style>'

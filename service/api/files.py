@@ -2,7 +2,7 @@
 files, and the bounded store their translations wait in until downloaded (`GET /download_file/<name>`).
 
 Formatting is kept as far as the formats allow: plain text keeps every line break and blank line
-(sentences are translated one by one, service.api.translation); HTML goes through service.api.html; in
+(sentences are translated one by one, service.api.translation); HTML goes through service.api.html(_markup); in
 .docx and .odt files each paragraph is translated as a whole, and its runs (Word) or spans and links
 (ODF) of different formatting are carried like HTML's inline elements: the paragraph becomes HTML with
 one `<span>` per formatted piece, is translated with its markup carried, and the pieces are rebuilt
@@ -30,10 +30,10 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from service.api.errors import ApiError
-from service.api.html import has_letters, split_html, translate_documents
+from service.api.html import has_letters, split_html
+from service.api.html_markup import Translate, translate_documents
 from service.config import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 SUPPORTED_EXTENSIONS = (".txt", ".html", ".htm", ".docx", ".odt")
 STORED_NAME = re.compile(r"^[0-9a-f]{32}\.[A-Za-z0-9._-]{1,200}$")
 MAX_UNPACKED_RATIO = 40  # a .docx/.odt may unpack to at most this times TRANSLATOR_MAX_FILE_BYTES (zip bombs)
-Translate = Callable[[list[str]], Awaitable[list[str]]]  # texts (any length) → translations
 
 
 class FilesUnavailable(RuntimeError):

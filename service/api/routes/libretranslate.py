@@ -23,7 +23,8 @@ from service.api.bodies import Fields, read_fields
 from service.api.deps import ServiceState, StateDep, unless_disconnected
 from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
 from service.api.files import SUPPORTED_EXTENSIONS
-from service.api.html import has_letters, split_html, translate_documents
+from service.api.html import has_letters, split_html
+from service.api.html_markup import translate_documents
 from service.api.openapi import KEY_GATED
 from service.api.security import presented_key
 from service.api.translation import Translated, already_in, check_unicode, translate_with
