@@ -82,6 +82,13 @@ class LoadSpec(BaseModel):
         limits += [f"at most {self.max_requests} requests"] if self.max_requests else []
         return f"{shape}, {', '.join(limits)}"
 
+    def request_body(self, texts: list[str]) -> dict:
+        """The JSON body of one `POST /v1/translate` of this load (the wrk driver sends it too)."""
+        body: dict = {"text": texts if len(texts) > 1 else texts[0], "source": self.source, "target": self.target}
+        if self.beam_size:
+            body["beam_size"] = self.beam_size
+        return body
+
 
 @dataclass
 class RequestRecord:
@@ -164,13 +171,10 @@ class RunLog:
 
 async def send(client: aiohttp.ClientSession, spec: LoadSpec, texts: list[str], scheduled: float, origin: float,
                log: RunLog) -> None:
-    body: dict = {"text": texts if len(texts) > 1 else texts[0], "source": spec.source, "target": spec.target}
-    if spec.beam_size:
-        body["beam_size"] = spec.beam_size
     status = source_tokens = target_tokens = 0
     problem = None
     try:
-        async with client.post("/v1/translate", json=body) as response:
+        async with client.post("/v1/translate", json=spec.request_body(texts)) as response:
             status = response.status
             if status == 200:
                 items = (await response.json())["translations"]

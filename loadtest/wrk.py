@@ -130,10 +130,7 @@ def wrk_binary() -> str:
 
 
 def body(texts: list[str], spec: LoadSpec) -> str:
-    request: dict = {"text": texts if len(texts) > 1 else texts[0], "source": spec.source, "target": spec.target}
-    if spec.beam_size:
-        request["beam_size"] = spec.beam_size
-    return json.dumps(request, ensure_ascii=False)
+    return json.dumps(spec.request_body(texts), ensure_ascii=False)
 
 
 def run_wrk(url: str, bodies: list[str], connections: int, duration_s: float, *, max_requests: int | None = None,
