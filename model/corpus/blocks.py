@@ -18,7 +18,6 @@ from lxml import html as lxml_html
 
 from model.corpus.text import consistent
 
-MALLARD_NS = "{http://projectmallard.org/1.0/}"
 MALLARD_BLOCKS = {"title", "subtitle", "desc", "p", "item", "td", "th", "caption"}
 MALLARD_SKIP = {"info", "screen", "comment", "credit", "media", "synopsis"}  # inline code, keys, files stay
 DOCBOOK_BLOCKS = {"title", "para", "simpara", "term", "entry", "listitem", "member", "subtitle", "caption", "glossterm"}

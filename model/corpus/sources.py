@@ -202,11 +202,3 @@ SOURCES: tuple[Source, ...] = (
            "Fluent messages (fluent.syntax) and .properties strings of omni.ja vs the German language pack, by "
            "file path and message id; selector (plural) messages skipped, variables kept as `{name}`"),
 )
-
-
-def packages_of(sources: Iterable[Source]) -> list[str]:
-    seen: dict[str, None] = {}
-    for source in sources:
-        for name in source.packages:
-            seen.setdefault(name, None)
-    return list(seen)
