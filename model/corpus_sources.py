@@ -229,19 +229,24 @@ def strip_accelerators(text: str, other: str) -> str:
         lambda m: m.group(0) if m.group(0) in other_tokens else re.sub(ACCELERATOR + r"(?=\w)", "", m.group(0)), text)
 
 
+def mo_entries(path: Path) -> Iterator[tuple[str, str]]:
+    """(msgid, msgstr) of one compiled gettext catalog, msgctxt dropped; the header, plural entries and empty
+    translations skipped. A corrupt catalog yields nothing."""
+    try:
+        with open(path, "rb") as f:
+            catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return
+    for key, value in catalog.items():  # .mo order (sorted by msgid): deterministic
+        if isinstance(key, str) and key and isinstance(value, str) and value:
+            yield key.split("\x04", 1)[-1], value
+
+
 def gettext_pairs(mo_files: list[Path]) -> Iterator[tuple[str, str]]:
-    """msgid (English) → msgstr (German) of compiled catalogs; plural forms and the header skipped."""
+    """msgid (English) → msgstr (German) of compiled catalogs, accelerators removed."""
     for path in sorted(mo_files):
-        try:
-            with open(path, "rb") as f:
-                catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
-        except (OSError, UnicodeDecodeError, ValueError):  # a corrupt catalog is skipped, not fatal
-            continue
-        for key, value in catalog.items():  # the order of the .mo file (sorted by msgid), so deterministic
-            if not isinstance(key, str) or not key or not isinstance(value, str):
-                continue  # header or plural tuple
-            english = key.split("\x04", 1)[-1]  # drop the msgctxt prefix
-            english, german = strip_accelerators(english, value), strip_accelerators(value, english)
+        for english, german in mo_entries(path):
+            english, german = strip_accelerators(english, german), strip_accelerators(german, english)
             # LibreOffice's UI fills in its name at run time; the help text already says "LibreOffice".
             yield english.replace("%PRODUCTNAME", "LibreOffice"), german.replace("%PRODUCTNAME", "LibreOffice")
 

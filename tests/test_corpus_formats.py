@@ -11,11 +11,12 @@ import pytest
 from model.corpus.blocks import (
     align, docbook_blocks, document_pairs, html_blocks, mallard_blocks, same_name_pages,
 )
-from model.corpus.gettext_mo import mo_entries, mo_pairs
+from model.corpus.gettext_mo import mo_pairs
 from model.corpus.json_i18n import json_pairs
 from model.corpus.qm import QmError, read_qm
 from model.corpus.roff import man_blocks, man_page_pairs, unescape
 from model.corpus.text import consistent, markup_to_text, sentence_pairs, split_paragraphs
+from model.corpus_sources import mo_entries
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "corpus"
 

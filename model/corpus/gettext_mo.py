@@ -1,26 +1,13 @@
-"""Compiled gettext catalogs (.mo): msgid → msgstr, read with the standard library's `gettext`."""
+"""Compiled gettext catalogs (.mo) of the general-language sources: their pairs, cleaned as each source needs
+(the catalogs are read by model.corpus_sources.mo_entries, as the original corpus reads its own)."""
 
 from __future__ import annotations
 
-import gettext
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from model.corpus.text import markup_to_text
-from model.corpus_sources import strip_accelerators
-
-
-def mo_entries(path: Path) -> Iterator[tuple[str, str]]:
-    """(msgid, msgstr) of one catalog, msgctxt dropped; the header, plural entries and empty translations
-    skipped. A corrupt catalog yields nothing."""
-    try:
-        with open(path, "rb") as f:
-            catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
-    except (OSError, UnicodeDecodeError, ValueError):
-        return
-    for key, value in catalog.items():  # .mo order (sorted by msgid): deterministic
-        if isinstance(key, str) and key and isinstance(value, str) and value:
-            yield key.split("\x04", 1)[-1], value
+from model.corpus_sources import mo_entries, strip_accelerators
 
 
 def mo_pairs(paths: Iterable[Path], markup: bool = False, accelerators: bool = False) -> Iterator[tuple[str, str]]:
