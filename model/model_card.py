@@ -128,7 +128,8 @@ def write_card(directory: Path, data: Path, scores: list[dict], domain_scores: d
         f"Label smoothing {train['label_smoothing']}, AdamW (peak lr {train['lr']}, {train['warmup_steps']} warm-up steps, "
         f"inverse-square-root decay, weight decay {train['weight_decay']}), {train['batch_tokens']} padded tokens per batch, "
         f"dropout {model['dropout']}, gradient clipping {train['clip_norm']}, bf16 autocast ({train['bf16']}).",
-        f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU.",
+        f"This card was scored on {cpu_name()}, {os.cpu_count()} cores, no GPU (the test timings below); training ran on "
+        "CPUs of the same 2-core kind.",
     ]
     if train.get("cooldown_steps"):
         lines.append(f"The last run planned its end at step {train['max_steps']:,}: over its final {train['cooldown_steps']:,} "
