@@ -9,8 +9,10 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -112,3 +114,35 @@ def adapter_to_promql(rule: dict, label_matchers: str, group_by: str) -> str:
     series = rule["seriesQuery"].split("{")[0].strip("'\" ")
     return (rule["metricsQuery"].replace("<<.Series>>", series)
             .replace("<<.LabelMatchers>>", label_matchers).replace("<<.GroupBy>>", group_by))
+
+
+def sample_sentences(count: int, low: int = 10, high: int = 60) -> list[str]:
+    """Real test-split sentences of `low`..`high` characters (the tiny test model takes 63 tokens at most)."""
+    rows = (line.split("\t")[0] for line in (ROOT / "data" / "en-de" / "test.tsv").read_text().splitlines())
+    return [text for text in rows if low <= len(text) <= high][:count]
+
+
+def every_route(url: str) -> list[str]:
+    """Traffic on every route the dashboard shows: single sentences concurrently (so that batches hold
+    several), each route once, and one refused request (a rejection). → what did not answer as expected."""
+    texts = sample_sentences(24, high=40)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda text: httpx.post(url + "/v1/translate", json={"text": text, "source": "en", "target": "de"},
+                                                         timeout=120), texts))
+    problems = [f"/v1/translate {a.status_code} {a.text[:200]}" for a in answers if a.status_code != 200]
+    calls = [
+        ("post", "/v1/translate", {"json": {"text": texts[:4], "source": "en", "target": "de"}}, 200),
+        ("post", "/v1/encode", {"json": {"text": texts[:2], "source": "en"}}, 200),
+        ("post", "/translate", {"json": {"q": texts[0], "source": "en", "target": "de"}}, 200),
+        ("post", "/translate", {"data": {"q": texts[1], "source": "auto", "target": "de"}}, 200),
+        ("get", "/languages", {}, 200),
+        ("post", "/detect", {"data": {"q": texts[2]}}, 200),
+        ("get", "/health", {}, 200),
+        ("get", "/ready", {}, 200),
+        ("post", "/v1/translate", {"json": {"text": "", "source": "en", "target": "de"}}, None),  # refused: a 4xx
+    ]
+    for method, path, arguments, expected in calls:
+        answer = getattr(httpx, method)(url + path, timeout=120, **arguments)
+        if not (400 <= answer.status_code < 500 if expected is None else answer.status_code == expected):
+            problems.append(f"{method.upper()} {path} {answer.status_code} {answer.text[:200]}")
+    return problems

@@ -57,7 +57,9 @@ from tests.deploy_support import (  # noqa: E402 - after the path is set for `py
     adapter_to_promql,
     alert_rules,
     dashboard_targets,
+    every_route,
     grafana_to_promql,
+    sample_sentences,
     signal_query,
 )
 
@@ -206,39 +208,10 @@ def cleanup() -> None:
 
 # --- client traffic ----------------------------------------------------------------------------------
 
-def test_sentences(count: int, low: int = 10, high: int = 60) -> list[str]:
-    rows = (line.split("\t")[0] for line in (ROOT / "data" / "en-de" / "test.tsv").read_text().splitlines())
-    return [text for text in rows if low <= len(text) <= high][:count]
-
-
 def translate(url: str, text: str, source: str = "en", target: str = "de") -> str:
     answer = httpx.post(url + "/translate", json={"q": text, "source": source, "target": target}, timeout=60)
     answer.raise_for_status()
     return answer.json()["translatedText"]
-
-
-def every_route(url: str) -> list[str]:
-    """Traffic on every route the dashboard shows (as tests/test_deploy_integration.py sends it): single
-    sentences concurrently, so that batches hold several, and one refused request. → the failures."""
-    texts = test_sentences(24)
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda text: httpx.post(url + "/v1/translate", json={"text": text, "source": "en", "target": "de"},
-                                                         timeout=120), texts))
-    problems = [f"/v1/translate {a.status_code}" for a in answers if a.status_code != 200]
-    calls = [
-        ("post", "/v1/translate", {"json": {"text": texts[:4], "source": "en", "target": "de"}}, 200),
-        ("post", "/v1/encode", {"json": {"text": texts[:2], "source": "en"}}, 200),
-        ("post", "/translate", {"json": {"q": texts[0], "source": "en", "target": "de"}}, 200),
-        ("post", "/translate", {"data": {"q": texts[1], "source": "auto", "target": "de"}}, 200),
-        ("get", "/languages", {}, 200),
-        ("post", "/detect", {"data": {"q": texts[2]}}, 200),
-        ("post", "/v1/translate", {"json": {"text": "", "source": "en", "target": "de"}}, 400),
-    ]
-    for method, path, arguments, expected in calls:
-        answer = getattr(httpx, method)(url + path, timeout=120, **arguments)
-        if (expected == 400 and not 400 <= answer.status_code < 500) or (expected != 400 and answer.status_code != expected):
-            problems.append(f"{method.upper()} {path} {answer.status_code}")
-    return problems
 
 
 class Load:
@@ -249,7 +222,7 @@ class Load:
         self.results: list[tuple[float, float, int | str]] = []  # (sent at, seconds, status or error)
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.texts = test_sentences(64)
+        self.texts = sample_sentences(64)
         self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
 
     def client(self, index: int) -> None:
@@ -413,7 +386,7 @@ def phase_run(report: Report, args) -> None:
     # has arrived yet, when the signal goes.
     # 6 requests of 24 longer sentences: a few seconds of work on one core, well inside what the service
     # admits (a backlog expected to wait over half the request deadline is refused with 503 at once).
-    batches = [test_sentences(144, 60, 200)[i::6] for i in range(6)]
+    batches = [sample_sentences(144, 60, 200)[i::6] for i in range(6)]
     sockets = [send_request(port, "/v1/translate", {"text": texts, "source": "en", "target": "de"}) for texts in batches]
     time.sleep(0.3)
     in_flight = sum(not answered(sock) for sock in sockets)
@@ -545,7 +518,7 @@ def phase_compose(report: Report, args) -> None:
         counter = 'sum by (instance) (translator_request_duration_seconds_count{job="translator", route="/translate"})'
         before = api.vector(counter)
         with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(lambda text: translate(lb, text), test_sentences(60)))
+            answers = list(pool.map(lambda text: translate(lb, text), sample_sentences(60)))
         time.sleep(3)  # a few scrapes
         after = api.vector(counter)
         spread = {instance: int(after.get(instance, 0) - before.get(instance, 0)) for instance in after}
@@ -596,7 +569,7 @@ def phase_compose(report: Report, args) -> None:
 def stream_check(report: Report, lb: str) -> None:
     """POST /v1/translate with "stream": true, four long texts (40 sentences each) and a short one: the first
     event must reach the client well before the last, or nginx is holding the stream back."""
-    sentences = test_sentences(160, 60, 110)
+    sentences = sample_sentences(160, 60, 110)
     long_texts = [" ".join(sentences[i::4]) for i in range(4)]
     payload = {"text": [*long_texts, "Click OK."], "source": "en", "target": "de", "stream": True}
     started, events = time.monotonic(), []
