@@ -1,0 +1,68 @@
+"""Ordinary language through the served en→de package (issue 15's first sentences of a new user).
+
+Each sentence must come back with the words a correct German translation cannot do without; a paragraph
+of three sentences must come back whole (every sentence's key words, none dropped). Sentences the
+shipped model still gets wrong are marked `xfail(strict=True)`: the gap stays visible, and the mark must
+go once a better model passes them.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
+
+pytestmark = needs_shipped_model
+KNOWN_WRONG = "the shipped en-de model (step 4,500 of the general-language run) still mistranslates this"
+
+# sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
+SENTENCES = {
+    "I would like to book a table for two people tonight.": [("Tisch",), ("zwei",), ("heute Abend", "heute Nacht")],
+    "The quick brown fox jumps over the lazy dog.": [("Fuchs",), ("Hund",), ("braun",), ("faul", "träg")],
+    "My brother works as a doctor in a hospital.": [("Bruder",), ("arbeitet",), ("Arzt",), ("Krankenhaus", "Klinik")],
+}
+PARAGRAPH = {  # three sentences about LibreOffice, in the words of a package description; a word of each
+    # sentence that any translation keeps (the issue's paragraph lost its second half when sent whole)
+    "LibreOffice is a full-featured office suite that is free to use.": [("LibreOffice",), ("Office", "Büro")],
+    "It includes a word processor, a spreadsheet and a presentation program.": [
+        ("Tabellenkalkulation", "Tabellendokument"), ("Präsentation",)],  # Tabellendokument: LibreOffice's own word
+    "Documents are saved in the OpenDocument format by default.": [("Dokument",), ("OpenDocument",), ("gespeichert",)],
+}
+
+
+@pytest.fixture(scope="module")
+def server(models_dir, translators):  # noqa: F811
+    with serving(models_dir, translators) as running:
+        yield running
+
+
+def translate(server, text: str) -> dict:
+    response = httpx.post(server.url + "/v1/translate", timeout=120,
+                          json={"text": text, "source": "en", "target": "de", "beam_size": 4})
+    assert response.status_code == 200, response.text
+    return response.json()["translations"][0]
+
+
+def missing(translation: str, needed: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [words for words in needed if not any(w.lower() in translation.lower() for w in words)]
+
+
+def known_wrong(*sentences: str) -> dict:
+    return {s: pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=KNOWN_WRONG)) for s in sentences}
+
+
+@pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
+    "I would like to book a table for two people tonight.",  # "Tabelle" (a data table), no "heute Abend"
+    "The quick brown fox jumps over the lazy dog.",  # neither "Fuchs" nor "Hund" survive
+)).values()))
+def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
+    translation = translate(server, sentence)["text"]
+    assert not missing(translation, SENTENCES[sentence]), translation
+
+
+def test_a_paragraph_comes_back_whole(server):
+    text = " ".join(PARAGRAPH)
+    translation = translate(server, text)
+    assert translation["sentences"] == len(PARAGRAPH)  # segmented: each sentence went to the model alone
+    assert not missing(translation["text"], [words for needed in PARAGRAPH.values() for words in needed]), translation["text"]
