@@ -6,8 +6,8 @@ Builds the checkpoint's fp32 graphs once, quantizes them several ways, and trans
 test sentences with each (one ONNX Runtime thread, length-sorted batches of 32, greedy and beam 4, the
 fastest of --repeats passes in CPU seconds):
 
-  dynamic_tensor    DynamicQuantizeMatMul, one scale per weight matrix (what `python -m export` writes)
-  dynamic_channel   the same with one scale per output channel
+  dynamic_tensor    DynamicQuantizeMatMul, one scale per weight matrix (`python -m export --no-per-channel`)
+  dynamic_channel   the same with one scale per output channel (what `python -m export` writes)
   nbits             MatMulNBits, 8 bits, blocks of 32, accuracy level 4, every matrix
   nbits_vocabulary  MatMulNBits on the vocabulary projection only, DynamicQuantizeMatMul elsewhere
 """

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--parity-sentences", type=int, default=200)
     m.add_argument("--beam-sentences", type=int, default=50, help="sentences whose beam-4 output must match too")
     m.add_argument("--max-source-tokens", type=int, default=256, help="longest source the service accepts (with EOS)")
-    m.add_argument("--per-channel", action="store_true", help="int8: one scale per output channel")
+    m.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="int8: one scale per output channel (the default, as for export)")
     m.add_argument("--reduce-range", action="store_true", help="int8: 7-bit weights")
     m.add_argument("--threads", type=int, default=1, help="threads for the parity run")
     m.set_defaults(handler=marian)
