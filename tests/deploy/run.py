@@ -567,11 +567,14 @@ def phase_compose(report: Report, args) -> None:
 
 
 def stream_check(report: Report, lb: str) -> None:
-    """POST /v1/translate with "stream": true, four long texts (40 sentences each) and a short one: the first
-    event must reach the client well before the last, or nginx is holding the stream back."""
+    """POST /v1/translate with "stream": true, a short text and four long ones (40 sentences each): the first
+    event must reach the client well before the last, or nginx is holding the stream back. The short text
+    comes first: the batch scheduler serves the group of the sentence that has waited longest first, so
+    its one sentence is answered by the first batch, whatever the model's speed (last, it could share the
+    last batch with the long texts' sentences, and every event would arrive at once)."""
     sentences = sample_sentences(160, 60, 110)
     long_texts = [" ".join(sentences[i::4]) for i in range(4)]
-    payload = {"text": [*long_texts, "Click OK."], "source": "en", "target": "de", "stream": True}
+    payload = {"text": ["Click OK.", *long_texts], "source": "en", "target": "de", "stream": True}
     started, events = time.monotonic(), []
     with httpx.stream("POST", lb + "/v1/translate", json=payload, timeout=120) as answer:
         kind = answer.headers.get("content-type", "")
