@@ -10,6 +10,8 @@ fastest of --repeats passes in CPU seconds):
   dynamic_channel   the same with one scale per output channel (what `python -m export` writes)
   nbits             MatMulNBits, 8 bits, blocks of 32, accuracy level 4, every matrix
   nbits_vocabulary  MatMulNBits on the vocabulary projection only, DynamicQuantizeMatMul elsewhere
+  channel_vocabulary         per output channel on the vocabulary projection, per matrix elsewhere
+  channel_except_vocabulary  per matrix on the vocabulary projection, per output channel elsewhere
 """
 
 from __future__ import annotations
@@ -56,11 +58,27 @@ def nbits_vocabulary(source: Path, target: Path) -> None:
     staged.unlink()
 
 
+def mixed(per_channel_on_vocabulary: bool):
+    """One scale per output channel on the vocabulary projection and one per matrix elsewhere, or the reverse."""
+    def quantize(source: Path, target: Path) -> None:
+        vocabulary = vocabulary_nodes(source) if source.name == "decoder.onnx" else []
+        if not vocabulary:
+            quantize_int8(source, target, per_channel=not per_channel_on_vocabulary)
+            return
+        staged = target.with_suffix(".vocabulary.onnx")
+        quantize_int8(source, staged, per_channel=per_channel_on_vocabulary, nodes=vocabulary)
+        quantize_int8(staged, target, per_channel=not per_channel_on_vocabulary, excluded=vocabulary)
+        staged.unlink()
+    return quantize
+
+
 VARIANTS = {
     "dynamic_tensor": lambda source, target: quantize_int8(source, target),
     "dynamic_channel": lambda source, target: quantize_int8(source, target, per_channel=True),
     "nbits": nbits,
     "nbits_vocabulary": nbits_vocabulary,
+    "channel_vocabulary": mixed(per_channel_on_vocabulary=True),
+    "channel_except_vocabulary": mixed(per_channel_on_vocabulary=False),
 }
 
 
@@ -108,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = Path(scratch) / "fp32"
         build_package(args.checkpoint, fp32, "fp32")
-        for name in args.variants.split(","):
+        for name in dict.fromkeys(args.variants.split(",")):  # each once
             package = Path(scratch) / name
             shutil.copytree(fp32, package)
             for graph in ("encoder.onnx", "decoder.onnx"):

@@ -21,8 +21,10 @@ import onnx
 log = logging.getLogger(__name__)
 
 
-def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False) -> None:
-    """fp32 graph → int8 weights (QInt8), dynamic activation quantization."""
+def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False,
+                  nodes: list[str] | None = None, excluded: list[str] | None = None) -> None:
+    """fp32 graph → int8 weights (QInt8), dynamic activation quantization; `nodes` / `excluded`: only / all but
+    these MatMul nodes (bench.int8_choice mixes scale kinds by quantizing in two passes)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -40,6 +42,8 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_
             per_channel=per_channel,
             reduce_range=reduce_range,
             op_types_to_quantize=["MatMul", "Gather"],
+            nodes_to_quantize=nodes,
+            nodes_to_exclude=excluded,
             # Activations × activations (attention) stay float; a contrib op's outputs have no inferred type.
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
