@@ -14,26 +14,13 @@ from dotenv import dotenv_values
 from matplotlib.image import imread
 
 from service.config import Settings
-from loadtest.corpus import SentencePicker, WordCounter, parse_mix, read_corpus, texts_of_length
+from loadtest.corpus import SentencePicker, WordCounter, parse_mix, texts_of_length
 from tests.service_support import ROOT, ServerProcess, models_dir  # noqa: F401 - models_dir is a fixture
-from tests.test_loadtest import one_sentence_texts
+from tests.test_loadtest import TEST_SPLIT, sentences, server  # noqa: F401 - fixtures: the same real server and sentences
 from tuning import tune as tune_command
 from tuning.lengths import LengthPoint, advise
 from tuning.report import TuningRun
 from tuning.sweep import DEFAULT_BUCKETS, BatchingSetting, LoadLevel, SweepGrid, SweepPoint, gain_over_defaults, pareto_frontier, recommend
-
-TEST_SPLIT = ROOT / "data/en-de/test.tsv"
-
-
-@pytest.fixture(scope="module")
-def server(models_dir, tmp_path_factory):  # noqa: F811
-    with ServerProcess(models_dir, tmp_path_factory.mktemp("load") / "server.log") as running:
-        yield running.wait_ready()
-
-
-@pytest.fixture(scope="module")
-def sentences() -> list[str]:
-    return one_sentence_texts(read_corpus(TEST_SPLIT, "en"))
 
 
 def point(tokens_per_s: float, p95: float, errors: int = 0, setting: BatchingSetting | None = None) -> SweepPoint:
