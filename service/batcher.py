@@ -218,9 +218,9 @@ class Batcher:
                 except TimeoutError:
                     pass
                 continue
-            batch = self._take(lane, key)
+            batch = self.take_batch(lane, key)
             if batch:
-                await self._run(lane, key, batch)
+                await self.run_batch(lane, key, batch)
 
     def _fitting(self, jobs: deque[Job]) -> tuple[int, int]:
         """How many of the oldest jobs fit one batch, and the longest of them."""
@@ -237,7 +237,9 @@ class Batcher:
         return (count < len(jobs) or count >= self.policy.max_sentences
                 or (count + 1) * longest > self.policy.token_budget)
 
-    def _take(self, lane: Lane, key: GroupKey) -> list[Job]:
+    def take_batch(self, lane: Lane, key: GroupKey) -> list[Job]:
+        """The oldest jobs of a group that fit one batch, claimed (both schedulers: the continuous one for its
+        encoder-only batches)."""
         count, _ = self._fitting(lane.groups[key])
         return self.claim(lane.take_oldest(key, count))
 
@@ -270,7 +272,7 @@ class Batcher:
         m.batch_tokens.observe(padded)
         m.padding_ratio.observe(1.0 - sum(lengths) / padded)
 
-    async def _run(self, lane: Lane, key: GroupKey, batch: list[Job]) -> None:
+    async def run_batch(self, lane: Lane, key: GroupKey, batch: list[Job]) -> None:
         name = lane.translator.name
         self.observe_batch(name, batch)
         sources = [job.ids for job in batch]

@@ -73,9 +73,9 @@ class ContinuousScheduler:
                 self.admit()
                 encode_key = next((key for key in lane.groups if key.task == "encode"), None)
                 if encode_key is not None:  # sentence embeddings: batches of their own, in the lane's executor
-                    batch = batcher._take(lane, encode_key)
+                    batch = batcher.take_batch(lane, encode_key)
                     if batch:
-                        await batcher._run(lane, encode_key, batch)
+                        await batcher.run_batch(lane, encode_key, batch)
                     continue
                 if batcher.closing and not lane.groups and not any(r.jobs for r in self.running.values()):
                     return

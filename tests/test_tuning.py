@@ -44,6 +44,7 @@ def test_gain_is_measured_against_the_services_defaults():
     defaults, bigger = BatchingSetting(), BatchingSetting(max_batch_sentences=64)
     assert Settings().batch_token_budget == defaults.batch_token_budget and Settings().max_wait_ms == defaults.max_wait_ms
     assert Settings().max_batch_sentences == defaults.max_batch_sentences and Settings().length_buckets == DEFAULT_BUCKETS
+    assert Settings().scheduler == defaults.scheduler  # the tuner's baseline is what the service runs by default
     assert "(defaults)" in defaults.label() and "(defaults)" not in bigger.label()
     one = {"scheduler": ["batch"], "max_wait_ms": [0]}
     assert SweepGrid(max_batch_sentences=[64], **one).settings() == [defaults, bigger]  # the baseline first
