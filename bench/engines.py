@@ -5,12 +5,15 @@
   ort-int8      our ONNX Runtime engine, int8 package (the one we ship)
   ct2-float32   CTranslate2 on our weights (bench/ct2_convert.py), float32
   ct2-int8      the same, int8
+  ort-fp16      our engine, fp16 package (with --device cuda: ONNX Runtime's CUDA provider, required)
+  ct2-float16   CTranslate2, float16 (with --device cuda)
 
 Greedy and beam 4, batch 1 and batch 32 (length-sorted batches, the same for every engine): target
 tokens/s, p50/p95 latency per batch, BLEU, peak RSS (each engine in its own process), agreement of
 greedy outputs with PyTorch, latency against source length; ratios ours/CTranslate2 and ours/PyTorch.
 
     python -m bench.engines --limit 64 --threads 2
+    python -m bench.engines --device cuda --engines pytorch,ort-fp16,ct2-float16 --batch-sizes 1,32,128  (a GPU)
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import time
 from pathlib import Path
 
 ENGINES = ("pytorch", "ort-fp32", "ort-int8", "ct2-float32", "ct2-int8")
-RATIOS = (("ort-int8", "ct2-int8"), ("ort-int8", "pytorch"), ("ort-fp32", "ct2-float32"), ("ort-fp32", "pytorch"))
+RATIOS = (("ort-int8", "ct2-int8"), ("ort-int8", "pytorch"), ("ort-fp32", "ct2-float32"), ("ort-fp32", "pytorch"),
+          ("ort-fp16", "ct2-float16"), ("ort-fp16", "pytorch"))
 
 
 def prepare_ct2(checkpoint: Path, cache: Path, quantization: str) -> Path:
@@ -66,6 +70,15 @@ def check_packages_match(checkpoint: Path, packages: list[Path]) -> None:
         if exported_from != digest:
             sys.exit(f"{package} was exported from another checkpoint than {checkpoint}: re-export it "
                      f"(python -m export --checkpoint {checkpoint} --out {package} --precision ...)")
+
+
+def machine(device: str) -> str:
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    if device != "cuda":
+        return cpu
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    return f"{gpu or 'an NVIDIA GPU'} (host: {cpu})"
 
 
 def run_worker(engine: str, config_path: Path, threads: int) -> dict:
@@ -122,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("checkpoints/en-de"))
     parser.add_argument("--int8-package", type=Path, default=Path("models/en-de"))
     parser.add_argument("--fp32-package", type=Path, default=Path("build/packages/en-de-fp32"))
+    parser.add_argument("--fp16-package", type=Path, default=Path("build/packages/en-de-fp16"))
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where PyTorch, ours and CTranslate2 run")
     parser.add_argument("--data", type=Path, help="TSV of pairs (default: the checkpoint's test split)")
     parser.add_argument("--limit", type=int, help="only the first N test sentences")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -138,13 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     data = args.data or Path(config["train"]["data"]) / "test.tsv"
     sources, references = load_test_set(data, config["src_lang"], config["tgt_lang"], args.checkpoint / "spm.model", args.limit)
     engines = [e for e in args.engines.split(",") if e]
-    check_packages_match(args.checkpoint, [package for engine, package in (("ort-fp32", args.fp32_package),
-                                                                            ("ort-int8", args.int8_package)) if engine in engines])
+    packages = {"fp32": args.fp32_package, "int8": args.int8_package, "fp16": args.fp16_package}
+    check_packages_match(args.checkpoint, [package for precision, package in packages.items() if f"ort-{precision}" in engines])
     worker_config = {
         "checkpoint": str(args.checkpoint), "spm": str(args.checkpoint / "spm.model"), "threads": args.threads,
-        "packages": {"fp32": str(args.fp32_package), "int8": str(args.int8_package)},
+        "device": args.device, "packages": {precision: str(package) for precision, package in packages.items()},
         "ct2_models": {q: str(prepare_ct2(args.checkpoint, args.ct2_cache, q))
-                       for q in ("float32", "int8") if f"ct2-{q}" in engines},
+                       for q in ("float32", "int8", "float16") if f"ct2-{q}" in engines},
         "settings": [(int(beam), int(batch)) for beam in args.beam_sizes.split(",") for batch in args.batch_sizes.split(",")],
         "lengths": [int(n) for n in args.lengths.split(",")], "repeats": args.repeats,
         "sources": sources, "references": references,
@@ -165,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         r.pop("greedy_outputs", None)
     summary = {
         "data": str(data), "sentences": len(sources), "threads": args.threads, "repeats": args.repeats,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "device": args.device, "machine": machine(args.device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engines": results, "ratios": ratios(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

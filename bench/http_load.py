@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from bench.engines import machine
+from engine.sessions import CUDA
 from loadtest.corpus import read_corpus
 from loadtest.load import LoadSpec
 from loadtest.scrape import scrape, server_view
@@ -135,7 +136,7 @@ def run_variant(args: argparse.Namespace, name: str, environment: dict[str, str]
             print(f"{name}: {search}, {args.connections} connections, {args.seconds:g} s ...", file=sys.stderr, flush=True)
             result["saturated"][search] = measure(url, requests, args.connections, args.seconds, args.warmup, args.timeout,
                                                   args.client_cpus)
-        for search, requests in bodies.items():
+        for search, requests in bodies.items() if args.one_connection else ():
             print(f"{name}: {search}, 1 connection, {len(requests)} requests ...", file=sys.stderr, flush=True)
             run_wrk(url, requests, 1, 600, max_requests=ONE_CONNECTION_WARMUP, timeout_s=args.timeout, cpus=args.client_cpus)
             result["one_connection"][search] = measure(url, requests, 1, 600, 0, args.timeout, args.client_cpus,
@@ -277,6 +278,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="threads of the engine's batch-1 reference (default: each variant's server's own)")
     parser.add_argument("--no-offline", action="store_true", help="skip CTranslate2 and the engine reference")
     parser.add_argument("--timeout", type=float, default=120.0, help="wrk's per-request timeout, seconds")
+    parser.add_argument("--one-connection", action=argparse.BooleanOptionalAction, default=True,
+                        help="the one-connection latency pass after the saturated runs")
     parser.add_argument("--out", type=Path, default=Path("results/bench_http.json"))
     args = parser.parse_args(argv)
     args.ct2_threads = [int(t) for t in args.ct2_threads.split(",") if t]
@@ -297,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     compare(variants, reference)
     summary = {
         "data": str(args.data), "sentences": len(sentences), "connections": args.connections, "seconds": args.seconds,
-        "warmup": args.warmup, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "warmup": args.warmup, "machine": machine("cuda" if any(CUDA in v["environment"].get("TRANSLATOR_PROVIDERS", "")
+                                                               for v in variants) else "cpu"),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_before": load_before,
         "load_average_after": round(os.getloadavg()[0], 2), "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
         "source": source_state(),

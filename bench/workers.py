@@ -35,6 +35,7 @@ def pytorch_engine(config: dict) -> Translate:
 
     torch.set_num_threads(config["threads"])
     model, _, _ = load_model(config["checkpoint"])
+    model = model.to(config.get("device", "cpu"))
     step_model, c = TorchStepModel(model), model.config
 
     def translate(sources: list[list[int]], beam_size: int) -> list[list[int]]:
@@ -46,9 +47,11 @@ def pytorch_engine(config: dict) -> Translate:
 
 def ort_engine(config: dict, package: str) -> Translate:
     from engine.translator import Translator
-    from engine.sessions import RuntimeOptions
+    from engine.sessions import CPU, CUDA, RuntimeOptions
 
-    translator = Translator(package, RuntimeOptions(intra_op_threads=config["threads"]))
+    on_gpu = config.get("device") == "cuda"  # the CUDA provider required: a fallback to the CPU is an error
+    translator = Translator(package, RuntimeOptions(providers=(CUDA if on_gpu else CPU,), strict_providers=on_gpu,
+                                                    intra_op_threads=config["threads"]))
     translator.warmup()
 
     def translate(sources: list[list[int]], beam_size: int) -> list[list[int]]:
@@ -61,7 +64,7 @@ def ct2_engine(config: dict, model_dir: str, compute_type: str) -> Translate:
     import ctranslate2
     import sentencepiece as spm
 
-    translator = ctranslate2.Translator(model_dir, device="cpu", compute_type=compute_type,
+    translator = ctranslate2.Translator(model_dir, device=config.get("device", "cpu"), compute_type=compute_type,
                                         intra_threads=config["threads"], inter_threads=1)
     processor = spm.SentencePieceProcessor(model_file=config["spm"])
     pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
@@ -80,9 +83,9 @@ def ct2_engine(config: dict, model_dir: str, compute_type: str) -> Translate:
 def make_engine(name: str, config: dict) -> Translate:
     if name == "pytorch":
         return pytorch_engine(config)
-    if name in ("ort-fp32", "ort-int8"):
+    if name in ("ort-fp32", "ort-int8", "ort-fp16"):
         return ort_engine(config, config["packages"][name.split("-")[1]])
-    if name in ("ct2-float32", "ct2-int8"):
+    if name in ("ct2-float32", "ct2-int8", "ct2-float16"):
         quantization = name.split("-")[1]
         return ct2_engine(config, config["ct2_models"][quantization], quantization)
     raise ValueError(f"unknown engine {name}")
@@ -153,7 +156,8 @@ def measure(name: str, config: dict) -> dict:
     load_seconds = time.perf_counter() - started
     processor = spm.SentencePieceProcessor(model_file=config["spm"])
     sources, references = config["sources"], config["references"]
-    result = {"engine": name, "threads": config["threads"], "load_seconds": round(load_seconds, 2), "settings": []}
+    result = {"engine": name, "threads": config["threads"], "device": config.get("device", "cpu"),
+              "load_seconds": round(load_seconds, 2), "settings": []}
     for beam_size, batch_size in config["settings"]:
         row, outputs = run_setting(translate, sources, beam_size, batch_size, config.get("repeats", 1))
         row["bleu"] = round(sacrebleu.corpus_bleu(processor.decode(outputs), [references]).score, 2)

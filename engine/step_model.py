@@ -18,6 +18,14 @@ of the batch has finished, then the live rows are compacted to the front of the 
 memory behind them goes back to the operating system), and joining sentences may need larger buffers.
 The encoder runs in slices of at most ENCODER_TOKENS padded tokens, which bounds the largest
 activations ONNX Runtime's arena ever grows to.
+
+On a GPU (`device`), the caches live in device memory, bound as both input and output by address
+(the in-place write of DecoderMaskedMultiHeadAttention needs the very same buffer on both sides, which
+a host array copied in and out by ONNX Runtime would not be), and the cross-attention keys/values are
+uploaded once per binding. The per-step inputs and the candidates are small and stay host arrays that
+ONNX Runtime copies. Finished rows are not compacted on a GPU: computing them costs next to nothing
+there, and moving the caches would mean a round trip through the host. Operations that move cache rows
+(joining past the buffers' room) bring the caches back to the host first.
 """
 
 from __future__ import annotations
@@ -99,6 +107,8 @@ class DecodeState:
     caches: list[np.ndarray]  # 2L × [B₀·W, H, C, K]
     indirection: np.ndarray  # [B₀, W, C] int32: updated in place by `reorder`
     past_length: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))  # slots written
+    device_caches: list[ort.OrtValue] | None = None  # on a GPU: the caches (`caches` is stale while set)
+    device_cross: list[ort.OrtValue] = field(default_factory=list)  # on a GPU: the bound cross keys/values
     buffers: RowBuffers | None = None
     k: int = 0
     binding: ort.IOBinding | None = None
@@ -134,7 +144,8 @@ class DecodeState:
 class OnnxStepModel:
     def __init__(self, encoder: ort.InferenceSession, decoder: ort.InferenceSession, pad_id: int,
                  cross_outputs: list[str], cache_inputs: list[str], cache_outputs: list[str],
-                 cache_shape: tuple[int, int], max_position: int, run_options: ort.RunOptions | None = None):
+                 cache_shape: tuple[int, int], max_position: int, run_options: ort.RunOptions | None = None,
+                 device: tuple[str, int] | None = None):
         self.encoder, self.decoder = encoder, decoder
         self.pad_id = pad_id
         self.cross_names = cross_outputs  # cross_key_0, cross_value_0, ...: encoder outputs and decoder inputs
@@ -143,6 +154,7 @@ class OnnxStepModel:
         self.max_position = max_position - 1  # the last row of the decoder's position table
 
         self.run_options = run_options
+        self.device = device  # (ORT device type, id) holding the caches, e.g. ("cuda", 0); None: host memory
 
     def encode(self, src_ids: np.ndarray) -> list[np.ndarray]:
         """→ every decoder layer's cross-attention keys and values [B, H, S, K], encoded in slices."""
@@ -223,12 +235,13 @@ class OnnxStepModel:
 
     def keep(self, state: DecodeState, sentences: np.ndarray) -> None:
         state.alive = state.alive[sentences]
-        if len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
+        if self.device is None and len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
             self.compact(state)
 
     # --- moving rows ---------------------------------------------------------------------------
     def compact(self, state: DecodeState) -> None:
         """Move the live sentences' rows to the front of every buffer; later steps compute only those."""
+        self.to_host(state)
         alive, length, width = state.alive, state.length, state.beam_width
         rows = state.alive_rows()
         moved = alive != np.arange(len(alive))
@@ -247,6 +260,7 @@ class OnnxStepModel:
         first = int(state.start[state.alive].min()) if len(state.alive) else length
         if first == 0:
             return
+        self.to_host(state)
         for cache in state.caches:
             cache[:rows, :, : length - first] = cache[:rows, :, first:length].copy()
         state.indirection[:batch, :, : length - first] = state.indirection[:batch, :, first:length].copy()
@@ -260,6 +274,7 @@ class OnnxStepModel:
         sentences, source, capacity = (sentences or state.allocated, source or state.source_mask.shape[1],
                                         capacity or state.capacity)
         batch, width, length = state.sentences, state.beam_width, state.length
+        self.to_host(state)
 
         def moved(old: np.ndarray, shape: tuple[int, ...], used: tuple[slice, ...]) -> np.ndarray:
             new = lazy_zeros(shape, old.dtype)
@@ -276,6 +291,12 @@ class OnnxStepModel:
         state.start = moved(state.start, (sentences,), (slice(0, batch),))
         state.buffers, state.bound = None, None
 
+    def to_host(self, state: DecodeState) -> None:
+        """On a GPU: copy the caches back into host arrays before rows move (they are uploaded at the next bind)."""
+        if state.device_caches is not None:
+            state.caches = [value.numpy().copy() for value in state.device_caches]  # never a view of ORT's memory
+            state.device_caches, state.bound = None, None
+
     # --- binding -------------------------------------------------------------------------------
     def bind(self, state: DecodeState, k: int) -> ort.IOBinding:
         """(Re)bind everything but the attention mask when the batch changed shape since the last step."""
@@ -289,10 +310,13 @@ class OnnxStepModel:
         # Outputs first: `get_outputs` would list them in the order first bound.
         for name, buffer in zip(CANDIDATE_OUTPUTS, (buffers.log_probs, buffers.ids, buffers.eos)):
             binding.bind_ortvalue_output(name, as_ortvalue(buffer[:rows]))
-        for input_name, output_name, cache in zip(self.cache_inputs, self.cache_outputs, state.caches):
-            value = as_ortvalue(cache[:rows])  # a prefix of a C-contiguous array is contiguous
-            binding.bind_ortvalue_input(input_name, value)
-            binding.bind_ortvalue_output(output_name, value)
+        if self.device is None:
+            for input_name, output_name, cache in zip(self.cache_inputs, self.cache_outputs, state.caches):
+                value = as_ortvalue(cache[:rows])  # a prefix of a C-contiguous array is contiguous
+                binding.bind_ortvalue_input(input_name, value)
+                binding.bind_ortvalue_output(output_name, value)
+        else:
+            self.bind_on_device(state, binding)
         # A binding does not keep its arrays alive: every array bound here is held by the state.
         state.settings = (np.array([state.beam_width], np.int32), np.array([k], np.int64),
                           np.array([batch, state.beam_width, self.heads * self.head_dim], np.int64))
@@ -300,9 +324,31 @@ class OnnxStepModel:
                   "beam_width": state.settings[0], "top_k": state.settings[1], "query_shape": state.settings[2],
                   "cache_indirection": state.indirection[:batch], "source_mask": state.source_mask[:batch],
                   **{name: cross[:batch] for name, cross in zip(self.cross_names, state.cross)}}
+        if self.device is not None:  # the cross keys/values are read at every step: uploaded once here
+            state.device_cross = [self.upload(cross[:batch]) for cross in state.cross]
+            for name, value in zip(self.cross_names, state.device_cross):
+                binding.bind_ortvalue_input(name, value)
+                del inputs[name]
         for name, array in inputs.items():
             binding.bind_ortvalue_input(name, as_ortvalue(array))
         starts = state.start[:batch]
         state.row_start = np.repeat(starts, state.beam_width) if starts.any() else None
         state.bound = (rows, k)
         return binding
+
+    def bind_on_device(self, state: DecodeState, binding: ort.IOBinding) -> None:
+        """Bind the first `rows` rows of each device cache (a prefix of a contiguous buffer) as the past input and
+        the present output at the same address, uploading the caches first if they are on the host."""
+        if state.device_caches is None:
+            state.device_caches = [self.upload(cache) for cache in state.caches]
+        device_type, device_id = self.device
+        shape = [state.rows, self.heads, state.capacity, self.head_dim]
+        for input_name, output_name, value in zip(self.cache_inputs, self.cache_outputs, state.device_caches):
+            binding.bind_input(input_name, device_type, device_id, np.float32, shape, value.data_ptr())
+            binding.bind_output(output_name, device_type, device_id, np.float32, shape, value.data_ptr())
+
+    def upload(self, array: np.ndarray) -> ort.OrtValue:
+        """A copy of the array in a buffer of its own on `device` (never shared with the host array)."""
+        value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, *self.device)
+        value.update_inplace(np.ascontiguousarray(array))
+        return value

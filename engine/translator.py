@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.package import PackageError, load_package
 from engine.search import Decoding, SearchOptions, SearchResult, StageTimes, pad_batch, search
-from engine.sessions import ProviderUnavailable, RuntimeOptions, create_session, run_options
+from engine.sessions import CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
 from engine.step_model import OnnxStepModel
 from engine.tokenization import load_tokenization
 
@@ -74,6 +74,7 @@ class Translator:
             cache_inputs=graphs.decoder.inputs[-caches:], cache_outputs=graphs.decoder.outputs[-caches:],
             cache_shape=(dims.n_heads, dims.head_dim), max_position=self.manifest.limits.max_positions,
             run_options=self.run_options,
+            device=("cuda", self.options.device_id) if self.provider == CUDA else None,
         )
 
     def check_graphs(self) -> None:

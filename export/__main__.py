@@ -3,6 +3,7 @@
     python -m export --checkpoint checkpoints/en-de --out models/en-de --precision int8
     python -m export --checkpoint checkpoints/en-de --out build/packages/en-de-fp32 --precision fp32 \\
         --parity-data data/en-de/test.tsv --parity-sentences 200
+    python -m export --checkpoint checkpoints/en-de --out build/packages/en-de-fp16 --precision fp16 --device cuda
 
 Exits non-zero, leaving parity.json in the package, when parity fails.
 """
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                              "BLEU on the shipped en-de at 4-10%% more CPU time than one per matrix; README, Benchmark)")
     parser.add_argument("--reduce-range", action="store_true", help="int8: 7-bit weights (avoids u8s8 saturation on AVX2 without VNNI)")
     parser.add_argument("--threads", type=int, default=1, help="threads for the parity run")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="parity run on: cuda = PyTorch on the GPU against ONNX Runtime's CUDA provider (fp16 packages)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("root").setLevel(logging.WARNING)  # onnxruntime.quantization logs each tensor on the root logger
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     model, _, facts = build_package(args.checkpoint, staging, args.precision, args.max_source_tokens,
                                     args.per_channel, args.reduce_range)
     try:
-        report = check_parity(model, staging, parity_data, args.parity_sentences, threads=args.threads, extra=facts)
+        report = check_parity(model, staging, parity_data, args.parity_sentences, threads=args.threads, extra=facts,
+                              device=args.device)
     except ParityError as error:
         print(f"{error}\nthe failed package is left in {staging}; {args.out} is unchanged", file=sys.stderr)
         return 1

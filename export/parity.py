@@ -25,7 +25,7 @@ from model.tokenizer import read_tsv_pairs
 from model.transformer import Transformer
 from engine.search import SearchOptions, length_sorted_batches, pad_batch, search
 from engine.translator import Translator
-from engine.sessions import RuntimeOptions
+from engine.sessions import CUDA, RuntimeOptions
 
 REPORT = "parity.json"
 
@@ -68,14 +68,18 @@ def teacher_forced_max_diff(model: Transformer, translator: Translator, sources:
 
 
 def check_parity(model: Transformer, package: Path, sample_tsv: Path, sample_size: int = 200,
-                 tolerance: float = 1e-3, max_bleu_drop: float = 0.5, threads: int = 1, extra: dict | None = None) -> dict:
-    """Compare the package with the PyTorch model → the report (also written to parity.json)."""
+                 tolerance: float = 1e-3, max_bleu_drop: float = 0.5, threads: int = 1, extra: dict | None = None,
+                 device: str = "cpu") -> dict:
+    """Compare the package with the PyTorch model → the report (also written to parity.json). device "cuda":
+    PyTorch on the GPU and the package on ONNX Runtime's CUDA provider, required (no fallback to the CPU)."""
     torch.set_num_threads(max(threads, 1))
-    translator = Translator(package, RuntimeOptions(intra_op_threads=threads), require_parity=False)
+    runtime = (RuntimeOptions(providers=(CUDA,), strict_providers=True) if device == "cuda"
+               else RuntimeOptions(intra_op_threads=threads))
+    translator = Translator(package, runtime, require_parity=False)
     texts, references = read_sample(sample_tsv, translator.source_language, translator.target_language, sample_size)
     sources = [ids[: translator.max_source_tokens] for ids in translator.tokenize(texts)]
     options = translator.search_options()
-    model = model.eval()
+    model = model.eval().to(device)
 
     started = time.perf_counter()
     reference_ids = [r.hypotheses[0].tokens for r in translate_ids(model, sources, options, batch_size=32)]
@@ -94,6 +98,7 @@ def check_parity(model: Transformer, package: Path, sample_tsv: Path, sample_siz
         "package": translator.name,
         "precision": translator.precision,
         "provider": translator.provider,
+        **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
         "sample": {"data": str(sample_tsv), "sentences": len(sources)},
         **(extra or {}),
         "log_probs_max_abs_diff": teacher_forced_max_diff(model, translator, sources[:64], options),

@@ -138,15 +138,7 @@ def test_sentences_joining_a_running_batch_get_what_they_get_alone(fp32, beam_si
     options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
     ids = fp32.tokenize([SENTENCES[2], SENTENCES[1], *BATCH_32[:4], BATCH_32[7], SENTENCES[3]])
     alone = [fp32.translate_ids([row], options)[0] for row in ids]
-    decoding = Decoding(fp32.step_model, options)
-    decoding.join(pad_batch(ids[:2], 0), [0, 1], 0)
-    waiting, results, step = list(range(2, len(ids))), {}, 0
-    while decoding.sentences or waiting:
-        if waiting and step % 3 == 2:
-            joining, waiting = waiting[: 1 + step % 2], waiting[1 + step % 2 :]
-            decoding.join(pad_batch([ids[i] for i in joining], 0), joining, 0)
-        results.update(decoding.step() if decoding.sentences else [])
-        step += 1
+    results = decode_with_joins(fp32, ids, options)
     assert sorted(results) == list(range(len(ids)))
     for i, expected in enumerate(alone):
         assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
@@ -181,6 +173,44 @@ def test_decoder_writes_its_caches_in_place(fp32):
     assert all(a is b for a, b in zip(caches, state.caches))
     assert all(np.abs(c[:, :, :3]).sum(axis=(1, 3)).all() for c in state.caches)  # slots 0..2 written for every row
     assert (state.indirection[:, :, :3] == [[1, 0, 1], [0, 1, 0]]).all()  # beams swapped after every step
+
+
+@pytest.fixture(scope="module")
+def device_layout(tiny_packages) -> Translator:
+    """The step model as the CUDA provider runs it (caches in buffers of their own, bound by address as input
+    and output, cross keys/values uploaded per binding, no compaction), with the CPU standing in for the GPU."""
+    translator = Translator(tiny_packages["fp32"], ONE_THREAD)
+    translator.step_model.device = ("cpu", 0)
+    return translator
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_the_device_cache_layout_gives_the_host_layout_results(fp32, device_layout, beam_size):
+    options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
+    ids = fp32.tokenize(BATCH_32)
+    expected, got = fp32.translate_ids(ids, options), device_layout.translate_ids(ids, options)
+    for e, g in zip(expected, got):
+        assert [h.tokens for h in g.hypotheses] == [h.tokens for h in e.hypotheses]
+        assert np.allclose([h.score for h in g.hypotheses], [h.score for h in e.hypotheses], atol=1e-5)
+    # Sentences joining mid-decode grow the buffers: the caches make the round trip through the host.
+    alone = [device_layout.translate_ids([row], options)[0] for row in ids[:6]]
+    results = decode_with_joins(device_layout, ids[:6], options)
+    assert [[h.tokens for h in results[i].hypotheses] for i in range(6)] == [[h.tokens for h in a.hypotheses] for a in alone]
+
+
+def decode_with_joins(translator: Translator, ids: list[list[int]], options: SearchOptions) -> dict:
+    """Decode the first two sentences and let the others join the running batch, one or two every third step →
+    {index: result}."""
+    decoding = Decoding(translator.step_model, options)
+    decoding.join(pad_batch(ids[:2], 0), [0, 1], 0)
+    waiting, results, step = list(range(2, len(ids))), {}, 0
+    while decoding.sentences or waiting:
+        if waiting and step % 3 == 2:
+            joining, waiting = waiting[: 1 + step % 2], waiting[1 + step % 2 :]
+            decoding.join(pad_batch([ids[i] for i in joining], 0), joining, 0)
+        results.update(decoding.step() if decoding.sentences else [])
+        step += 1
+    return results
 
 
 def test_package_of_an_older_format_is_refused_with_the_export_command(package_copy):
