@@ -19,10 +19,10 @@ memory behind them goes back to the operating system), and joining sentences may
 The encoder runs in slices of at most ENCODER_TOKENS padded tokens, which bounds the largest
 activations ONNX Runtime's arena ever grows to.
 
-On a GPU (`device`), the caches live in device memory, bound as both input and output by address
-(the in-place write of DecoderMaskedMultiHeadAttention needs the very same buffer on both sides, which
-a host array copied in and out by ONNX Runtime would not be), and the cross-attention keys/values are
-uploaded once per binding. The per-step inputs and the candidates are small and stay host arrays that
+On a GPU (`device`), the caches live in device memory, bound as both input and output by address, and
+the cross-attention keys/values are uploaded once per binding. Bound as host arrays, every step would
+copy every cache to the GPU, then past into present there (DecoderMaskedMultiHeadAttention's CUDA kernel
+does that when the two buffers differ), then back to the host. The per-step inputs and the candidates are small and stay host arrays that
 ONNX Runtime copies. Finished rows are not compacted on a GPU: computing them costs next to nothing
 there, and moving the caches would mean a round trip through the host. Operations that move cache rows
 (joining past the buffers' room) bring the caches back to the host first.
