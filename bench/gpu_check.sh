@@ -154,24 +154,8 @@ tests() {
     [[ -f $parity ]] && cp "$parity" "$OUT/parity_fp16.json" && break
   done
   tail -25 "$OUT/export_fp16.txt"
-  # Why the caches are bound on the GPU: the CPU's binding (host arrays) run on the CUDA provider, for comparison.
-  STAGE=$STAGE python3 - <<'EOF' 2>&1 | tee "$OUT/host_layout.txt"
-import os, time
-from engine.sessions import CUDA, RuntimeOptions
-from engine.translator import Translator
-from model.tokenizer import read_tsv_pairs
-translator = Translator(f"{os.environ['STAGE']}/packages/en-de-fp16", RuntimeOptions(providers=(CUDA,), strict_providers=True))
-ids = translator.tokenize([pair[0] for pair in read_tsv_pairs("data/en-de/test.tsv")[:128]])
-options = translator.search_options(beam_size=4)
-outputs = {}
-for layout, device in (("caches on the GPU", ("cuda", 0)), ("host arrays", None)):
-    translator.step_model.device = device
-    started = time.perf_counter()
-    outputs[layout] = [r.hypotheses[0].tokens for b in range(0, 128, 32) for r in translator.translate_ids(ids[b : b + 32], options)]
-    print(f"{layout}: {time.perf_counter() - started:.2f} s for 128 sentences, beam 4, batches of 32")
-same = sum(a == b for a, b in zip(*outputs.values()))
-print(f"identical outputs: {same}/128; first output each: {[translator.detokenize([o[0]])[0] for o in outputs.values()]}")
-EOF
+  python3 -m bench.cuda_diagnose "$STAGE"/packages/en-de-fp16 "$STAGE"/packages/.en-de-fp16.staging 2>&1 \
+      | grep -v 'Memcpy nodes\|plugin EP' | tee "$OUT/diagnose.txt"
 }
 
 bench() {

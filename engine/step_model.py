@@ -20,9 +20,12 @@ The encoder runs in slices of at most ENCODER_TOKENS padded tokens, which bounds
 activations ONNX Runtime's arena ever grows to.
 
 On a GPU (`device`), the caches live in device memory, bound as both input and output by address, and
-the cross-attention keys/values are uploaded once per binding. Bound as host arrays, every step would
-copy every cache to the GPU, then past into present there (DecoderMaskedMultiHeadAttention's CUDA kernel
-does that when the two buffers differ), then back to the host. The per-step inputs and the candidates are small and stay host arrays that
+the cross-attention keys/values are uploaded once per binding. ONNX Runtime copies a host input that GPU
+kernels read when it is bound, not at each run (IOBinding::BindInput), so the inputs that change every
+step (tokens, positions, cache indirection, past length) are bound again at every step. The CUDA kernel
+of DecoderMaskedMultiHeadAttention keeps its key cache in FasterTransformer's layout [N, H, K/x, C, x]
+(x = 4 float32 values: 16 bytes), its value cache as [N, H, C, K]: key caches are converted when they
+travel between the GPU and the host. The per-step inputs and the candidates are small and stay host arrays that
 ONNX Runtime copies. Finished rows are not compacted on a GPU: computing them costs next to nothing
 there, and moving the caches would mean a round trip through the host. Operations that move cache rows
 (joining past the buffers' room) bring the caches back to the host first.
@@ -44,6 +47,7 @@ CANDIDATE_OUTPUTS = ("top_log_probs", "top_ids", "eos_log_probs")
 COMPACT_SHARE = 0.25  # compact once this share of the batch's sentences has finished (measured: README)
 ENCODER_TOKENS = 2048  # padded source tokens per encoder run (measured: README)
 MADV_DONTNEED = 4
+KEY_PACK = 4  # float32 values per 16 bytes: the CUDA attention kernel's key-cache tile (see `key_layout`)
 HUGE_PAGE_ADVICE_BYTES = 1 << 22  # numpy's threshold for madvise(MADV_HUGEPAGE)
 LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 
@@ -68,6 +72,17 @@ def release_rows(array: np.ndarray, first: int) -> None:
     end = (array.ctypes.data + array.nbytes) // page * page  # a page shared with other memory is never released
     if end > start:
         LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+def key_layout(cache: np.ndarray, to_device: bool) -> np.ndarray:
+    """A key cache [N, H, C, K] in the CUDA kernel's layout [N, H, K/x, C, x] (to_device), or back: the same
+    buffer shape, its values in another order."""
+    rows, heads, capacity, size = cache.shape
+    if to_device:
+        moved = cache.reshape(rows, heads, capacity, size // KEY_PACK, KEY_PACK).transpose(0, 1, 3, 2, 4)
+    else:
+        moved = cache.reshape(rows, heads, size // KEY_PACK, capacity, KEY_PACK).transpose(0, 1, 3, 2, 4)
+    return np.ascontiguousarray(moved).reshape(rows, heads, capacity, size)
 
 
 def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
@@ -109,6 +124,7 @@ class DecodeState:
     past_length: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))  # slots written
     device_caches: list[ort.OrtValue] | None = None  # on a GPU: the caches (`caches` is stale while set)
     device_cross: list[ort.OrtValue] = field(default_factory=list)  # on a GPU: the bound cross keys/values
+    fresh_caches: bool = True  # the caches hold zeros only (the same in any layout)
     buffers: RowBuffers | None = None
     k: int = 0
     binding: ort.IOBinding | None = None
@@ -219,6 +235,10 @@ class OnnxStepModel:
             np.minimum(length - state.row_start, self.max_position, out=buffers.positions[:rows])
             np.greater_equal(np.arange(length + 1), state.row_start[:, None], out=mask, casting="unsafe")
         binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
+        if self.device is not None:  # a host input read on the GPU is copied there when bound, not when run
+            for name, array in (("input_ids", buffers.tokens[:rows]), ("positions", buffers.positions[:rows]),
+                                ("cache_indirection", state.indirection[: state.sentences]), ("past_length", state.past_length)):
+                binding.bind_ortvalue_input(name, as_ortvalue(array))
         self.decoder.run_with_iobinding(binding, self.run_options)
         state.indirection[:, :, length] = np.arange(state.beam_width, dtype=np.int32)  # each beam wrote its own slot
         state.past_length[0] += 1
@@ -294,7 +314,9 @@ class OnnxStepModel:
     def to_host(self, state: DecodeState) -> None:
         """On a GPU: copy the caches back into host arrays before rows move (they are uploaded at the next bind)."""
         if state.device_caches is not None:
-            state.caches = [value.numpy().copy() for value in state.device_caches]  # never a view of ORT's memory
+            state.caches = [key_layout(value.numpy(), to_device=False) if self.tiled_key(name) else value.numpy().copy()
+                            for name, value in zip(self.cache_inputs, state.device_caches)]  # never a view of ORT's memory
+            state.fresh_caches = False
             state.device_caches, state.bound = None, None
 
     # --- binding -------------------------------------------------------------------------------
@@ -340,7 +362,8 @@ class OnnxStepModel:
         """Bind the first `rows` rows of each device cache (a prefix of a contiguous buffer) as the past input and
         the present output at the same address, uploading the caches first if they are on the host."""
         if state.device_caches is None:
-            state.device_caches = [self.upload(cache) for cache in state.caches]
+            state.device_caches = [self.upload(key_layout(cache, to_device=True) if self.tiled_key(name) and not state.fresh_caches
+                                               else cache) for name, cache in zip(self.cache_inputs, state.caches)]
         device_type, device_id = self.device
         shape = [state.rows, self.heads, state.capacity, self.head_dim]
         for input_name, output_name, value in zip(self.cache_inputs, self.cache_outputs, state.device_caches):
@@ -352,3 +375,7 @@ class OnnxStepModel:
         value = ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, *self.device)
         value.update_inplace(np.ascontiguousarray(array))
         return value
+
+    def tiled_key(self, cache_name: str) -> bool:
+        """Whether this cache is a key cache in the CUDA kernel's tiled layout."""
+        return self.device is not None and self.device[0] == "cuda" and cache_name.startswith("key")

@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.package import PackageError, load_package
 from engine.search import Decoding, SearchOptions, SearchResult, StageTimes, pad_batch, search
-from engine.sessions import CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
+from engine.sessions import CPU, CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
 from engine.step_model import OnnxStepModel
 from engine.tokenization import load_tokenization
 
@@ -46,6 +46,7 @@ class Translator:
         if decoder_provider != self.provider:
             raise RuntimeError(f"{self.name}: encoder runs on {self.provider} but decoder on {decoder_provider}")
         self.check_graphs()
+        self.check_parity_provider()
         self.run_options = run_options(options, self.provider)
         self.step_model = self.make_step_model()
         self.tokenization = load_tokenization(self.directory, self.manifest)  # checks it against package.json
@@ -76,6 +77,16 @@ class Translator:
             run_options=self.run_options,
             device=("cuda", self.options.device_id) if self.provider == CUDA else None,
         )
+
+    def check_parity_provider(self) -> None:
+        """A package's parity with PyTorch holds for the provider it was checked on (older packages: the CPU).
+        Another provider runs other kernels: the fp16 package failed parity on CUDA (README, Deploy)."""
+        parity = self.manifest.parity or {}
+        checked_on = parity.get("provider", CPU)
+        if parity and checked_on != self.provider:
+            log.warning("model package %s: its parity with PyTorch was checked on %s, not on %s, which runs it; check it "
+                        "there: python -m export --checkpoint CHECKPOINT --out %s --precision %s --device %s", self.name,
+                        checked_on, self.provider, self.directory, self.precision, "cuda" if self.provider == CUDA else "cpu")
 
     def check_graphs(self) -> None:
         """The ONNX files must have the inputs and outputs package.json names (the step model feeds by name)."""

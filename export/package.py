@@ -112,6 +112,7 @@ def record_parity(out: Path, report_file: str, report: dict) -> None:
     """Add the parity report to the package: its checksum and a summary. The service refuses a package
     whose recorded parity did not pass (or that has none)."""
     manifest = read_manifest(out)
-    summary = {k: report[k] for k in ("passed", "greedy_agreement", "log_probs_max_abs_diff", "bleu_pytorch", "bleu_package")}
+    summary = {k: report[k] for k in ("passed", "provider", "greedy_agreement", "log_probs_max_abs_diff", "bleu_pytorch",
+                                      "bleu_package")}
     files = {**manifest.files, report_file: ""}
     write_manifest(out, manifest.model_copy(update={"files": files, "parity": {"report": report_file, **summary}}))

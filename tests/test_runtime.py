@@ -11,7 +11,8 @@ import pytest
 from model.checkpoint import load_model
 from model.search import TorchStepModel
 from engine.search import Decoding, SearchOptions, pad_batch, search
-from engine.package import PackageError, load_package
+from engine.package import PackageError, load_package, read_manifest, write_manifest
+from engine.step_model import key_layout
 from engine.translator import Translator
 from engine.sessions import RuntimeOptions
 
@@ -90,6 +91,21 @@ def test_runs_on_the_cpu_provider(fp32):
     assert fp32.provider == "CPUExecutionProvider"
     assert fp32.decoder_session.get_providers()[0] == "CPUExecutionProvider"
     assert (fp32.name, fp32.source_language, fp32.target_language, fp32.precision) == ("en-de", "en", "de", "fp32")
+
+
+def test_a_package_checked_on_another_provider_is_named_in_a_warning(package_copy, caplog):
+    manifest = read_manifest(package_copy)
+    write_manifest(package_copy, manifest.model_copy(update={"parity": {**manifest.parity, "provider": "CUDAExecutionProvider"}}))
+    with caplog.at_level(logging.WARNING):
+        Translator(package_copy, ONE_THREAD)
+    assert "parity with PyTorch was checked on CUDAExecutionProvider, not on CPUExecutionProvider" in caplog.text
+    assert "--device cpu" in caplog.text
+    caplog.clear()
+    older = {k: v for k, v in manifest.parity.items() if k != "provider"}  # an older export: checked on the CPU
+    write_manifest(package_copy, manifest.model_copy(update={"parity": older}))
+    with caplog.at_level(logging.WARNING):
+        Translator(package_copy, ONE_THREAD)
+    assert "was checked on" not in caplog.text
 
 
 def test_missing_cuda_falls_back_loudly_or_fails_when_strict(tiny_packages, caplog):
@@ -196,6 +212,13 @@ def test_the_device_cache_layout_gives_the_host_layout_results(fp32, device_layo
     alone = [device_layout.translate_ids([row], options)[0] for row in ids[:6]]
     results = decode_with_joins(device_layout, ids[:6], options)
     assert [[h.tokens for h in results[i].hypotheses] for i in range(6)] == [[h.tokens for h in a.hypotheses] for a in alone]
+
+
+def test_key_caches_convert_to_the_cuda_kernels_tiled_layout_and_back():
+    cache = np.random.default_rng(0).standard_normal((3, 2, 5, 8)).astype(np.float32)  # [N, H, C, K]
+    tiled = key_layout(cache, to_device=True)
+    assert tiled.shape == cache.shape and np.array_equal(key_layout(tiled, to_device=False), cache)
+    assert tiled.reshape(3, 2, 2, 5, 4)[1, 1, 1, 3, 2] == cache[1, 1, 3, 6]  # [n, h, k // 4, c, k % 4] = [n, h, c, k]
 
 
 def decode_with_joins(translator: Translator, ids: list[list[int]], options: SearchOptions) -> dict:
