@@ -25,8 +25,8 @@ kernels read when it is bound, not at each run (IOBinding::BindInput), so the in
 step (tokens, positions, cache indirection, past length) are bound again at every step. The CUDA kernel
 of DecoderMaskedMultiHeadAttention keeps its key cache in FasterTransformer's layout [N, H, K/x, C, x]
 (x = 4 float32 values: 16 bytes), its value cache as [N, H, C, K]: key caches are converted when they
-travel between the GPU and the host. The per-step inputs and the candidates are small and stay host arrays that
-ONNX Runtime copies. Finished rows are not compacted on a GPU: computing them costs next to nothing
+travel between the GPU and the host. The per-step inputs and the candidates are small and stay host
+arrays. Finished rows are not compacted on a GPU: computing them costs next to nothing
 there, and moving the caches would mean a round trip through the host. Operations that move cache rows
 (joining past the buffers' room) bring the caches back to the host first.
 """
