@@ -195,7 +195,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
             return ", ".join(f"{k}: {v}" for k, v in value.items()) or "0"
         return "–" if value is None else str(value)
 
-    widths = [max(len(c), *(len(text(r.get(c))) for r in rows)) for c in columns]
+    widths = [max([len(c), *(len(text(r.get(c))) for r in rows)]) for c in columns]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     return "\n".join(lines + ["  ".join(text(r.get(c)).ljust(w) for c, w in zip(columns, widths)) for r in rows])
 
@@ -221,10 +221,11 @@ def report(summary: dict) -> str:
                                      "latency_p50_ms", "latency_p99_ms", "mean_batch_size", "client_cpu_cores"])
                  + "\nmean_batch_size: the mean of translator_batch_size, sentences per batch for the batch scheduler but "
                    "sentences per admission into the running batch for the continuous one (not comparable between them)")
-    parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
-                 f"(ort-int8, the variant's server's threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
-                 + table(single, ["variant", "search", "engine_threads", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms", "bound_ms",
-                                  "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms"]))
+    if single:  # absent with --no-one-connection
+        parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
+                     f"(ort-int8, the variant's server's threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
+                     + table(single, ["variant", "search", "engine_threads", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms",
+                                      "bound_ms", "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms"]))
     if ref:
         parts.append("CTranslate2 int8, batches of 32, target tokens/s by threads: " + "; ".join(
             f"{search} " + ", ".join(f"{t} thread(s) {tps}" for t, tps in r["all_threads"].items())
