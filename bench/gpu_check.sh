@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA path measured on a real NVIDIA GPU (README "GPU"): strict-provider tests, the fp16 package's parity
+# The CUDA path measured on a real NVIDIA GPU (README, Deploy): strict-provider tests, the fp16 package's parity
 # against PyTorch on the GPU, ours fp16 against CTranslate2 float16 (greedy and beam 4, batch 1, 32 and 128),
 # and the HTTP service on the CUDA provider under 32 and 128 connections.
 #
