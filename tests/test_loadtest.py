@@ -106,7 +106,8 @@ def test_wrk_counts_agree_with_the_servers_own_metrics(server, sentences):
     picker = SentencePicker(sentences[:64], "sequential")
     ceiling = wrk_ceiling(bodies_for(spec, picker), spec.concurrency, seconds=1.0)
     result = wrk_load(spec, picker, ceiling)
-    assert result.ok == result.requests == result.server.translate_responses["200"] > 0 and result.errors == 0
+    assert result.ok == result.requests == result.server.translate_responses["200"] > 0 and result.errors == 0, \
+        (result.ok, result.requests, result.rejected, result.server.translate_responses, result.errors, result.error_examples)
     assert result.target_tokens == result.server.generated_tokens > 0 and result.records == []
     assert result.latency.p50_ms <= result.latency.p99_ms and result.elapsed_s == pytest.approx(2.0, abs=0.5)
     client = result.client

@@ -1,4 +1,4 @@
-"""Ordinary language through the served en→de package (issue 15's first sentences of a new user).
+"""Ordinary language through the served en→de and de→en packages (issue 15's first sentences of a new user).
 
 Each sentence must come back with the words a correct German translation cannot do without; a paragraph
 of three sentences must come back whole (every sentence's key words, none dropped). Sentences the
@@ -15,12 +15,18 @@ from tests.service_support import models_dir, needs_shipped_model, serving, tran
 
 pytestmark = needs_shipped_model
 KNOWN_WRONG = "the shipped en-de model (step 4,500 of the general-language run) still mistranslates this"
+KNOWN_WRONG_DE_EN = "the shipped de-en model (step 3,500 of the general-language run) still mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
 SENTENCES = {
     "I would like to book a table for two people tonight.": [("Tisch",), ("zwei",), ("heute Abend", "heute Nacht")],
     "The quick brown fox jumps over the lazy dog.": [("Fuchs",), ("Hund",), ("braun",), ("faul", "träg")],
     "My brother works as a doctor in a hospital.": [("Bruder",), ("arbeitet",), ("Arzt",), ("Krankenhaus", "Klinik")],
+}
+GERMAN_SENTENCES = {  # the same sentences the other way
+    "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.": [("table",), ("two",), ("tonight", "this evening")],
+    "Der schnelle braune Fuchs springt über den faulen Hund.": [("fox",), ("dog",), ("brown",), ("lazy",)],
+    "Mein Bruder arbeitet als Arzt in einem Krankenhaus.": [("brother",), ("works",), ("doctor", "physician"), ("hospital",)],
 }
 PARAGRAPH = {  # three sentences about LibreOffice, in the words of a package description; a word of each
     # sentence that any translation keeps (the issue's paragraph lost its second half when sent whole)
@@ -37,9 +43,9 @@ def server(models_dir, translators):  # noqa: F811
         yield running
 
 
-def translate(server, text: str) -> dict:
+def translate(server, text: str, source: str = "en", target: str = "de") -> dict:
     response = httpx.post(server.url + "/v1/translate", timeout=120,
-                          json={"text": text, "source": "en", "target": "de", "beam_size": 4})
+                          json={"text": text, "source": source, "target": target, "beam_size": 4})
     assert response.status_code == 200, response.text
     return response.json()["translations"][0]
 
@@ -48,8 +54,8 @@ def missing(translation: str, needed: list[tuple[str, ...]]) -> list[tuple[str, 
     return [words for words in needed if not any(w.lower() in translation.lower() for w in words)]
 
 
-def known_wrong(*sentences: str) -> dict:
-    return {s: pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=KNOWN_WRONG)) for s in sentences}
+def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
+    return {s: pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=reason)) for s in sentences}
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
@@ -59,6 +65,15 @@ def known_wrong(*sentences: str) -> dict:
 def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
     translation = translate(server, sentence)["text"]
     assert not missing(translation, SENTENCES[sentence]), translation
+
+
+@pytest.mark.parametrize("sentence", list(({s: s for s in GERMAN_SENTENCES} | known_wrong(
+    "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.",  # "reservate a table for two people", no evening
+    "Der schnelle braune Fuchs springt über den faulen Hund.",  # "the fast brown fleet goes over the faulk dog"
+    reason=KNOWN_WRONG_DE_EN)).values()))
+def test_an_ordinary_german_sentence_keeps_its_meaning(server, sentence):
+    translation = translate(server, sentence, source="de", target="en")["text"]
+    assert not missing(translation, GERMAN_SENTENCES[sentence]), translation
 
 
 def test_a_paragraph_comes_back_whole(server):
