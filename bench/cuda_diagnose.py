@@ -43,6 +43,11 @@ def session(model: bytes, provider: str) -> ort.InferenceSession:
     return ort.InferenceSession(model, options, providers=[provider])
 
 
+def run_all(graph: ort.InferenceSession, feeds: dict) -> dict[str, np.ndarray]:
+    """Every output of one run, by name."""
+    return dict(zip([o.name for o in graph.get_outputs()], graph.run(None, feeds)))
+
+
 def compare(what: str, nodes: list[onnx.NodeProto], a: dict, b: dict, tolerance: float, skip: tuple[str, ...] = (),
             shown: int = 8) -> None:
     """Print the first nodes whose outputs differ by more than `tolerance`, in graph order (`skip`: outputs
@@ -74,13 +79,11 @@ def diagnose(package: Path, against: str, tested: str = CUDA) -> None:
     graphs = cpu.manifest.graphs
 
     encoder, encoder_nodes = with_every_output(package / graphs.encoder.file)
-    runs = {p: dict(zip([o.name for o in session(encoder, p).get_outputs()], session(encoder, p).run(None, {"input_ids": src})))
-            for p in (against, tested)}
+    runs = {p: run_all(session(encoder, p), {"input_ids": src}) for p in (against, tested)}
     compare("encoder", encoder_nodes, runs[against], runs[tested], tolerance)
 
     decoder, decoder_nodes = with_every_output(package / graphs.decoder.file)
     sessions = {against: session(decoder, against), tested: session(decoder, tested)}
-    names = [o.name for o in sessions[tested].get_outputs()]
     dims = cpu.manifest.model
     batch, width, capacity = len(src), 2, 8
     rows = batch * width
@@ -97,7 +100,7 @@ def diagnose(package: Path, against: str, tested: str = CUDA) -> None:
     caches = list(zip(graphs.decoder.inputs[-2 * dims.n_decoder_layers:], graphs.decoder.outputs[-2 * dims.n_decoder_layers:]))
     own = {p: {} for p in sessions}
     for step in range(2):
-        outputs = {p: dict(zip(names, s.run(None, feeds | own[p]))) for p, s in sessions.items()}
+        outputs = {p: run_all(s, feeds | own[p]) for p, s in sessions.items()}
         compare(f"decoder step {step}", decoder_nodes, outputs[against], outputs[tested], tolerance,
                 skip=tuple(o for _, o in caches if o.startswith("key")))  # the CUDA kernel's key caches are tiled
         reference = outputs[against]

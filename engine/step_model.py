@@ -236,8 +236,7 @@ class OnnxStepModel:
             np.greater_equal(np.arange(length + 1), state.row_start[:, None], out=mask, casting="unsafe")
         binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
         if self.device is not None:  # a host input read on the GPU is copied there when bound, not when run
-            for name, array in (("input_ids", buffers.tokens[:rows]), ("positions", buffers.positions[:rows]),
-                                ("cache_indirection", state.indirection[: state.sentences]), ("past_length", state.past_length)):
+            for name, array in self.step_inputs(state).items():
                 binding.bind_ortvalue_input(name, as_ortvalue(array))
         self.decoder.run_with_iobinding(binding, self.run_options)
         state.indirection[:, :, length] = np.arange(state.beam_width, dtype=np.int32)  # each beam wrote its own slot
@@ -311,6 +310,13 @@ class OnnxStepModel:
         state.start = moved(state.start, (sentences,), (slice(0, batch),))
         state.buffers, state.bound = None, None
 
+    @staticmethod
+    def step_inputs(state: DecodeState) -> dict[str, np.ndarray]:
+        """The inputs whose values change at every step (in place, in the buffers bound)."""
+        rows = state.rows
+        return {"input_ids": state.buffers.tokens[:rows], "positions": state.buffers.positions[:rows],
+                "past_length": state.past_length, "cache_indirection": state.indirection[: state.sentences]}
+
     def to_host(self, state: DecodeState) -> None:
         """On a GPU: copy the caches back into host arrays before rows move (they are uploaded at the next bind)."""
         if state.device_caches is not None:
@@ -342,9 +348,9 @@ class OnnxStepModel:
         # A binding does not keep its arrays alive: every array bound here is held by the state.
         state.settings = (np.array([state.beam_width], np.int32), np.array([k], np.int64),
                           np.array([batch, state.beam_width, self.heads * self.head_dim], np.int64))
-        inputs = {"input_ids": buffers.tokens[:rows], "positions": buffers.positions[:rows], "past_length": state.past_length,
+        inputs = {**self.step_inputs(state),
                   "beam_width": state.settings[0], "top_k": state.settings[1], "query_shape": state.settings[2],
-                  "cache_indirection": state.indirection[:batch], "source_mask": state.source_mask[:batch],
+                  "source_mask": state.source_mask[:batch],
                   **{name: cross[:batch] for name, cross in zip(self.cross_names, state.cross)}}
         if self.device is not None:  # the cross keys/values are read at every step: uploaded once here
             state.device_cross = [self.upload(cross[:batch]) for cross in state.cross]

@@ -235,7 +235,7 @@ def record_parity(package: Path, report: dict) -> None:
     """parity.json joins the package's files, its summary the manifest (the service refuses a package without
     a passed parity), and the transformers version the manifest's versions."""
     manifest = read_manifest(package)
-    keys = ("passed", "reference", "greedy_agreement", "beam_agreement", "log_probs_max_abs_diff", "bleu_reference",
+    keys = ("passed", "provider", "reference", "greedy_agreement", "beam_agreement", "log_probs_max_abs_diff", "bleu_reference",
             "bleu_package", "token_bleu_against_transformers")
     summary = {"report": REPORT, **{k: report[k] for k in keys if k in report}}
     versions = {**manifest.versions, "transformers": report["reference"].split()[1]}
