@@ -82,7 +82,9 @@ def machine(device: str) -> str:
 
 
 def run_worker(engine: str, config_path: Path, threads: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    root = str(Path(__file__).resolve().parent.parent)  # the repository first, then whatever the caller's path had
+    python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": python_path}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "bench.workers", engine, str(config_path)],
                           capture_output=True, text=True, env=env)

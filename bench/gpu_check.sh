@@ -11,8 +11,8 @@
 #             move checkpoints/, models/ and data/en-de/train.tsv aside while the device calls run (the working
 #             tree travels too), then put them back
 #   device:   bench/gpu_check.sh smoke     (carry .gpu/part1)   ONNX Runtime's CUDA provider loads and runs
-#             bench/gpu_check.sh diagnose  (carry .gpu/part1)   CUDA against the CPU node by node (bench/cuda_diagnose.py)
 #             bench/gpu_check.sh tests     (carry .gpu/part2)   pytest tests/test_cuda.py + fp16 export/parity on CUDA
+#             bench/gpu_check.sh diagnose  (after tests)        CUDA against the CPU node by node (bench/cuda_diagnose.py)
 #             bench/gpu_check.sh bench     (carry .gpu/part3)   bench.engines and bench.http_load on the GPU
 #
 # Results go to $OUT (or results/gpu/ when OUT is unset).
@@ -125,8 +125,7 @@ print("SMOKE OK")
 EOF
 }
 
-diagnose() {  # where CUDA and the CPU part ways, on the tiny test model (part 1 only)
-  unpack 1
+diagnose() {  # where CUDA and the CPU part ways, on the tiny test model (parts 1 and 2 unpacked by smoke and tests)
   environment
   python3 - "$STAGE/tiny" <<'EOF'
 import sys
@@ -134,7 +133,7 @@ from pathlib import Path
 from export.package import build_package
 from tests.tiny_model import make_checkpoint
 out = Path(sys.argv[1])
-checkpoint = make_checkpoint(out / "checkpoint")
+checkpoint = make_checkpoint(out / "checkpoint", n_heads=1)  # head size 32: the CUDA attention kernel takes 32, 64, 128
 for precision in ("fp32", "fp16"):
     build_package(checkpoint, out / precision, precision, max_source_tokens=64)
 EOF
@@ -154,7 +153,8 @@ tests() {
     [[ -f $parity ]] && cp "$parity" "$OUT/parity_fp16.json" && break
   done
   tail -25 "$OUT/export_fp16.txt"
-  python3 -m bench.cuda_diagnose "$STAGE"/packages/en-de-fp16 "$STAGE"/packages/.en-de-fp16.staging 2>&1 \
+  local written=("$STAGE"/packages/en-de-fp16 "$STAGE"/packages/.en-de-fp16.staging)  # the second when parity failed
+  python3 -m bench.cuda_diagnose $(for d in "${written[@]}"; do [[ -f $d/package.json ]] && echo "$d"; done) 2>&1 \
       | grep -v 'Memcpy nodes\|plugin EP' | tee "$OUT/diagnose.txt"
 }
 

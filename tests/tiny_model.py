@@ -55,8 +55,9 @@ def briefly_trained(model: Transformer, tokenizer: Tokenizer, train_tsv: Path, s
     return model.eval()
 
 
-def make_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """→ a checkpoint directory (config.json, model.safetensors, spm.model) and data/{train,test}.tsv beside it."""
+def make_checkpoint(directory: Path, seed: int = 0, n_heads: int = 4) -> Path:
+    """→ a checkpoint directory (config.json, model.safetensors, spm.model) and data/{train,test}.tsv beside it.
+    d_model is 32: n_heads=1 gives the smallest head size ONNX Runtime's CUDA attention kernel takes."""
     data = directory / "data"
     data.mkdir(parents=True)
     write_tsv(data / "train.tsv", generated_pairs(400, seed))
@@ -64,7 +65,7 @@ def make_checkpoint(directory: Path, seed: int = 0) -> Path:
     checkpoint = directory / "checkpoint"
     train_tokenizer(data / "train.tsv", checkpoint / "spm", vocab_size=96)
     torch.manual_seed(seed)
-    config = TransformerConfig(vocab_size=96, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
+    config = TransformerConfig(vocab_size=96, d_model=32, n_heads=n_heads, n_encoder_layers=2, n_decoder_layers=2,
                                d_ff=64, dropout=0.0, max_positions=128)
     model = briefly_trained(Transformer(config), Tokenizer(checkpoint / "spm.model"), data / "train.tsv")
     save_file(model_weights(model), str(checkpoint / "model.safetensors"))
