@@ -81,12 +81,13 @@ def machine(device: str) -> str:
     return f"{gpu or 'an NVIDIA GPU'} (host: {cpu})"
 
 
-def run_worker(engine: str, config_path: Path, threads: int) -> dict:
+def run_worker(engine: str, config_path: Path, threads: int, cpus: str | None = None) -> dict:
     root = str(Path(__file__).resolve().parent.parent)  # the repository first, then whatever the caller's path had
     python_path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": python_path}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bench.workers", engine, str(config_path)],
+    pin = ["taskset", "-c", cpus] if cpus else []
+    done = subprocess.run(pin + [sys.executable, "-m", "bench.workers", engine, str(config_path)],
                           capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{engine} failed:\n{done.stderr[-3000:]}")
@@ -123,7 +124,8 @@ def report(summary: dict) -> str:
                                                for row in r["latency_by_length"]}})
     length_columns = ["engine", *(k for k in length_rows[0] if k != "engine")] if length_rows else []
     return "\n\n".join([
-        f"{summary['sentences']} sentences of {summary['data']}, {summary['threads']} threads, best of "
+        f"{summary['sentences']} sentences of {summary['data']}, {summary['threads']} threads"
+        f"{', on CPU ' + summary['cpus'] if summary.get('cpus') else ''}, best of "
         f"{summary.get('repeats', 1)} passes, {summary['machine']}",
         table(main_rows, ["engine", "search", "batch_size", "tokens_per_second", "latency_p50_ms", "latency_p95_ms",
                           "bleu", "peak_rss_mb", "greedy_same_as_pytorch"]),
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="only the first N test sentences")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--cpus", help="taskset CPU list every engine runs on, e.g. 0: the same CPU for each (the vCPUs of "
+                                       "a virtual machine need not be equally fast: on one here, CPU 1 ran half as fast)")
     parser.add_argument("--batch-sizes", default="1,32")
     parser.add_argument("--beam-sizes", default="1,4")
     parser.add_argument("--lengths", default="8,16,32,64,128,256", help="source lengths for the latency curve")
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         config_path.write_text(json.dumps(worker_config))
         for engine in engines:
             print(f"running {engine} ...", file=sys.stderr, flush=True)
-            results[engine] = run_worker(engine, config_path, args.threads)
+            results[engine] = run_worker(engine, config_path, args.threads, args.cpus)
     if "pytorch" in results:
         reference = results["pytorch"]["greedy_outputs"]
         for r in results.values():
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         r.pop("greedy_outputs", None)
     summary = {
         "data": str(data), "sentences": len(sources), "threads": args.threads, "repeats": args.repeats,
-        "device": args.device, "machine": machine(args.device),
+        "cpus": args.cpus, "device": args.device, "machine": machine(args.device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engines": results, "ratios": ratios(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -242,7 +243,7 @@ def source_state() -> dict:
     """What was measured: the commit, and the files of the serving path that differed from it."""
     def git(*command: str) -> str:
         done = subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
+        return done.stdout.rstrip() if done.returncode == 0 else ""  # porcelain lines start with a status column
 
     changed = git("status", "--porcelain", "--", "engine", "service", "cli", "models")
     return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": [line[3:] for line in changed.splitlines()]}
@@ -255,7 +256,8 @@ def variants_of(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     variants = []
     for item in args.variant:
         name, _, settings = item.partition(":")
-        variants.append((name, common | dict(pair.split("=", 1) for pair in settings.split(",") if pair)))
+        pairs = re.split(r",(?=TRANSLATOR_)", settings)  # a value may hold commas (TRANSLATOR_LENGTH_BUCKETS=32,128)
+        variants.append((name, common | dict(pair.split("=", 1) for pair in pairs if pair)))
     return variants
 
 
