@@ -28,7 +28,7 @@ PY_TAGS=(--only-binary=:all: --python-version 3.12 --implementation cp --platfor
          --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any)
 SERVICE_WHEELS=(fastapi starlette pydantic pydantic_core pydantic-settings python-dotenv uvicorn httptools
                 python-multipart py3langid sentencex python-docx typing-inspection annotated-types defusedxml
-                opentelemetry-api)
+                opentelemetry-api typing_extensions)
 
 pinned() {  # NAME → NAME==VERSION from requirements/constraints.txt
   local line
