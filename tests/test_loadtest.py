@@ -106,8 +106,12 @@ def test_wrk_counts_agree_with_the_servers_own_metrics(server, sentences):
     picker = SentencePicker(sentences[:64], "sequential")
     ceiling = wrk_ceiling(bodies_for(spec, picker), spec.concurrency, seconds=1.0)
     result = wrk_load(spec, picker, ceiling)
-    assert result.ok == result.requests == result.server.translate_responses["200"] > 0 and result.errors == 0, \
+    # wrk stops with up to one request per connection in flight: the server logs each of them as 499 (it saw the
+    # connection close) or as 200 (its answer was written first), and wrk counts none of them.
+    served, cut_off = result.server.translate_responses.get("200", 0), result.server.translate_responses.get("499", 0)
+    assert result.ok == result.requests > 0 and result.errors == 0 and result.ok <= served, \
         (result.ok, result.requests, result.rejected, result.server.translate_responses, result.errors, result.error_examples)
+    assert (served - result.ok) + cut_off <= spec.concurrency, result.server.translate_responses
     assert result.target_tokens == result.server.generated_tokens > 0 and result.records == []
     assert result.latency.p50_ms <= result.latency.p99_ms and result.elapsed_s == pytest.approx(2.0, abs=0.5)
     client = result.client
