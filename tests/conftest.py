@@ -33,13 +33,7 @@ def tiny_fp32_graphs(tiny_checkpoint, tmp_path_factory) -> Path:
 def tiny_packages(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> dict[str, Path]:
     """fp32, int8 and fp16 packages of the tiny model, parity-checked against PyTorch on its test split (fp32:
     identical greedy outputs and log-probabilities; int8 and fp16: BLEU within 0.5)."""
-    from export.package import build_package
-    from export.parity import check_parity
+    from tests.tiny_model import checked_packages
 
-    packages = {}
-    for precision in ("fp32", "int8", "fp16"):
-        out = tmp_path_factory.mktemp(f"package_{precision}")
-        model, _, _ = build_package(tiny_checkpoint, out, precision, max_source_tokens=64, fp32_dir=tiny_fp32_graphs)
-        check_parity(model, out, tiny_checkpoint.parent / "data" / "test.tsv", sample_size=40)
-        packages[precision] = out
-    return packages
+    return checked_packages(tiny_checkpoint, lambda precision: tmp_path_factory.mktemp(f"package_{precision}"),
+                            ("fp32", "int8", "fp16"), fp32_dir=tiny_fp32_graphs)

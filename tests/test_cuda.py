@@ -32,17 +32,10 @@ ON_GPU = RuntimeOptions(providers=(CUDA,), strict_providers=True, cuda_options={
 def gpu_packages(tmp_path_factory) -> dict[str, Path]:
     """fp32 and fp16 packages of a tiny model with one head of 32: the CUDA DecoderMaskedMultiHeadAttention
     kernel refuses the shared tiny model's head size of 8 (it takes 32, 64 and 128)."""
-    from export.package import build_package
-    from export.parity import check_parity
-    from tests.tiny_model import make_checkpoint
+    from tests.tiny_model import checked_packages, make_checkpoint
 
     checkpoint = make_checkpoint(tmp_path_factory.mktemp("tiny_gpu"), n_heads=1)
-    packages = {}
-    for precision in ("fp32", "fp16"):
-        packages[precision] = tmp_path_factory.mktemp(f"gpu_{precision}")
-        model, _, _ = build_package(checkpoint, packages[precision], precision, max_source_tokens=64)
-        check_parity(model, packages[precision], checkpoint.parent / "data" / "test.tsv", sample_size=40)
-    return packages
+    return checked_packages(checkpoint, lambda precision: tmp_path_factory.mktemp(f"gpu_{precision}"), ("fp32", "fp16"))
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -72,3 +73,20 @@ def make_checkpoint(directory: Path, seed: int = 0, n_heads: int = 4) -> Path:
     (checkpoint / "config.json").write_text(json.dumps(
         {"model": config.to_dict(), "src_lang": "en", "tgt_lang": "de", "train": {"data": str(data)}}, indent=2))
     return checkpoint
+
+
+def checked_packages(checkpoint: Path, directory_for: Callable[[str], Path], precisions: tuple[str, ...],
+                     fp32_dir: Path | None = None) -> dict[str, Path]:
+    """Packages of a tiny checkpoint, one per precision in `directory_for(precision)`, each parity-checked against
+    PyTorch on the checkpoint's test split (fp32: identical greedy outputs and log-probabilities; int8 and fp16:
+    BLEU within 0.5). `fp32_dir`: fp32 graphs exported before, reused."""
+    from export.package import build_package
+    from export.parity import check_parity
+
+    packages = {}
+    for precision in precisions:
+        out = directory_for(precision)
+        model, _, _ = build_package(checkpoint, out, precision, max_source_tokens=64, fp32_dir=fp32_dir)
+        check_parity(model, out, checkpoint.parent / "data" / "test.tsv", sample_size=40)
+        packages[precision] = out
+    return packages
