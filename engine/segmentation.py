@@ -14,9 +14,17 @@ Two rules are ours, on top of the library's:
 
 from __future__ import annotations
 
+import logging
+
 import sentencex
 
 __all__ = ["segment", "split_sentences"]
+
+log = logging.getLogger(__name__)
+# sentencex 1.0.32 slices by byte offset after a one-letter word and panics when the whitespace there is more than
+# one byte ("Hello Z\u00a0. World."). Lines reach it with every non-ASCII space as an ASCII one: the same number
+# of characters, so the spans found hold for the original line.
+ASCII_SPACES = {code: " " for code in range(0x80, 0x3001) if chr(code).isspace()}
 
 
 def _language(language: str) -> str:
@@ -26,9 +34,16 @@ def _language(language: str) -> str:
 
 def _sentence_spans(line: str, language: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence of one line, whitespace around it excluded."""
-    pieces = list(sentencex.segment(language, line))
-    if "".join(pieces) != line:  # the library must only cut, never edit; if it ever did, keep the line whole
-        pieces = [line]
+    spaced = line.translate(ASCII_SPACES)
+    try:
+        pieces = list(sentencex.segment(language, spaced))
+    except BaseException as error:  # a panic inside the library arrives as pyo3's PanicException, a BaseException
+        if type(error).__name__ != "PanicException":
+            raise
+        log.warning("sentence segmentation failed on a line of %d characters; kept it whole", len(line))
+        pieces = [spaced]
+    if "".join(pieces) != spaced:  # the library must only cut, never edit; if it ever did, keep the line whole
+        pieces = [spaced]
     spans, offset = [], 0
     for piece in pieces:
         stripped = piece.strip()

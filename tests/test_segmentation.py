@@ -50,6 +50,15 @@ def test_empty_and_blank_texts(text):
     assert split_sentences(text, "de") == []
 
 
+@pytest.mark.parametrize("space", ["\u00a0", "\u202f", "\u2009", "\u3000"])
+def test_a_one_letter_word_before_a_wide_space_and_a_stop(space):
+    # sentencex panicked here (a byte offset inside a multi-byte space); hypothesis found it on a fresh clone
+    text = f"Hello Z{space}. Plan B{space}is ready. Next one."
+    pieces = segment(text, "en")
+    assert "".join(s + w for s, w in pieces) == text
+    assert [s for s, _ in pieces][-1] == "Next one." and len(pieces) >= 2
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list("ab .!?…\n\r\t\u00a0\u2028ÄZ3\"„“")), max_size=60),
        st.sampled_from(["en", "de"]))
