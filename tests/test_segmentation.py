@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import segmentation
 from engine.segmentation import segment, split_sentences
 
 
@@ -57,6 +58,17 @@ def test_a_one_letter_word_before_a_wide_space_and_a_stop(space):
     pieces = segment(text, "en")
     assert "".join(s + w for s, w in pieces) == text
     assert [s for s, _ in pieces][-1] == "Next one." and len(pieces) >= 2
+
+
+def test_a_panic_inside_sentencex_keeps_the_line_whole(monkeypatch, caplog):
+    # Without the space mapping the real library panics on this line (pyo3's PanicException, a BaseException):
+    # the line must come back whole, as one sentence, and the text exactly.
+    monkeypatch.setattr(segmentation, "ASCII_SPACES", {})
+    text = "Hello Z\u00a0. World.\nSecond line. Two sentences."
+    pieces = segment(text, "en")
+    assert "".join(s + w for s, w in pieces) == text
+    assert [s for s, _ in pieces] == ["Hello Z\u00a0. World.", "Second line.", "Two sentences."]
+    assert "kept it whole" in caplog.text
 
 
 @settings(max_examples=200, deadline=None)
