@@ -12,6 +12,7 @@ from model.checkpoint import load_model
 from model.search import TorchStepModel
 from engine.search import Decoding, SearchOptions, pad_batch, search
 from engine.package import PackageError, load_package, read_manifest, write_manifest
+from engine import step_model
 from engine.step_model import key_layout
 from engine.translator import Translator
 from engine.sessions import RuntimeOptions
@@ -189,6 +190,15 @@ def test_decoder_writes_its_caches_in_place(fp32):
     assert all(a is b for a, b in zip(caches, state.caches))
     assert all(np.abs(c[:, :, :3]).sum(axis=(1, 3)).all() for c in state.caches)  # slots 0..2 written for every row
     assert (state.indirection[:, :, :3] == [[1, 0, 1], [0, 1, 0]]).all()  # beams swapped after every step
+
+
+def test_the_encoder_in_slices_gives_what_one_run_gives(fp32, monkeypatch):
+    """Long batches are encoded a few sentences at a time (bounded activations): the keys/values are the same."""
+    sources = pad_batch(fp32.tokenize(SENTENCES * 3), 0)
+    whole = fp32.step_model.encode(sources)
+    monkeypatch.setattr(step_model, "ENCODER_TOKENS", 2 * sources.shape[1])  # two sentences per slice
+    sliced = fp32.step_model.encode(sources)
+    assert len(sliced) == len(whole) and all(np.allclose(a, b, atol=1e-5) for a, b in zip(sliced, whole))
 
 
 @pytest.fixture(scope="module")
