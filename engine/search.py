@@ -216,9 +216,10 @@ class Decoding:
         ended = self.greedy_step() if self.width == 1 else self.beam_step()
         self.steps += 1
         self.steps_run += 1
+        if not ended.any():
+            return []
         results = [(self.tags[i], self.result(i)) for i in np.flatnonzero(ended)]
-        if ended.any():
-            self.leave(~ended)
+        self.leave(~ended)
         return results
 
     def result(self, i: int) -> SearchResult:
@@ -231,7 +232,7 @@ class Decoding:
         self.scores[:, 0] += found.log_probs[:, 0]
         self.chosen[self.slots, 0, self.steps] = best
         ended = (best == self.options.eos_id) | (self.steps + 1 >= self.limits)
-        for i in np.flatnonzero(ended):  # EOS is not part of the output; a token written at the limit is
+        for i in np.flatnonzero(ended) if ended.any() else ():  # EOS is not part of the output; a token written at the limit is
             length = self.steps[i] + (best[i] != self.options.eos_id)
             self.finished[i].append(Hypothesis(self.chosen[self.slots[i], 0, :length].tolist(), float(self.scores[i, 0])))
         self.tokens = best

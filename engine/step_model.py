@@ -129,6 +129,7 @@ class DecodeState:
     buffers: RowBuffers | None = None
     k: int = 0
     binding: ort.IOBinding | None = None
+    in_order: bool = True  # kept by `set_alive`
     settings: tuple[np.ndarray, ...] = ()  # beam_width, top_k and query_shape, as bound
     row_start: np.ndarray | None = None  # [N] the start of each bound row; None when every row starts at 0
     bound: tuple | None = None  # (rows, k) the inputs were last bound for; None: bind again
@@ -149,10 +150,14 @@ class DecodeState:
     def capacity(self) -> int:
         return self.caches[0].shape[2]
 
-    @property
-    def in_order(self) -> bool:
-        """Every sentence in the buffers is searched, in buffer order: rows map to the search's rows one to one."""
-        return len(self.alive) == self.sentences and bool((self.alive == np.arange(self.sentences)).all())
+    def set_alive(self, alive: np.ndarray, sentences: int | None = None) -> None:
+        """The sentences searched (and, if given, the decoder batch's size B); `in_order` is worked out once here
+        rather than at every step."""
+        self.alive = alive
+        if sentences is not None:
+            self.sentences = sentences
+        # Every sentence in the buffers is searched, in buffer order: rows map to the search's rows one to one.
+        self.in_order = len(alive) == self.sentences and bool((alive == np.arange(self.sentences)).all())
 
     def alive_rows(self) -> np.ndarray:
         return (self.alive[:, None] * self.beam_width + np.arange(self.beam_width)).reshape(-1)
@@ -218,8 +223,7 @@ class OnnxStepModel:
         state.source_mask[new, :width] = src_ids != self.pad_id
         state.start[new] = state.length
         state.indirection[new] = 0  # slots before the start are masked, but must name a valid beam
-        state.alive = np.concatenate([state.alive, new])
-        state.sentences += extra
+        state.set_alive(np.concatenate([state.alive, new]), state.sentences + extra)
         state.bound = None
 
     def step(self, state: DecodeState, tokens: np.ndarray, k: int) -> Candidates:
@@ -254,7 +258,7 @@ class OnnxStepModel:
             state.indirection[state.alive, :, : state.length] = np.take_along_axis(written, parents, axis=1)
 
     def keep(self, state: DecodeState, sentences: np.ndarray) -> None:
-        state.alive = state.alive[sentences]
+        state.set_alive(state.alive[sentences])
         if self.device is None and len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
             self.compact(state)
 
@@ -271,7 +275,8 @@ class OnnxStepModel:
             release_rows(cache, len(rows))
         for array in (*state.cross, state.source_mask, state.indirection, state.start):
             array[first : len(alive)] = array[alive[first:]]
-        state.sentences, state.alive, state.bound = len(alive), np.arange(len(alive)), None
+        state.set_alive(np.arange(len(alive)), len(alive))
+        state.bound = None
 
     def rebase(self, state: DecodeState) -> None:
         """Move every row's history to the front of the slots by the oldest live start, so that sentences joining
