@@ -232,9 +232,10 @@ class Decoding:
         self.scores[:, 0] += found.log_probs[:, 0]
         self.chosen[self.slots, 0, self.steps] = best
         ended = (best == self.options.eos_id) | (self.steps + 1 >= self.limits)
-        for i in np.flatnonzero(ended) if ended.any() else ():  # EOS is not part of the output; a token written at the limit is
-            length = self.steps[i] + (best[i] != self.options.eos_id)
-            self.finished[i].append(Hypothesis(self.chosen[self.slots[i], 0, :length].tolist(), float(self.scores[i, 0])))
+        if ended.any():  # most steps end no sentence
+            for i in np.flatnonzero(ended):  # EOS is not part of the output; a token written at the limit is
+                length = self.steps[i] + (best[i] != self.options.eos_id)
+                self.finished[i].append(Hypothesis(self.chosen[self.slots[i], 0, :length].tolist(), float(self.scores[i, 0])))
         self.tokens = best
         return ended
 
