@@ -195,6 +195,7 @@ def test_decoder_writes_its_caches_in_place(fp32):
 def test_the_encoder_in_slices_gives_what_one_run_gives(fp32, monkeypatch):
     """Long batches are encoded a few sentences at a time (bounded activations): the keys/values are the same."""
     sources = pad_batch(fp32.tokenize(SENTENCES * 3), 0)
+    monkeypatch.setattr(step_model, "ENCODER_TOKENS", len(sources) * sources.shape[1])  # one run
     whole = fp32.step_model.encode(sources)
     monkeypatch.setattr(step_model, "ENCODER_TOKENS", 2 * sources.shape[1])  # two sentences per slice
     sliced = fp32.step_model.encode(sources)
