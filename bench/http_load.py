@@ -127,7 +127,7 @@ def measure(url: str, bodies: list[str], connections: int, seconds: float, warmu
 def run_variant(args: argparse.Namespace, name: str, environment: dict[str, str], bodies: dict[str, list[str]]) -> dict:
     server = None
     if not args.url:
-        server = LocalServer(args.models_dir, environment, args.out.with_name(f"bench_http_{name}.log"), cpus=args.server_cpus)
+        server = LocalServer(args.models_dir, environment, args.out.with_name(f"{args.out.stem}_{name}.log"), cpus=args.server_cpus)
     try:
         url = server.wait_ready().url if server else args.url
         result = {"variant": name, "environment": environment, "scheduler": scheduler_of(environment), "url": url,
