@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as ort_native
 
 from engine.search import Candidates
 
@@ -91,6 +92,21 @@ def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(array)
 
 
+HOST = ort.OrtDevice.make("cpu", 0)._get_c_device()
+
+
+def bind_host_input(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
+    """Bind a host array in place through ONNX Runtime's native binding: the Python wrapper's checks (WebGPU graph
+    capture, session-scoped allocators; none apply here) cost more than the binding at every step. The array
+    must stay alive while bound (the state holds every array a step binds)."""
+    binding._iobinding.bind_ortvalue_input(name, ort_native.OrtValue.ortvalue_from_numpy(array, HOST))
+
+
+def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, run_options: ort.RunOptions | None) -> None:
+    """`session.run_with_iobinding` without the wrapper's WebGPU graph-capture checks (measured: README)."""
+    session._sess.run_with_iobinding(binding._iobinding, run_options)
+
+
 @dataclass
 class RowBuffers:
     """Per-row inputs and outputs of a step, allocated for every row the batch has room for; steps bind
@@ -133,6 +149,10 @@ class DecodeState:
     settings: tuple[np.ndarray, ...] = ()  # beam_width, top_k and query_shape, as bound
     row_start: np.ndarray | None = None  # [N] the start of each bound row; None when every row starts at 0
     bound: tuple | None = None  # (rows, k) the inputs were last bound for; None: bind again
+    beams: np.ndarray = field(init=False)  # [W] int32: 0 … W−1
+
+    def __post_init__(self) -> None:
+        self.beams = np.arange(self.beam_width, dtype=np.int32)
 
     @property
     def length(self) -> int:
@@ -239,12 +259,12 @@ class OnnxStepModel:
             # sentence's rows, computed and ignored until their place is taken, stay inside the position table)
             np.minimum(length - state.row_start, self.max_position, out=buffers.positions[:rows])
             np.greater_equal(np.arange(length + 1), state.row_start[:, None], out=mask, casting="unsafe")
-        binding.bind_ortvalue_input("self_attention_mask", as_ortvalue(mask))
+        bind_host_input(binding, "self_attention_mask", mask)
         if self.device is not None:  # a host input read on the GPU is copied there when bound, not when run
             for name, array in self.step_inputs(state).items():
-                binding.bind_ortvalue_input(name, as_ortvalue(array))
-        self.decoder.run_with_iobinding(binding, self.run_options)
-        state.indirection[:, :, length] = np.arange(state.beam_width, dtype=np.int32)  # each beam wrote its own slot
+                bind_host_input(binding, name, array)
+        run_bound(self.decoder, binding, self.run_options)
+        state.indirection[:, :, length] = state.beams  # each beam wrote its own slot
         state.past_length[0] += 1
         return Candidates(buffers.log_probs[live], buffers.ids[live], buffers.eos[live])
 
