@@ -14,7 +14,7 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (step 4,000 of the third general-language run) still mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (step 4,000 of the fourth general-language run) still mistranslates this"
 KNOWN_WRONG_DE_EN = "the shipped de-en model (an average of the second general-language run's last steps) still mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
@@ -60,7 +60,7 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
     "I would like to book a table for two people tonight.",  # "Tabelle" (a data table), no "heute Abend"
-    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle braune Nebel über den dunklen Hund.": no fox, no laziness
+    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle Braun-Teil springt über den verdammten Hund.": no fox
     "My brother works as a doctor in a hospital.",  # "funktioniert" (a machine works); the first run had "arbeitet"
 )).values()))
 def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
