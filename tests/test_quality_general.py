@@ -60,7 +60,7 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
     "I would like to book a table for two people tonight.",  # "Tabelle" (a data table), no "heute Abend"
-    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle Braun-Teil springt über den verdammten Hund.": no fox
+    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle Braun-Teil springt über den verdammten Hund.": no fox, no laziness
     "My brother works as a doctor in a hospital.",  # "funktioniert" (a machine works); the first run had "arbeitet"
 )).values()))
 def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
