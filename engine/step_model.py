@@ -97,8 +97,8 @@ HOST = ort.OrtDevice.make("cpu", 0)._get_c_device()
 
 def bind_host_input(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
     """Bind a host array in place through ONNX Runtime's native binding: the Python wrapper's checks (WebGPU graph
-    capture, session-scoped allocators; none apply here) cost more than the binding at every step. The array
-    must stay alive while bound (the state holds every array a step binds)."""
+    capture, session-scoped allocators; none apply here) cost more than the binding itself, and a step binds its
+    attention mask every time. The native value does not keep the array alive: the state holds every array bound."""
     binding._iobinding.bind_ortvalue_input(name, ort_native.OrtValue.ortvalue_from_numpy(array, HOST))
 
 
@@ -271,14 +271,10 @@ class OnnxStepModel:
     def reorder(self, state: DecodeState, parents: np.ndarray) -> None:
         """Beam w of each searched sentence takes the written slots of beam parents[b, w]: rows of the indirection
         table seen as [B₀·W, C] (a view), gathered in one indexing."""
-        width, length = state.beam_width, state.length
         table = state.indirection.reshape(-1, state.capacity)
-        if state.in_order:
-            sources = (np.arange(0, state.rows, width)[:, None] + parents).reshape(-1)
-            table[: state.rows, :length] = table[sources, :length]
-        else:
-            sources = (state.alive[:, None] * width + parents).reshape(-1)
-            table[state.alive_rows(), :length] = table[sources, :length]
+        sources = (state.alive[:, None] * state.beam_width + parents).reshape(-1)
+        targets = slice(0, state.rows) if state.in_order else state.alive_rows()
+        table[targets, : state.length] = table[sources, : state.length]
 
     def keep(self, state: DecodeState, sentences: np.ndarray) -> None:
         state.set_alive(state.alive[sentences])
@@ -387,7 +383,7 @@ class OnnxStepModel:
                 binding.bind_ortvalue_input(name, value)
                 del inputs[name]
         for name, array in inputs.items():
-            binding.bind_ortvalue_input(name, as_ortvalue(array))
+            bind_host_input(binding, name, array)
         starts = state.start[:batch]
         state.row_start = np.repeat(starts, state.beam_width) if starts.any() else None
         state.bound = (rows, k)
