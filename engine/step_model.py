@@ -9,7 +9,8 @@ this step's tokens into the bound buffers and reads the candidates out of theirs
 
 All rows write slot `past_length` at a step. Sentences that join a running batch (continuous
 batching) start there, with their own positions and a self-attention mask that hides the slots
-written before they joined; when the slots run out, the live rows' history is moved to the front.
+written before they joined; when the slots run out, or once the slots before the oldest live sentence's
+start outnumber those after it, the live rows' history is moved to the front.
 
 The caches are allocated for the batch's step limit but not initialised: memory a step never writes
 is never touched, so it costs address space, not resident memory. Copies happen only when the batch
@@ -46,6 +47,7 @@ from engine.search import Candidates
 
 CANDIDATE_OUTPUTS = ("top_log_probs", "top_ids", "eos_log_probs")
 COMPACT_SHARE = 0.25  # compact once this share of the batch's sentences has finished (measured: README)
+REBASE_SLOTS = 8  # continuous batching: least slots before the oldest live sentence's start worth moving (see `keep`)
 ENCODER_TOKENS = 512  # padded source tokens per encoder run on the CPU: less arena, no slower (measured: README)
 DEVICE_ENCODER_TOKENS = 2048  # the same on a GPU (what the CUDA check ran)
 MADV_DONTNEED = 4
@@ -278,8 +280,16 @@ class OnnxStepModel:
 
     def keep(self, state: DecodeState, sentences: np.ndarray) -> None:
         state.set_alive(state.alive[sentences])
-        if self.device is None and len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
+        if self.device is not None:
+            return
+        if len(state.alive) <= (1 - COMPACT_SHARE) * state.sentences:
             self.compact(state)
+        # Every row attends over every slot written since the history began (ONNX Runtime's CPU kernel: one dot
+        # product per slot, ~20 us per slot at 32 rows): once the slots before the oldest live sentence's start
+        # outnumber those after it (only with sentences that joined later), the histories move to the front.
+        first = int(state.start[state.alive].min())
+        if first >= REBASE_SLOTS and 2 * first >= state.length:
+            self.rebase(state)
 
     # --- moving rows ---------------------------------------------------------------------------
     def compact(self, state: DecodeState) -> None:
@@ -386,6 +396,8 @@ class OnnxStepModel:
             bind_host_input(binding, name, array)
         starts = state.start[:batch]
         state.row_start = np.repeat(starts, state.beam_width) if starts.any() else None
+        if state.row_start is None:  # steps then leave the mask alone: clear what rows that joined later wrote there
+            buffers.attention_mask.fill(1)
         state.bound = (rows, k)
         return binding
 

@@ -162,6 +162,56 @@ def test_sentences_joining_a_running_batch_get_what_they_get_alone(fp32, beam_si
         assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_histories_move_to_the_front_once_the_first_sentences_have_left(fp32, beam_size, monkeypatch):
+    """Continuous batching: every row reads every slot written since the running batch's history began, so once
+    the sentence that began it has left, the live ones' histories move to the front (fewer slots read per step);
+    they still get exactly what they get alone."""
+    options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
+    ids = fp32.tokenize([SENTENCES[3], BATCH_32[3], BATCH_32[5]])  # 14 tokens out; then 12-14 and 9-10 (tiny model)
+    alone = [fp32.translate_ids([row], options)[0] for row in ids]
+    lengths, keep = [], fp32.step_model.keep
+
+    def keep_and_measure(state, sentences):
+        before = state.length
+        keep(state, sentences)
+        lengths.append((before, state.length))
+
+    monkeypatch.setattr(fp32.step_model, "keep", keep_and_measure)
+    decoding = Decoding(fp32.step_model, options)
+    decoding.join(pad_batch(ids[:1], 0), [0], 0)
+    results = {}
+    for step in range(200):
+        if step in (9, 10):  # the others join once 9 slots are written, and outlive the first one
+            decoding.join(pad_batch([ids[step - 8]], 0), [step - 8], 0)
+        results.update(decoding.step() if decoding.sentences else [])
+    assert sorted(results) == [0, 1, 2]
+    assert any(after < before for before, after in lengths), lengths  # the slots before the live sentences: gone
+    for i, expected in enumerate(alone):
+        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
+        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_sentences_that_began_the_batch_are_unaffected_by_a_joiner_that_left(fp32, beam_size):
+    """A sentence joins, ends and is compacted away: the rows left all began with the batch, so the steps stop
+    writing the attention mask, which must not keep the joiner's hidden slots."""
+    options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
+    ids = fp32.tokenize([SENTENCES[3], BATCH_32[3], "Menu."])  # 14 and 12-14 tokens out; then one of 3-5
+    alone = [fp32.translate_ids([row], options)[0] for row in ids]
+    decoding = Decoding(fp32.step_model, options)
+    decoding.join(pad_batch(ids[:2], 0), [0, 1], 0)
+    results = {}
+    for step in range(100):
+        if step == 2:
+            decoding.join(pad_batch(ids[2:], 0), [2], 0)
+        results.update(decoding.step() if decoding.sentences else [])
+    assert sorted(results) == [0, 1, 2]
+    for i, expected in enumerate(alone):
+        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
+        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
+
+
 def test_a_withdrawn_sentence_leaves_the_running_batch(fp32):
     options = fp32.search_options(beam_size=2)
     ids = fp32.tokenize(SENTENCES)
