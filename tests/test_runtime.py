@@ -157,9 +157,7 @@ def test_sentences_joining_a_running_batch_get_what_they_get_alone(fp32, beam_si
     alone = [fp32.translate_ids([row], options)[0] for row in ids]
     results = decode_with_joins(fp32, ids, options)
     assert sorted(results) == list(range(len(ids)))
-    for i, expected in enumerate(alone):
-        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
-        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
+    assert_as_alone(results, alone)
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
@@ -178,18 +176,9 @@ def test_histories_move_to_the_front_once_the_first_sentences_have_left(fp32, be
         lengths.append((before, state.length))
 
     monkeypatch.setattr(fp32.step_model, "keep", keep_and_measure)
-    decoding = Decoding(fp32.step_model, options)
-    decoding.join(pad_batch(ids[:1], 0), [0], 0)
-    results = {}
-    for step in range(200):
-        if step in (9, 10):  # the others join once 9 slots are written, and outlive the first one
-            decoding.join(pad_batch([ids[step - 8]], 0), [step - 8], 0)
-        results.update(decoding.step() if decoding.sentences else [])
-    assert sorted(results) == [0, 1, 2]
+    results = decode_joining_at(fp32, ids, options, {0: [0], 9: [1], 10: [2]})  # the others outlive the first one
     assert any(after < before for before, after in lengths), lengths  # the slots before the live sentences: gone
-    for i, expected in enumerate(alone):
-        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
-        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
+    assert_as_alone(results, alone)
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
@@ -199,17 +188,8 @@ def test_sentences_that_began_the_batch_are_unaffected_by_a_joiner_that_left(fp3
     options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
     ids = fp32.tokenize([SENTENCES[3], BATCH_32[3], "Menu."])  # 14 and 12-14 tokens out; then one of 3-5
     alone = [fp32.translate_ids([row], options)[0] for row in ids]
-    decoding = Decoding(fp32.step_model, options)
-    decoding.join(pad_batch(ids[:2], 0), [0, 1], 0)
-    results = {}
-    for step in range(100):
-        if step == 2:
-            decoding.join(pad_batch(ids[2:], 0), [2], 0)
-        results.update(decoding.step() if decoding.sentences else [])
-    assert sorted(results) == [0, 1, 2]
-    for i, expected in enumerate(alone):
-        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
-        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
+    results = decode_joining_at(fp32, ids, options, {0: [0, 1], 2: [2]})
+    assert_as_alone(results, alone)
 
 
 def test_a_withdrawn_sentence_leaves_the_running_batch(fp32):
@@ -280,6 +260,27 @@ def test_key_caches_convert_to_the_cuda_kernels_tiled_layout_and_back():
     tiled = key_layout(cache, to_device=True)
     assert tiled.shape == cache.shape and np.array_equal(key_layout(tiled, to_device=False), cache)
     assert tiled.reshape(3, 2, 2, 5, 4)[1, 1, 1, 3, 2] == cache[1, 1, 3, 6]  # [n, h, k // 4, c, k % 4] = [n, h, c, k]
+
+
+def decode_joining_at(translator: Translator, ids: list[list[int]], options: SearchOptions, joins: dict[int, list[int]]
+                      ) -> dict:
+    """Decode with the sentences `joins[step]` joining the running batch before that step → {index: result}."""
+    decoding, results = Decoding(translator.step_model, options), {}
+    for step in range(max(joins) + 1 + options.max_length):
+        if step in joins:
+            decoding.join(pad_batch([ids[i] for i in joins[step]], 0), joins[step], 0)
+        results.update(decoding.step() if decoding.sentences else [])
+        if not decoding.sentences and step >= max(joins):
+            break
+    assert sorted(results) == sorted(i for joining in joins.values() for i in joining)
+    return results
+
+
+def assert_as_alone(results: dict, alone: list) -> None:
+    """Each sentence got exactly the hypotheses and scores it gets decoded alone."""
+    for i, expected in enumerate(alone):
+        assert [h.tokens for h in results[i].hypotheses] == [h.tokens for h in expected.hypotheses], i
+        assert np.allclose([h.score for h in results[i].hypotheses], [h.score for h in expected.hypotheses], atol=1e-5)
 
 
 def decode_with_joins(translator: Translator, ids: list[list[int]], options: SearchOptions) -> dict:
