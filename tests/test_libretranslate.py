@@ -157,8 +157,9 @@ def test_ten_paragraphs_are_translated_whole_through_both_apis(server):
     for translation in (native["text"], libre):  # batches differ between requests: int8 outputs may too, slightly
         paragraphs = translation.split("\n\n")
         assert len(paragraphs) == 10 and translation.endswith(".\n") and all(p.strip() and "\n" not in p.strip() for p in paragraphs)
-        for source, target in zip(TEN_PARAGRAPHS.split("\n\n"), paragraphs):  # no sentence dropped
-            assert abs(len(split_sentences(source, "en")) - len(split_sentences(target, "de"))) <= 1, (source, target)
+        for source, target in zip(TEN_PARAGRAPHS.split("\n\n"), paragraphs):  # no sentence dropped (one may merge;
+            # the segmenter may split an output more finely, e.g. after a menu entry's "…" mid-sentence)
+            assert len(split_sentences(target, "de")) >= len(split_sentences(source, "en")) - 1, (source, target)
             assert 0.7 < len(target) / len(source) < 1.8, (source, target)
         assert not set(re.findall(r"\b(the|and|you|cells|choose)\b", translation))  # no English left
 

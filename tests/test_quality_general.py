@@ -14,8 +14,8 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (step 4,000 of the fourth general-language run) still mistranslates this"
-KNOWN_WRONG_DE_EN = "the shipped de-en model (an average of the second general-language run's last steps) still mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (step 3,000 of the fifth general-language run) mistranslates this"
+KNOWN_WRONG_DE_EN = "the shipped de-en model (step 3,500 of the third general-language run) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
 SENTENCES = {
@@ -60,7 +60,7 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
     "I would like to book a table for two people tonight.",  # "Tabelle" (a data table), no "heute Abend"
-    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle Braun-Teil springt über den verdammten Hund.": no fox, no laziness
+    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle braune Nebel springt über den verdammten Hund.": no fox, no laziness
     "My brother works as a doctor in a hospital.",  # "funktioniert" (a machine works); the first run had "arbeitet"
 )).values()))
 def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
@@ -70,7 +70,10 @@ def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in GERMAN_SENTENCES} | known_wrong(
     "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.",  # "reservate a table for two people", no evening
-    "Der schnelle braune Fuchs springt über den faulen Hund.",  # "The fast brown feather jumps over the faul dog."
+    "Der schnelle braune Fuchs springt über den faulen Hund.",  # "The fast brown fuch jumps over the faul dog."
+    # Beam 4 (in fp32 too): "My brother works as a doctor.", the hospital dropped; greedy keeps it, and so did the
+    # second run's model, which scored lower on every test split.
+    "Mein Bruder arbeitet als Arzt in einem Krankenhaus.",
     reason=KNOWN_WRONG_DE_EN)).values()))
 def test_an_ordinary_german_sentence_keeps_its_meaning(server, sentence):
     translation = translate(server, sentence, source="de", target="en")["text"]
