@@ -13,6 +13,7 @@ sentence is among the 2·W best of its own beam, so per-row candidates give the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,6 +75,9 @@ class SearchResult:
     hypotheses: list[Hypothesis] = field(default_factory=list)  # best first
 
 
+FinishedHook = Callable[[list[tuple[int, SearchResult]]], None]  # one step's finished sentences: (index, result)
+
+
 @dataclass
 class StageTimes:
     """Where one search spent its time: the public hook through which callers time stages."""
@@ -103,8 +107,10 @@ def source_lengths(src_ids: np.ndarray, pad_id: int) -> np.ndarray:
 
 
 def search(model: StepModel, src_ids: np.ndarray, pad_id: int, options: SearchOptions,
-           times: StageTimes | None = None) -> list[SearchResult]:
-    """Decode one batch to the end → each sentence's result, in order."""
+           times: StageTimes | None = None, on_finished: FinishedHook | None = None) -> list[SearchResult]:
+    """Decode one batch to the end → each sentence's result, in order. `on_finished`, when given, also
+    receives each step's finished sentences as (index, result) pairs the step they end, so that a caller can
+    answer them before the batch's longest sentence is done."""
     times = times if times is not None else StageTimes()
     started = time.perf_counter()
     decoding = Decoding(model, options)
@@ -113,8 +119,11 @@ def search(model: StepModel, src_ids: np.ndarray, pad_id: int, options: SearchOp
     times.encode_seconds += encoded - started
     results: list[SearchResult | None] = [None] * len(src_ids)
     while decoding.sentences:
-        for index, result in decoding.step():
+        ended = decoding.step()
+        for index, result in ended:
             results[index] = result
+        if ended and on_finished is not None:
+            on_finished(ended)
     times.decode_seconds += time.perf_counter() - encoded
     times.steps = decoding.steps_run
     return results  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.package import PackageError, load_package
-from engine.search import Decoding, SearchOptions, SearchResult, StageTimes, pad_batch, search
+from engine.search import Decoding, FinishedHook, SearchOptions, SearchResult, StageTimes, pad_batch, search
 from engine.sessions import CPU, CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
 from engine.step_model import OnnxStepModel
 from engine.tokenization import load_tokenization
@@ -148,14 +148,15 @@ class Translator:
         limit = self.manifest.limits.max_positions  # the decoder's position table ends here
         return dataclasses.replace(options, max_length=limit) if options.max_length > limit else options
 
-    def translate_ids(self, sources: list[list[int]], options: SearchOptions, times: StageTimes | None = None
-                      ) -> list[SearchResult]:
+    def translate_ids(self, sources: list[list[int]], options: SearchOptions, times: StageTimes | None = None,
+                      on_finished: FinishedHook | None = None) -> list[SearchResult]:
         """Decode one batch, padded as given (the batcher decides what goes together). `times`, when given,
-        receives the encoder and decoder-loop durations."""
+        receives the encoder and decoder-loop durations; `on_finished`, each step's finished sentences as they end
+        (called in this thread, holding the model's lock: it must not wait)."""
         self.check_sources(sources)
         batch = pad_batch(sources, self.manifest.special_ids.pad)
         with self.lock:
-            return search(self.step_model, batch, self.manifest.special_ids.pad, self.capped(options), times)
+            return search(self.step_model, batch, self.manifest.special_ids.pad, self.capped(options), times, on_finished)
 
     # --- continuous batching: the caller steps a running Decoding, holding `lock` around each call ---------
     def decoding(self, options: SearchOptions) -> Decoding:

@@ -7,7 +7,8 @@ bucket (so a 5-token sentence is not padded to 120). One scheduler task per mode
 whose oldest sentence has waited longest and sends it as soon as it is full (token budget of padded
 tokens, or the sentence cap) or its oldest sentence has waited `max_wait`. Inference runs in one
 worker thread per model, off the event loop, so the server keeps accepting while a batch computes;
-while it does, the next batch fills up by itself. That is the `batch` scheduler; with the `continuous` one
+while it does, the next batch fills up by itself. Each sentence is answered the step it ends, not when
+its batch's longest one does. That is the `batch` scheduler; with the `continuous` one
 (service/continuous.py) a lane's sentences join a running batch at decoder steps instead, and the queue,
 backpressure, deadlines, cancellation and drain below are this module's for both.
 
@@ -31,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator
 from typing import Any
 
-from engine.search import SearchOptions, SearchResult, StageTimes
+from engine.search import FinishedHook, SearchOptions, SearchResult, StageTimes
 from engine.translator import Translator
 from service.continuous import ContinuousScheduler
 from service.lanes import (
@@ -281,7 +282,12 @@ class Batcher:
         outcome: list[Any] | BaseException = ShuttingDown("the server stopped before this batch finished")
         try:
             if key.task == "translate":
-                outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options)
+                # Each sentence is answered the step it ends, not when the batch's longest one does: its client
+                # sends its next request meanwhile, in time for the next batch.
+                def answer_finished(ended: list[tuple[int, SearchResult]]) -> None:
+                    loop.call_soon_threadsafe(self._answer_finished, batch, ended)
+                outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options,
+                                                     answer_finished)
                 # Model time only (the engine's stage times): a test holding the model's lock does not skew it.
                 lane.note_batch(sum(len(job.ids) for job in batch), lane.times.encode_seconds + lane.times.decode_seconds)
             else:
@@ -291,6 +297,12 @@ class Batcher:
             outcome = error
         finally:
             self._answer(batch, outcome, name)
+
+    @staticmethod
+    def _answer_finished(batch: list[Job], ended: list[tuple[int, SearchResult]]) -> None:
+        for index, result in ended:
+            if not batch[index].future.done():  # its caller may have gone away
+                batch[index].future.set_result(result)
 
     @staticmethod
     def _answer(batch: list[Job], outcome: list[Any] | BaseException, name: str) -> None:
@@ -305,10 +317,11 @@ class Batcher:
                 job.future.set_result(outcome[i])
 
     # --- in the model's inference thread --------------------------------------------------------
-    def _translate(self, lane: Lane, sources: list[list[int]], options: SearchOptions) -> list[SearchResult]:
+    def _translate(self, lane: Lane, sources: list[list[int]], options: SearchOptions,
+                   on_finished: FinishedHook | None) -> list[SearchResult]:
         name, m = lane.translator.name, self.metrics
         lane.times = StageTimes()
-        results = lane.translator.translate_ids(sources, options, lane.times)
+        results = lane.translator.translate_ids(sources, options, lane.times, on_finished)
         m.inference_duration.labels(model=name, stage="encode").observe(lane.times.encode_seconds)
         m.inference_duration.labels(model=name, stage="decode").observe(lane.times.decode_seconds)
         generated = [len(r.hypotheses[0].tokens) if r.hypotheses else 0 for r in results]

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
 
     # --- batching ----------------------------------------------------------------------------------
     scheduler: Literal["continuous", "batch"] = Field("batch", description=(
-        "batch: a batch of one length bucket runs until its last sentence ends while the next one fills. continuous: "
+        "batch: a batch of one length bucket runs until its last sentence ends while the next one fills (each sentence is "
+        "answered the step it ends). continuous: "
         "one running batch per model and search setting; waiting sentences join it at every decoder step and finished "
         "ones leave and are answered at once (measured against each other: README, Load benchmark)."))
     cache_token_budget: int = Field(8192, ge=1, description=(

@@ -68,3 +68,19 @@ def test_batch_composition_does_not_change_results(model):
     together = translate_ids(model, SOURCES, options, batch_size=4)
     alone = [translate_ids(model, [s], options)[0] for s in SOURCES]
     assert [r.hypotheses[0].tokens for r in together] == [r.hypotheses[0].tokens for r in alone]
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_each_sentence_is_handed_over_the_step_it_ends(model, beam_size):
+    options = SearchOptions(bos_id=BOS, eos_id=EOS, beam_size=beam_size, max_length_ratio=1.0, max_length_offset=4)
+    steps: list[list[int]] = []
+    results = search(TorchStepModel(model), pad_batch(SOURCES, 0), 0, options,
+                     on_finished=lambda ended: steps.append([index for index, _ in ended]))
+    handed = [index for step in steps for index in step]
+    assert sorted(handed) == list(range(len(SOURCES)))  # each sentence once
+    assert len(steps) > 1  # the sentences end at different steps: the early ones are handed over before the last
+    # A sentence handed over earlier decoded no more steps than one handed over later: greedy's output length
+    # orders them (beam search keeps going until every beam of a sentence has ended, so lengths do not).
+    if beam_size == 1:
+        lengths = [max(len(results[i].hypotheses[0].tokens) for i in step) for step in steps]
+        assert lengths == sorted(lengths)

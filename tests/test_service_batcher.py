@@ -66,6 +66,29 @@ def test_concurrent_requests_share_one_batch_and_each_gets_its_own_result(en_de)
         len(e.hypotheses[0].tokens) for e in expected)
 
 
+def test_a_sentence_is_answered_the_step_it_ends_not_when_its_batch_does(en_de):
+    options = en_de.search_options()
+    short, long = en_de.tokenize([
+        "Open the file.",
+        "Select the cells that you want to copy, then choose Edit - Copy and paste them into another sheet of the document."])
+
+    async def scenario():
+        batcher, metrics = await started(en_de, length_buckets=(64,))
+        first, second = (asyncio.create_task(batcher.translate("en-de", [ids], options)) for ids in (short, long))
+        long_done_when_short_answered = []
+        first.add_done_callback(lambda _: long_done_when_short_answered.append(second.done()))
+        results = await asyncio.gather(first, second)
+        await batcher.drain(5)
+        return results, long_done_when_short_answered, metrics
+
+    results, long_done_when_short_answered, metrics = asyncio.run(scenario())
+    assert sample(metrics, "translator_batch_size_count") == 1  # one batch: the short sentence did not run alone
+    assert long_done_when_short_answered == [False]
+    expected = en_de.translate_ids([short, long], options)
+    assert [r[0].hypotheses[0].tokens for r in results] == [e.hypotheses[0].tokens for e in expected]
+    assert len(expected[0].hypotheses[0].tokens) < len(expected[1].hypotheses[0].tokens)
+
+
 def test_length_buckets_and_search_options_split_batches(en_de):
     greedy, beam = en_de.search_options(max_length=4), en_de.search_options(beam_size=2, max_length=4)
     short, long = sentence(en_de, 5), sentence(en_de, 40)

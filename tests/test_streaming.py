@@ -70,3 +70,18 @@ def test_an_error_after_the_stream_started_is_an_event(models_dir, tmp_path):  #
     assert 'translator_requests_rejected_total{reason="deadline"} 1.0' in metrics  # counted like a JSON answer
     assert received[0][0] == "translation" and received[0][1]["index"] == 0
     assert received[-1][0] == "error" and received[-1][1]["status"] == 503 and "deadline" in received[-1][1]["detail"]
+
+
+def test_a_text_that_ends_early_is_streamed_before_a_longer_one_in_its_batch(models_dir, tmp_path):  # noqa: F811
+    # One length bucket, so both sentences share a batch: the short one's event comes the step it ends, first,
+    # although it is the second text and the batch runs on for the long one.
+    long_text = ("Select the cells that you want to copy, then choose Edit - Copy and paste them into another sheet "
+                 "of the document, where the formulas are adjusted to their new position.")
+    with ServerProcess(models_dir, tmp_path / "server.log", TRANSLATOR_LENGTH_BUCKETS="128") as process:
+        server = process.wait_ready()
+        body = {"text": [long_text, "Click OK."], "source": "en", "target": "de", "stream": True}
+        received = events(httpx.post(server.url + "/v1/translate", json=body, timeout=60))
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        assert process.terminate() in STOPPED_BY_SIGTERM
+    assert "translator_batch_size_count 1.0" in metrics and "translator_batch_size_sum 2.0" in metrics
+    assert [(name, data.get("index")) for name, data in received] == [("translation", 1), ("translation", 0), ("done", None)]
