@@ -8,7 +8,8 @@ clipping, validation loss and BLEU at intervals, and checkpoints that resume exa
 interrupted run stopped (model, optimiser, step, epoch, position in the epoch, random state).
 
 Data: every train*.tsv of --data (train.tsv and the general-language train.<domain>.tsv files), each
-repeated by its --train-weights entry (e.g. "dialogue=3,manuals=0.5"; default 1). Validation: every
+repeated by its --train-weights entry (e.g. "dialogue=3,manuals=0.5"; default 1); train.backtranslated.tsv
+(model/backtranslate.py, machine-made English) trains en→de only. Validation: every
 valid*.tsv (valid.tsv is the "original" domain), greedy BLEU/chrF on the first --eval-sentences pairs of
 each; checkpoints are chosen on the mean BLEU over the domains (valid splits only, never test).
 --init-from DIR starts a new run from a trained checkpoint (its weights, model config and spm.model; fresh
@@ -41,6 +42,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from model.evaluate import corpus_scores, domain_files
+from model.corpus.sources import BACKTRANSLATED
 from model.data import source_column
 from model.checkpoint import (TIED_KEYS, load_training_state, model_weights, save_snapshot, save_training_state,
                               save_weights, weights_counters)
@@ -121,9 +123,13 @@ def load_training_files(data: Path, tokenizer: Tokenizer, src_col: int, max_len:
     unknown = set(weights) - set(files)
     if unknown:
         raise ValueError(f"--train-weights names {sorted(unknown)}, but {data} has train files {sorted(files)}")
+    # Back-translated pairs have a machine-made English side: a model that translates into English leaves them out.
+    synthetic_target = src_col == 1 and BACKTRANSLATED in files
+    if synthetic_target and weights.get(BACKTRANSLATED):
+        raise ValueError(f"train.{BACKTRANSLATED}.tsv has machine-made English: it cannot train a model into English")
     examples, report = [], {}
     for name, path in files.items():
-        weight = weights.get(name, 1.0)
+        weight = 0.0 if synthetic_target and name == BACKTRANSLATED else weights.get(name, 1.0)
         loaded = load_split(path, tokenizer, src_col, max_len) if weight > 0 else []
         whole, fraction = int(weight), weight - int(weight)
         taken = loaded * whole

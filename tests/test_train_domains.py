@@ -44,6 +44,20 @@ def test_training_files_are_repeated_by_their_weights(domains_corpus, tmp_path):
         load_training_files(domains_corpus, tokenizer, 0, 64, {"games": 2}, seed=1)
 
 
+def test_back_translated_pairs_train_only_the_direction_into_their_real_side(domains_corpus, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(domains_corpus, corpus)
+    lines = (corpus / "train.tsv").read_text(encoding="utf-8").splitlines()
+    (corpus / "train.backtranslated.tsv").write_text("\n".join(lines[:30]) + "\n", encoding="utf-8")
+    tokenizer = Tokenizer(train_tokenizer(corpus / "train.tsv", tmp_path / "spm", vocab_size=50))
+    _, into_german = load_training_files(corpus, tokenizer, 0, 64, {"backtranslated": 2}, seed=1)
+    assert into_german["backtranslated"] == {"pairs": 30, "weight": 2.0, "examples": 60}
+    _, into_english = load_training_files(corpus, tokenizer, 1, 64, {}, seed=1)  # column 1 (German) as source
+    assert into_english["backtranslated"] == {"pairs": 0, "weight": 0.0, "examples": 0}
+    with pytest.raises(ValueError, match="machine-made English"):
+        load_training_files(corpus, tokenizer, 1, 64, {"backtranslated": 1}, seed=1)
+
+
 def test_validation_scores_each_domain_and_selects_on_their_mean(domains_corpus, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(domains_corpus, out, max_steps=2, eval_every=2, train_weights="dialogue=2"))

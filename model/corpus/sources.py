@@ -31,6 +31,8 @@ RESERVED_PATH_PARTS = ("Translation-",)  # apt's description indexes (DDTP)
 DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI = (
     "dialogue", "games", "manuals", "desktop-help", "documentation", "ui")
 HELD_OUT_DOMAINS = (DIALOGUE, MANUALS, DESKTOP_HELP, DOCUMENTATION)
+# train.backtranslated.tsv (model/backtranslate.py): real German, machine-made English. It trains en→de only.
+BACKTRANSLATED = "backtranslated"
 DOMAINS = (DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI)
 
 Reader = Callable[[dict[str, Package]], Iterable[tuple[str, str]]]
