@@ -29,7 +29,8 @@ from model.corpus.fortune import FORTUNES_PACKAGE, fortune_files, german_sentenc
 from model.corpus.general import dedupe_key, general_rejection
 from model.corpus.sources import BACKTRANSLATED
 from model.corpus_sources import fetch_package, package_licence
-from model.data import normalise
+from model.data import normalise, source_column
+from model.tokenizer import read_tsv_pairs
 
 OUT_FILE = f"train.{BACKTRANSLATED}.tsv"
 CARD_FILE = "BACKTRANSLATED.md"
@@ -38,14 +39,9 @@ REPEATED = "German repeated (letters only)"
 
 
 def corpus_german(out: Path) -> set[str]:
-    """Letters-only keys of every German sentence in OUT's pair files (column 2), the output itself excepted."""
-    keys = set()
-    for path in sorted(out.glob("*.tsv")):
-        if path.name == OUT_FILE:
-            continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            keys.add(dedupe_key(line.split("\t")[1]))
-    return keys
+    """Letters-only keys of every German sentence in OUT's pair files (English<TAB>German), the output excepted."""
+    return {dedupe_key(de) for path in sorted(out.glob("*.tsv")) if path.name != OUT_FILE
+            for _, de in read_tsv_pairs(path)}
 
 
 def translate_all(translator: Translator, sentences: list[str], beam_size: int, batch_size: int = 32) -> list[str]:
@@ -108,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     translator = Translator(args.package, RuntimeOptions(intra_op_threads=args.threads))
     if (translator.source_language, translator.target_language) != ("de", "en"):
         parser.error(f"{args.package} translates {translator.source_language}→{translator.target_language}, not de→en")
+    if source_column(args.out, "en", "de") != 0:  # every train.<domain>.tsv of the Debian recipe is English<TAB>German
+        parser.error(f"{args.out} does not hold English<TAB>German pairs")
     package = fetch_package(FORTUNES_PACKAGE, args.cache)
     german = list(german_sentences(fortune_files(package.root)))[: args.limit]
     started = time.perf_counter()
@@ -115,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     kept, removed = filter_pairs(zip(english, german), corpus_german(args.out))
     (args.out / OUT_FILE).write_text("".join(f"{en}\t{de}\n" for en, de in kept), encoding="utf-8")
-    command = f"python -m model.backtranslate --package {args.package} --out {args.out} --beam {args.beam}"
+    command = (f"python -m model.backtranslate --package {args.package} --out {args.out} --cache {args.cache} "
+               f"--beam {args.beam}")
     (args.out / CARD_FILE).write_text(card(package, package_licence(package), translator, args.beam, len(german),
                                            len(kept), removed, seconds, command), encoding="utf-8")
     print(f"{len(kept):,} of {len(german):,} pairs → {args.out / OUT_FILE} ({seconds:.0f} s)")

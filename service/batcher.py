@@ -25,6 +25,7 @@ finishes what is queued.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -284,8 +285,7 @@ class Batcher:
             if key.task == "translate":
                 # Each sentence is answered the step it ends, not when the batch's longest one does: its client
                 # sends its next request meanwhile, in time for the next batch.
-                def answer_finished(ended: list[tuple[int, SearchResult]]) -> None:
-                    loop.call_soon_threadsafe(self._answer_finished, batch, ended)
+                answer_finished = functools.partial(loop.call_soon_threadsafe, self._answer_finished, batch)
                 outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options,
                                                      answer_finished)
                 # Model time only (the engine's stage times): a test holding the model's lock does not skew it.

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine.segmentation import split_sentences
+from model.data import letters
 
 FORTUNES_PACKAGE = "fortunes-de"
 FORTUNE_DIR = "usr/share/games/fortunes/de"
@@ -33,24 +34,25 @@ def fortune_files(root: Path) -> list[Path]:
 def fortune_entries(path: Path) -> Iterator[str]:
     """Each entry of a fortune file as text, without its attribution or chat nicknames: wrapped lines joined into
     one, each chat line (one speaker's turn) a line of its own."""
-    lines: list[str] = []
+    turns: list[str] = []
     for line in [*path.read_text(encoding="utf-8", errors="replace").splitlines(), "%"]:
         if line.strip() == "%":
-            text = "\n".join(" ".join(turn.split()) for turn in "".join(lines).split("\n") if turn.strip())
+            text = "\n".join(" ".join(turn.split()) for turn in turns if turn.strip())
             if text:
                 yield text
-            lines = []
+            turns = []
         elif not ATTRIBUTION.match(line):
-            turn = CHAT_NICK.match(line)
-            lines.append(("\n" if turn else " ") + line[turn.end() if turn else 0:])
+            nick = CHAT_NICK.match(line)
+            if nick or not turns:
+                turns.append(line[nick.end():] if nick else line)
+            else:  # a wrapped line continues the turn (or the prose) before it
+                turns[-1] += " " + line
 
 
 def is_prose(sentence: str) -> bool:
     """MIN_WORDS–MAX_WORDS words, mostly letters, starting with a letter, digit or quote: not a formula, a URL or
     a line of symbols."""
-    words = sentence.split()
-    letters = sum(ch.isalpha() for ch in sentence)
-    return (MIN_WORDS <= len(words) <= MAX_WORDS and letters >= 0.7 * len(sentence.replace(" ", ""))
+    return (MIN_WORDS <= len(sentence.split()) <= MAX_WORDS and letters(sentence) >= 0.7 * len(sentence.replace(" ", ""))
             and (sentence[0].isalnum() or sentence[0] in "\"'„“»") and "http" not in sentence and "@" not in sentence)
 
 
