@@ -39,7 +39,7 @@ class Translator:
                  expect_pair: tuple[str, str] | None = None, require_parity: bool = True):
         self.directory = Path(directory)
         self.manifest = load_package(self.directory, expect_pair, require_parity=require_parity)
-        self.options = options
+        self.options, self.require_parity = options, require_parity
         graphs = self.manifest.graphs
         self.encoder_session, self.provider = self.open_graph(graphs.encoder.file, options)
         self.decoder_session, decoder_provider = self.open_graph(graphs.decoder.file, options)
@@ -55,6 +55,11 @@ class Translator:
             "model package %s (%s) runs on %s, %s intra-op threads",
             self.name, self.precision, self.provider, options.intra_op_threads or "default",
         )
+
+    def copy(self) -> "Translator":
+        """The same package in sessions of its own: a second batch runs on it beside one of this one (the service's
+        inference workers), its memory about the int8 weights and a second arena (about 20 MiB for the shipped models)."""
+        return Translator(self.directory, self.options, (self.source_language, self.target_language), self.require_parity)
 
     def open_graph(self, file: str, options: RuntimeOptions):
         """A session for one of the package's graphs; a graph ONNX Runtime cannot load is a PackageError."""

@@ -59,6 +59,11 @@ def load_translators(settings: Settings) -> dict[str, Translator]:
     return translators
 
 
+def copy_translators(translators: dict[str, Translator], workers: int) -> dict[str, list[Translator]]:
+    """Each model's further copies, one per inference worker beyond the first."""
+    return {name: [translator.copy() for _ in range(workers - 1)] for name, translator in translators.items()}
+
+
 def batch_policy(settings: Settings) -> BatchPolicy:
     return BatchPolicy(
         scheduler=settings.scheduler, cache_budget=settings.cache_token_budget,
@@ -102,7 +107,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.translators = await asyncio.to_thread(load_translators, state.settings)
     for translator in state.translators.values():
         state.metrics.add_model(translator.name, translator.provider, translator.precision)
-    state.batcher = Batcher(state.translators, batch_policy(state.settings), state.metrics)
+    copies = await asyncio.to_thread(copy_translators, state.translators, state.settings.workers())
+    state.batcher = Batcher(state.translators, batch_policy(state.settings), state.metrics, copies)
     state.batcher.start()
     preparing = asyncio.create_task(prepare(state))
     try:

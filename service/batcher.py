@@ -4,11 +4,13 @@ The batcher knows nothing about HTTP. A request hands it token id lists; each se
 group of sentences that may share a batch: the same model, the same task (translate or encode),
 the same search options (a beam-4 sentence never rides with a greedy one) and the same length
 bucket (so a 5-token sentence is not padded to 120). One scheduler task per model picks the group
-whose oldest sentence has waited longest and sends it as soon as it is full (token budget of padded
-tokens, or the sentence cap) or its oldest sentence has waited `max_wait`. Inference runs in one
-worker thread per model, off the event loop, so the server keeps accepting while a batch computes;
-while it does, the next batch fills up by itself. Each sentence is answered the step it ends, not when
-its batch's longest one does. That is the `batch` scheduler; with the `continuous` one
+whose oldest sentence has waited longest and sends it, as soon as an inference worker is idle, once
+it is full (token budget of padded tokens, or the sentence cap) or its oldest sentence has waited
+`max_wait`. Inference runs off the event loop in the model's workers, each a copy of the model's
+sessions with a thread of its own, so the server keeps accepting while batches compute, and with
+several workers several batches compute at once (one per CPU beats one batch on every CPU's thread:
+README, Load benchmark); meanwhile the next batch fills up by itself. Each sentence is answered the
+step it ends, not when its batch's longest one does. That is the `batch` scheduler; with the `continuous` one
 (service/continuous.py) a lane's sentences join a running batch at decoder steps instead, and the queue,
 backpressure, deadlines, cancellation and drain below are this module's for both.
 
@@ -37,8 +39,8 @@ from engine.search import FinishedHook, SearchOptions, SearchResult, StageTimes
 from engine.translator import Translator
 from service.continuous import ContinuousScheduler
 from service.lanes import (
-    ADMIT_WAIT_SHARE, BatchPolicy, BatcherError, DeadlineExceeded, Embedding, GroupKey, InferenceFailed, Job, Lane,
-    QueueFull, ShuttingDown, Task,
+    ADMIT_WAIT_SHARE, BatchPolicy, BatcherError, DeadlineExceeded, Embedding, GroupKey, InferenceFailed, InferenceWorker, Job,
+    Lane, QueueFull, ShuttingDown, Task,
 )
 from service.metrics import Metrics
 
@@ -84,12 +86,17 @@ class Submission:
 
 
 class Batcher:
-    def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics):
+    def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics,
+                 copies: dict[str, list[Translator]] | None = None):
+        """`copies`: further Translators of a model's package (Translator.copy), each an inference worker of its own
+        beside the one of `translators` (the batch scheduler: one batch at a time per worker)."""
         self.policy = policy
         self.metrics = metrics
+        copies = copies or {}
         self.lanes = {
-            name: Lane(t, ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}"))
-            for name, t in translators.items()
+            name: Lane([InferenceWorker(t, ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}-{i}"))
+                        for i, t in enumerate([translator, *copies.get(name, [])])])
+            for name, translator in translators.items()
         }
         self.depth = 0  # sentences waiting, all lanes
         self.closing = False
@@ -101,10 +108,10 @@ class Batcher:
             lane.task = asyncio.create_task(runner, name=f"batcher-{name}")
 
     async def warmup(self, batch_size: int) -> None:
-        """Warm every model in its own inference thread: requests that arrive meanwhile queue behind it."""
+        """Warm every copy of every model in its own inference thread: requests that arrive meanwhile queue behind it."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(lane.executor, lane.translator.warmup, batch_size)
-                               for lane in self.lanes.values()))
+        await asyncio.gather(*(loop.run_in_executor(worker.executor, worker.translator.warmup, batch_size)
+                               for lane in self.lanes.values() for worker in lane.workers))
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, finish what is queued (up to `timeout` seconds), release the threads."""
@@ -122,11 +129,13 @@ class Batcher:
         for lane in self.lanes.values():
             for jobs in lane.groups.values():
                 for job in jobs:
+                    job.queued = False  # out of the queue: its submission must not look for it there when it closes
                     if not job.future.done():
                         job.future.set_exception(ShuttingDown("the server is shutting down"))
             lane.groups.clear()
             lane.queued_tokens = 0
-            lane.executor.shutdown(wait=False, cancel_futures=True)
+            for worker in lane.workers:
+                worker.executor.shutdown(wait=False, cancel_futures=True)
         self._set_depth(0)
 
     # --- submitting ------------------------------------------------------------------------------
@@ -202,9 +211,20 @@ class Batcher:
 
     # --- scheduling ------------------------------------------------------------------------------
     async def _schedule(self, lane: Lane) -> None:
+        running: set[asyncio.Task] = set()
+        try:
+            await self._dispatch(lane, running)
+            await asyncio.gather(*running)  # drained: the batches still running finish
+        finally:  # the drain ran out of time (cancelled): each running batch answers its sentences so
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _dispatch(self, lane: Lane, running: set[asyncio.Task]) -> None:
+        """Send batches to idle workers until drained; a batch taken is formed the moment a worker is free for it."""
         while True:
-            if not lane.groups:
-                if self.closing:
+            if not lane.groups or not lane.idle:  # nothing to send, or every worker busy: a finished batch wakes us
+                if self.closing and not lane.groups:
                     return
                 lane.wakeup.clear()
                 await lane.wakeup.wait()
@@ -222,7 +242,19 @@ class Batcher:
                 continue
             batch = self.take_batch(lane, key)
             if batch:
-                await self.run_batch(lane, key, batch)
+                task = asyncio.create_task(self._run_on_worker(lane, lane.idle.pop(), key, batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+
+    async def _run_on_worker(self, lane: Lane, worker: InferenceWorker, key: GroupKey, batch: list[Job]) -> None:
+        busy = self.metrics.busy_workers.labels(model=lane.translator.name)
+        busy.inc()
+        try:
+            await self.run_batch(lane, key, batch, worker)
+        finally:
+            busy.dec()
+            lane.idle.append(worker)
+            lane.wakeup.set()
 
     def _fitting(self, jobs: deque[Job]) -> tuple[int, int]:
         """How many of the oldest jobs fit one batch, and the longest of them."""
@@ -274,7 +306,9 @@ class Batcher:
         m.batch_tokens.observe(padded)
         m.padding_ratio.observe(1.0 - sum(lengths) / padded)
 
-    async def run_batch(self, lane: Lane, key: GroupKey, batch: list[Job]) -> None:
+    async def run_batch(self, lane: Lane, key: GroupKey, batch: list[Job], worker: InferenceWorker | None = None) -> None:
+        """Run one batch on `worker` (default: the lane's first) and answer its sentences."""
+        worker = worker or lane.workers[0]
         name = lane.translator.name
         self.observe_batch(name, batch)
         sources = [job.ids for job in batch]
@@ -286,12 +320,13 @@ class Batcher:
                 # Each sentence is answered the step it ends, not when the batch's longest one does: its client
                 # sends its next request meanwhile, in time for the next batch.
                 answer_finished = functools.partial(loop.call_soon_threadsafe, self._answer_finished, batch)
-                outcome = await loop.run_in_executor(lane.executor, self._translate, lane, sources, key.options,
-                                                     answer_finished)
+                times = StageTimes()
+                outcome = await loop.run_in_executor(worker.executor, self._translate, worker.translator, sources,
+                                                     key.options, times, answer_finished)
                 # Model time only (the engine's stage times): a test holding the model's lock does not skew it.
-                lane.note_batch(sum(len(job.ids) for job in batch), lane.times.encode_seconds + lane.times.decode_seconds)
+                lane.note_batch(sum(len(job.ids) for job in batch), times.encode_seconds + times.decode_seconds)
             else:
-                outcome = await loop.run_in_executor(lane.executor, self._encode, lane, sources)
+                outcome = await loop.run_in_executor(worker.executor, self._encode, worker.translator, sources)
         except Exception as error:  # noqa: BLE001 - whatever broke, only this batch's requests hear of it
             log.exception("%s batch of %d sentences failed", name, len(batch))
             outcome = error
@@ -317,21 +352,20 @@ class Batcher:
                 job.future.set_result(outcome[i])
 
     # --- in the model's inference thread --------------------------------------------------------
-    def _translate(self, lane: Lane, sources: list[list[int]], options: SearchOptions,
+    def _translate(self, translator: Translator, sources: list[list[int]], options: SearchOptions, times: StageTimes,
                    on_finished: FinishedHook | None) -> list[SearchResult]:
-        name, m = lane.translator.name, self.metrics
-        lane.times = StageTimes()
-        results = lane.translator.translate_ids(sources, options, lane.times, on_finished)
-        m.inference_duration.labels(model=name, stage="encode").observe(lane.times.encode_seconds)
-        m.inference_duration.labels(model=name, stage="decode").observe(lane.times.decode_seconds)
+        name, m = translator.name, self.metrics
+        results = translator.translate_ids(sources, options, times, on_finished)
+        m.inference_duration.labels(model=name, stage="encode").observe(times.encode_seconds)
+        m.inference_duration.labels(model=name, stage="decode").observe(times.decode_seconds)
         generated = [len(r.hypotheses[0].tokens) if r.hypotheses else 0 for r in results]
         for count in generated:
             m.output_tokens.labels(model=name).observe(count)
         m.generated_tokens.labels(model=name).inc(sum(generated))
         return results
 
-    def _encode(self, lane: Lane, sources: list[list[int]]) -> list[Embedding]:
+    def _encode(self, translator: Translator, sources: list[list[int]]) -> list[Embedding]:
         start = time.perf_counter()
-        vectors, states = lane.translator.encode_ids(sources)
-        self.metrics.inference_duration.labels(model=lane.translator.name, stage="encode").observe(time.perf_counter() - start)
+        vectors, states = translator.encode_ids(sources)
+        self.metrics.inference_duration.labels(model=translator.name, stage="encode").observe(time.perf_counter() - start)
         return [Embedding(vector, state) for vector, state in zip(vectors, states)]

@@ -35,7 +35,8 @@ def split_list(value: object) -> object:
     return value
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+MAX_AUTO_WORKERS = 4  # TRANSLATOR_INFERENCE_WORKERS=-1: beyond this, more threads per worker rather than more copies  # cgroup v2: "<quota> <period>" or "max <period>"
 
 
 def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
@@ -72,8 +73,14 @@ class Settings(BaseSettings):
         "ONNX Runtime execution providers in order of preference; the CPU is always appended as the fallback."))
     strict_providers: bool = Field(False, description="Refuse to start when the first provider cannot run a model, instead of falling back with a warning.")
     intra_op_threads: int = Field(-1, ge=-1, description=(
-        "ONNX Runtime threads per model: -1 = the CPUs this process may use less one, which the event loop needs "
-        "(at least 1; measured best on 2 cores: README, Load benchmark); 0 = ONNX Runtime's own default (one per physical core)."))
+        "ONNX Runtime threads per inference worker: -1 = the CPUs this process may use less one, which the event loop needs, "
+        "shared among the workers (at least 1; measured on 2 cores: README, Load benchmark); 0 = ONNX Runtime's own default "
+        "(one per physical core)."))
+    inference_workers: int = Field(-1, ge=-1, description=(
+        "Copies of every model that translate batches at the same time, each in sessions and a thread of its own (batch "
+        "scheduler; about 20 MiB each for the shipped models). -1 = one per CPU this process may use, at most "
+        f"{MAX_AUTO_WORKERS} (measured on 2 cores: README, Load benchmark); 1 with the continuous scheduler, which decodes in "
+        "one thread, or with CUDA first among the providers (one GPU)."))
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (resident memory holds its peak); "
@@ -190,15 +197,26 @@ class Settings(BaseSettings):
             raise ValueError("default_beam_size exceeds max_beam_size")
         if self.shrink_arena and not self.cpu_mem_arena:
             raise ValueError("shrink_arena needs cpu_mem_arena: there is no arena to shrink")
+        if self.scheduler == "continuous" and self.inference_workers > 1:
+            raise ValueError("inference_workers > 1 needs the batch scheduler: the continuous one decodes in one thread")
         if self.max_alternatives + 1 > self.max_beam_size:
             raise ValueError("max_alternatives + 1 exceeds max_beam_size: alternatives come from the beam")
         return self
 
+    def workers(self) -> int:
+        """TRANSLATOR_INFERENCE_WORKERS, with -1 resolved."""
+        if self.inference_workers >= 1:
+            return self.inference_workers
+        if self.scheduler == "continuous" or self.providers[:1] == ("CUDAExecutionProvider",):
+            return 1
+        return min(usable_cpus(), MAX_AUTO_WORKERS)
+
     def onnx_threads(self) -> int:
-        """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs less the event loop's one, at least 1."""
+        """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs less the event loop's one, shared among the
+        inference workers, at least 1."""
         if self.intra_op_threads >= 0:
             return self.intra_op_threads
-        return max(1, usable_cpus() - 1)
+        return max(1, (usable_cpus() - 1) // self.workers())
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,

@@ -1,7 +1,8 @@
 """What the schedulers share: the batching policy, queued sentences (jobs), and a model's lane.
 
 A lane is one model: its waiting sentences, grouped by what may share a batch (task, search options
-and, for the batch scheduler, length bucket), its scheduler task and the one thread its inference runs in.
+and, for the batch scheduler, length bucket), its scheduler task and its inference workers: copies of the
+model's ONNX Runtime sessions, each with the one thread its batches run in.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from engine.search import SearchOptions, StageTimes
+from engine.search import SearchOptions
 from engine.translator import Translator
 
 ADMIT_WAIT_SHARE = 0.5  # refuse work expected to wait longer than this share of the deadline
@@ -90,21 +91,36 @@ class Embedding:
 
 
 @dataclass(eq=False)
-class Lane:
-    """One model: its waiting groups, its scheduler task and the single-thread executor its inference runs in
-    (the batch scheduler's batches and both schedulers' encoder-only batches; the continuous scheduler's
-    decoding thread is its own)."""
+class InferenceWorker:
+    """One copy of a model's ONNX Runtime sessions (its own Translator) and the single thread its batches run in.
+    Two workers of one model run two batches at once: ONNX Runtime releases the GIL while it computes."""
 
     translator: Translator
     executor: ThreadPoolExecutor
+
+
+@dataclass(eq=False)
+class Lane:
+    """One model: its waiting groups, its scheduler task and its inference workers (the batch scheduler runs a batch on
+    each idle one; the continuous scheduler runs its encoder-only batches on the first and decodes in a thread of its own)."""
+
+    workers: list[InferenceWorker]
     groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
-    tokens_per_s: float | None = None  # source tokens translated per second of model time (smoothed)
+    tokens_per_s: float | None = None  # source tokens one worker translates per second of model time (smoothed)
     # Source tokens waiting in `groups`, kept by the three methods below (and drain, which empties
     # `groups`): admission reads it for every request under overload, too often to sum the queue.
     queued_tokens: int = 0
-    times: StageTimes = field(default_factory=StageTimes)  # the engine's stage times of the last batch
+    idle: list[InferenceWorker] = field(default_factory=list)  # workers with no batch now, the last one freed at the end
+
+    def __post_init__(self) -> None:
+        self.idle = list(reversed(self.workers))  # the first worker is taken first: one request at a time stays on it
+
+    @property
+    def translator(self) -> Translator:
+        """The model (its first copy): names, limits, tokenization and the continuous scheduler's decoding."""
+        return self.workers[0].translator
 
     def enqueue(self, job: Job) -> None:
         self.groups.setdefault(job.group, deque()).append(job)
@@ -127,8 +143,9 @@ class Lane:
 
     def expected_wait_s(self) -> float | None:
         """Seconds until the work queued now is done; None before any batch ran. Only the work ahead
-        counts: a large request to an idle lane is let in (its deadline still holds)."""
-        return self.queued_tokens / self.tokens_per_s if self.tokens_per_s else None
+        counts: a large request to an idle lane is let in (its deadline still holds). The rate is one worker's (each
+        batch's model time, measured while the other workers ran theirs), and the workers clear the queue together."""
+        return self.queued_tokens / (self.tokens_per_s * len(self.workers)) if self.tokens_per_s else None
 
     def note_batch(self, tokens: int, seconds: float) -> None:
         rate = tokens / max(seconds, 1e-6)

@@ -68,6 +68,9 @@ class Metrics:
         self.joined_sentences = Counter(
             "translator_joined_sentences", "Sentences that joined a batch already decoding (continuous scheduler).",
             ["model"], registry=r)
+        self.busy_workers = Gauge(
+            "translator_busy_inference_workers", "Inference workers running a batch now (batch scheduler), per model; "
+            "all of them busy with sentences queued is saturation.", ["model"], registry=r)
         self.queue_depth = Gauge(
             "translator_queue_depth", "Sentences waiting for a batch, all models together.", registry=r)
         self.generated_tokens = Counter(
@@ -89,6 +92,7 @@ class Metrics:
             self.inference_duration.labels(model=name, stage=stage)
         self.generated_tokens.labels(model=name)
         self.joined_sentences.labels(model=name)
+        self.busy_workers.labels(model=name)
 
     def reject(self, reason: str) -> None:
         if reason not in REJECT_REASONS:  # a typo must not create a new label value

@@ -106,7 +106,8 @@ class ThreadServer:
 
 
 def settings_for(models_dir: Path, **overrides) -> Settings:
-    return Settings(models_dir=models_dir, default_beam_size=1, intra_op_threads=1, **overrides)
+    return Settings(**{"models_dir": models_dir, "default_beam_size": 1, "intra_op_threads": 1, "inference_workers": 1,
+                       **overrides})
 
 
 @contextlib.contextmanager

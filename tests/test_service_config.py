@@ -36,6 +36,7 @@ def test_environment_lists_and_platform_port(monkeypatch):
     ({"max_alternatives": 8, "max_beam_size": 8}, "alternatives come from the beam"),
     ({"max_batch_sentences": 0}, "greater than or equal to 1"),
     ({"shrink_arena": True, "cpu_mem_arena": False}, "shrink_arena needs cpu_mem_arena"),
+    ({"scheduler": "continuous", "inference_workers": 2}, "continuous one decodes in one thread"),
 ])
 def test_inconsistent_settings_are_refused(values, message):
     with pytest.raises(ValidationError, match=message):
@@ -56,7 +57,7 @@ def test_cli_serves_and_delegates_without_importing_the_training_side():
     assert set(DELEGATED) == {"data", "train", "average", "evaluate", "card", "export", "import", "load", "tune"}
 
 
-def test_onnx_threads_default_leaves_the_event_loop_a_cpu(tmp_path, monkeypatch):
+def test_worker_and_thread_defaults_leave_the_event_loop_a_cpu(tmp_path, monkeypatch):
     import service.config as config
 
     affinity = len(os.sched_getaffinity(0))
@@ -66,11 +67,21 @@ def test_onnx_threads_default_leaves_the_event_loop_a_cpu(tmp_path, monkeypatch)
     quota.write_text("150000 100000\n")  # 1.5 CPUs of quota: 2 usable, at most the affinity
     assert config.usable_cpus(quota) == min(affinity, 2)
     assert config.usable_cpus(tmp_path / "missing") == affinity
-    monkeypatch.setattr(config, "usable_cpus", lambda: 4)
-    assert Settings().onnx_threads() == 3
-    monkeypatch.setattr(config, "usable_cpus", lambda: 1)
-    assert Settings().onnx_threads() == 1  # never none
-    assert Settings(intra_op_threads=0).onnx_threads() == 0 and Settings(intra_op_threads=3).onnx_threads() == 3
+
+    def defaults(cpus: int, **values) -> tuple[int, int]:
+        monkeypatch.setattr(config, "usable_cpus", lambda: cpus)
+        settings = Settings(**values)
+        return settings.workers(), settings.onnx_threads()
+
+    assert defaults(2) == (2, 1)  # a worker per CPU, each one thread
+    assert defaults(4) == (4, 1)
+    assert defaults(16) == (4, 3)  # at most 4 copies; the CPUs less the event loop's one shared among them
+    assert defaults(1) == (1, 1)  # never none
+    assert defaults(4, scheduler="continuous") == (1, 3)  # it decodes in one thread
+    assert defaults(4, providers=("CUDAExecutionProvider",)) == (1, 3)  # one GPU
+    assert defaults(4, inference_workers=2) == (2, 1)
+    assert defaults(4, inference_workers=2, intra_op_threads=2) == (2, 2)
+    assert Settings(intra_op_threads=0).onnx_threads() == 0
 
 
 @pytest.mark.parametrize("arena, shrink", [(False, False), (True, True)])
