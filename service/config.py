@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(0.0, ge=0, description=(
         "batch: how long the oldest waiting sentence may wait for others to fill its batch while the model is idle "
         "(continuous starts at once: later arrivals join at the next step)."))
-    length_buckets: CommaInts = Field((8, 16, 24, 32, 48, 64, 96, 128), description=(
+    length_buckets: CommaInts = Field((16, 32, 64, 128), description=(
         "batch: upper edges (source tokens) of the length buckets: only sentences of one bucket share a batch, which keeps "
         "padding low; longer sentences form one last bucket (continuous: sources of any length share a step)."))
     queue_limit: int = Field(512, ge=1, description=(

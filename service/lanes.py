@@ -53,7 +53,7 @@ class BatchPolicy:
     token_budget: int = 2048  # padded tokens: sentences × longest sentence
     max_sentences: int = 32
     max_wait_s: float = 0.0
-    length_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64, 96, 128)
+    length_buckets: tuple[int, ...] = (16, 32, 64, 128)
     queue_limit: int = 512  # sentences waiting, all models together
     deadline_s: float = 30.0
 

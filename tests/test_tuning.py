@@ -45,6 +45,7 @@ def test_gain_is_measured_against_the_services_defaults():
     assert Settings().batch_token_budget == defaults.batch_token_budget and Settings().max_wait_ms == defaults.max_wait_ms
     assert Settings().max_batch_sentences == defaults.max_batch_sentences and Settings().length_buckets == DEFAULT_BUCKETS
     assert Settings().scheduler == defaults.scheduler  # the tuner's baseline is what the service runs by default
+    assert Settings().inference_workers == defaults.inference_workers
     assert "(defaults)" in defaults.label() and "(defaults)" not in bigger.label()
     one = {"scheduler": ["batch"], "max_wait_ms": [0]}
     assert SweepGrid(max_batch_sentences=[64], **one).settings() == [defaults, bigger]  # the baseline first
@@ -126,7 +127,8 @@ def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_p
     assert settings.max_text_chars == run.lengths.advice.max_text_chars <= 32 * 8
     environment = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     assert set(environment) == {"TRANSLATOR_SCHEDULER", "TRANSLATOR_BATCH_TOKEN_BUDGET", "TRANSLATOR_MAX_BATCH_SENTENCES", "TRANSLATOR_MAX_WAIT_MS",
-                                "TRANSLATOR_LENGTH_BUCKETS", "TRANSLATOR_MAX_TEXT_CHARS"}
+                                "TRANSLATOR_LENGTH_BUCKETS", "TRANSLATOR_INFERENCE_WORKERS", "TRANSLATOR_MAX_TEXT_CHARS"}
+    assert settings.inference_workers == chosen.setting.inference_workers
     with ServerProcess(models_dir, tmp_path / "recommended.log", **environment) as recommended:
         recommended.wait_ready()
         body = {"source": "en", "target": "de"}

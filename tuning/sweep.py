@@ -20,7 +20,7 @@ from loadtest.load import Latency, LoadResult
 from loadtest.scrape import ServerView
 
 # service.config's defaults, not imported (that imports onnxruntime); tests/test_tuning.py checks they agree.
-DEFAULT_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128)
+DEFAULT_BUCKETS = (16, 32, 64, 128)
 MAX_REJECTED_SHARE = 0.01  # a point that turns away more than 1 % of requests is past capacity, however fast
 
 
@@ -38,26 +38,30 @@ class BatchingSetting(BaseModel):
     max_batch_sentences: int = Field(32, ge=1)
     max_wait_ms: float = Field(0.0, ge=0)
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    inference_workers: int = Field(-1, ge=-1)  # -1: the service's default (one per usable CPU, at most 4)
 
     def effective(self) -> "BatchingSetting":
         """The same setting with the knobs its scheduler ignores at their defaults (continuous batching has no
         batch token budget, wait or length buckets), so that the grid does not measure one setting twice."""
         if self.scheduler == "batch":
             return self
-        return BatchingSetting(scheduler="continuous", max_batch_sentences=self.max_batch_sentences)
+        return BatchingSetting(scheduler="continuous", max_batch_sentences=self.max_batch_sentences)  # one worker
 
     def environment(self) -> dict[str, str]:
         return {"TRANSLATOR_SCHEDULER": self.scheduler, "TRANSLATOR_BATCH_TOKEN_BUDGET": str(self.batch_token_budget),
                 "TRANSLATOR_MAX_BATCH_SENTENCES": str(self.max_batch_sentences),
                 "TRANSLATOR_MAX_WAIT_MS": f"{self.max_wait_ms:g}",
-                "TRANSLATOR_LENGTH_BUCKETS": edges_text(self.length_buckets)}
+                "TRANSLATOR_LENGTH_BUCKETS": edges_text(self.length_buckets),
+                "TRANSLATOR_INFERENCE_WORKERS": str(self.inference_workers)}
 
     def label(self) -> str:
         defaults = " (defaults)" if self == BatchingSetting() else ""
         if self.scheduler == "continuous":
             return f"continuous, ≤{self.max_batch_sentences} sent.{defaults}"
         return (f"batch, budget {self.batch_token_budget}, ≤{self.max_batch_sentences} sent., wait {self.max_wait_ms:g} ms, "
-                f"buckets {edges_text(self.length_buckets)}" + defaults)
+                f"buckets {edges_text(self.length_buckets)}"
+                + (f", {self.inference_workers} worker{'s' * (self.inference_workers != 1)}" if self.inference_workers != -1 else "")
+                + defaults)
 
 
 class LoadLevel(BaseModel):
@@ -80,6 +84,7 @@ class SweepGrid(BaseModel):
     max_batch_sentences: list[int] = [8, 32]
     max_wait_ms: list[float] = [0.0, 5.0]
     length_buckets: list[tuple[int, ...]] = [DEFAULT_BUCKETS]
+    inference_workers: list[int] = [-1]
     concurrency: list[int] = [1, 4, 16, 32]
     rate: list[float] = []  # when given, open-loop levels instead of concurrency
     seconds_per_point: float = Field(20.0, gt=0)
@@ -88,10 +93,10 @@ class SweepGrid(BaseModel):
 
     def settings(self) -> list[BatchingSetting]:
         grid = []
-        for c, b, s, w, e in itertools.product(self.scheduler, self.batch_token_budget, self.max_batch_sentences,
-                                               self.max_wait_ms, self.length_buckets):
+        for c, b, s, w, e, n in itertools.product(self.scheduler, self.batch_token_budget, self.max_batch_sentences,
+                                                  self.max_wait_ms, self.length_buckets, self.inference_workers):
             setting = BatchingSetting(scheduler=c, batch_token_budget=b, max_batch_sentences=s, max_wait_ms=w,
-                                      length_buckets=e).effective()
+                                      length_buckets=e, inference_workers=n).effective()
             if setting not in grid:
                 grid.append(setting)
         return [BatchingSetting()] + grid if self.with_defaults and BatchingSetting() not in grid else grid
