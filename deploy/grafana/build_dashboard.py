@@ -226,14 +226,21 @@ def panels() -> list[dict]:
         quantile_targets("translator_inference_duration_seconds", MODELS, "model, stage", quantiles=(0.5, 0.95)), "s"), width=8)
     grid.add(timeseries(
         "Inference time per second, by stage",
-        "Seconds of encode and decode per second of wall time, by model, summed over replicas: a total near the "
-        "number of replicas means the models never idle, and more traffic can only queue.",
+        "Seconds of encode and decode per second of wall time, by model, summed over replicas and inference workers: a "
+        "total near replicas × TRANSLATOR_INFERENCE_WORKERS means the models never idle, and more traffic can only queue.",
         [target(rate("translator_inference_duration_seconds_sum", MODELS, "model, stage"), "{{model}} {{stage}}")],
         "s", stack=True), width=8)
     grid.add(timeseries(
         "Generated tokens/s by model",
         "Target tokens generated per second (best hypotheses): the throughput figure the benchmark reports.",
         [target(rate("translator_generated_tokens_total", MODELS, "model"), "{{model}}")], "short", stack=True), width=8)
+    grid.add(timeseries(
+        "Busy inference workers (mean over the window)",
+        "Inference workers running a batch, by model, summed over replicas (batch scheduler). At replicas × "
+        "TRANSLATOR_INFERENCE_WORKERS with sentences queued the models are saturated; well below it under load, the "
+        "event loop (HTTP, tokenization) is the limit instead.",
+        [target(f"sum by (model) (avg_over_time(translator_busy_inference_workers{{{MODELS}}}[{RATE}]))", "{{model}}")],
+        "short", stack=True), width=24, height=6)
 
     grid.row("Models")
     grid.add(models_table(), width=24, height=6)
