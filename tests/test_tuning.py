@@ -54,6 +54,10 @@ def test_gain_is_measured_against_the_services_defaults():
     # Both schedulers; the batch scheduler's knobs do not multiply the continuous settings.
     both = SweepGrid(max_batch_sentences=[64], max_wait_ms=[2, 10]).settings()
     assert [(s.scheduler, s.max_wait_ms) for s in both] == [("batch", 0), ("continuous", 0), ("batch", 2), ("batch", 10)]
+    # Inference workers: an axis of the batch scheduler only; the continuous one runs one (the service's -1).
+    workers = SweepGrid(max_batch_sentences=[32], max_wait_ms=[0], inference_workers=[-1, 1]).settings()
+    assert [(s.scheduler, s.inference_workers) for s in workers] == [("continuous", -1), ("batch", -1), ("batch", 1)]
+    assert workers[2].environment()["TRANSLATOR_INFERENCE_WORKERS"] == "1" and "1 worker" in workers[2].label()
     # The defaults at their fastest within 300 ms: 200 tokens/s (400 is too slow); the recommendation 300.
     points = [point(100, 50, setting=defaults), point(200, 250, setting=defaults), point(400, 900, setting=defaults),
               point(300, 280, setting=bigger)]
