@@ -57,8 +57,9 @@ class Translator:
         )
 
     def copy(self) -> "Translator":
-        """The same package in sessions of its own: a second batch runs on it beside one of this one (the service's
-        inference workers), its memory about the int8 weights and a second arena (about 20 MiB for the shipped models)."""
+        """The same package in sessions of its own, so that a second batch runs on it beside one of this one (the
+        service's inference workers). It costs another copy of the weights and another arena: about 20 MiB loaded for
+        a shipped int8 model."""
         return Translator(self.directory, self.options, (self.source_language, self.target_language), self.require_parity)
 
     def open_graph(self, file: str, options: RuntimeOptions):

@@ -35,8 +35,8 @@ def split_list(value: object) -> object:
     return value
 
 
-CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
-MAX_AUTO_WORKERS = 4  # TRANSLATOR_INFERENCE_WORKERS=-1: beyond this, more threads per worker rather than more copies  # cgroup v2: "<quota> <period>" or "max <period>"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max <period>"
+MAX_AUTO_WORKERS = 4  # TRANSLATOR_INFERENCE_WORKERS=-1: beyond this, more threads per worker rather than more copies
 
 
 def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
