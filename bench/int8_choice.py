@@ -28,7 +28,7 @@ import sacrebleu
 
 from bench.engines import load_test_set, table
 from engine.package import read_manifest, write_manifest
-from engine.search import SearchOptions, length_sorted_batches
+from engine.search import SearchOptions
 from engine.sessions import RuntimeOptions
 from engine.translator import Translator
 from export.package import build_package
@@ -88,12 +88,10 @@ def measure(package: Path, sources: list[list[int]], references: list[str], refe
     translator.warmup()
     row: dict = {"decoder_mb": round((package / "decoder.onnx").stat().st_size / 1e6, 1)}
     for beam in (1, 4):
-        options, best, outputs = translator.search_options(beam), float("inf"), [[] for _ in sources]
+        options, best, outputs = translator.search_options(beam), float("inf"), []
         for _ in range(repeats):
             started = time.process_time()
-            for batch in length_sorted_batches(sources, 32):
-                for i, result in zip(batch, translator.translate_ids([sources[i] for i in batch], options)):
-                    outputs[i] = result.hypotheses[0].tokens
+            outputs = [r.hypotheses[0].tokens for r in translator.translate_in_batches(sources, options)]
             best = min(best, time.process_time() - started)
         name = "greedy" if beam == 1 else "beam4"
         row[f"{name}_cpu_seconds"] = round(best, 3)

@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.package import PackageError, load_package
-from engine.search import Decoding, FinishedHook, SearchOptions, SearchResult, StageTimes, pad_batch, search
+from engine.search import (Decoding, FinishedHook, SearchOptions, SearchResult, StageTimes, length_sorted_batches, pad_batch,
+                           search)
 from engine.sessions import CPU, CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
 from engine.step_model import OnnxStepModel
 from engine.tokenization import load_tokenization
@@ -163,6 +165,18 @@ class Translator:
         batch = pad_batch(sources, self.manifest.special_ids.pad)
         with self.lock:
             return search(self.step_model, batch, self.manifest.special_ids.pad, self.capped(options), times, on_finished)
+
+    def translate_in_batches(self, sources: list[list[int]], options: SearchOptions, batch_size: int = 32,
+                             on_batch: Callable[[int], None] | None = None) -> list[SearchResult]:
+        """Many sentences, offline (parity, benchmarks, back-translation) → each one's result, in input order, decoded
+        in batches of similar length (less padding); `on_batch` hears how many sentences each batch held."""
+        results: list[SearchResult | None] = [None] * len(sources)
+        for batch in length_sorted_batches(sources, batch_size):
+            for i, result in zip(batch, self.translate_ids([sources[i] for i in batch], options)):
+                results[i] = result
+            if on_batch is not None:
+                on_batch(len(batch))
+        return results  # type: ignore[return-value]
 
     # --- continuous batching: the caller steps a running Decoding, holding `lock` around each call ---------
     def decoding(self, options: SearchOptions) -> Decoding:

@@ -23,7 +23,7 @@ from model.data import source_column
 from model.search import TorchStepModel, translate_ids
 from model.tokenizer import read_tsv_pairs
 from model.transformer import Transformer
-from engine.search import SearchOptions, length_sorted_batches, pad_batch, search
+from engine.search import SearchOptions, pad_batch, search
 from engine.translator import Translator
 from engine.sessions import CUDA, RuntimeOptions
 
@@ -85,10 +85,8 @@ def check_parity(model: Transformer, package: Path, sample_tsv: Path, sample_siz
     reference_ids = [r.hypotheses[0].tokens for r in translate_ids(model, sources, options, batch_size=32)]
     torch_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    exported_ids: list[list[int]] = [[] for _ in sources]
-    for batch in length_sorted_batches(sources, 32):  # the batches model.search.translate_ids makes
-        for i, result in zip(batch, translator.translate_ids([sources[i] for i in batch], options)):
-            exported_ids[i] = result.hypotheses[0].tokens
+    # The batches model.search.translate_ids makes: the same length-sorted 32.
+    exported_ids = [r.hypotheses[0].tokens for r in translator.translate_in_batches(sources, options, batch_size=32)]
     onnx_seconds = time.perf_counter() - started
 
     same = sum(a == b for a, b in zip(reference_ids, exported_ids))

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.search import length_sorted_batches
 from engine.sessions import RuntimeOptions
 from engine.translator import Translator
 from model.corpus.fortune import FORTUNES_PACKAGE, fortune_files, german_sentences
@@ -49,14 +48,10 @@ def translate_all(translator: Translator, sentences: list[str], beam_size: int, 
     ids = translator.tokenize(sentences)
     limit = translator.max_source_tokens
     ids = [s if len(s) <= limit else s[: limit - 1] + s[-1:] for s in ids]  # keep EOS; the filters judge the result
-    options = translator.search_options(beam_size=beam_size)
-    translations = [""] * len(sentences)
-    for batch in tqdm(length_sorted_batches(ids, batch_size), desc="back-translating", unit=" batches", disable=None):
-        results = translator.translate_ids([ids[i] for i in batch], options)
-        texts = translator.detokenize([r.hypotheses[0].tokens if r.hypotheses else [] for r in results])
-        for i, text in zip(batch, texts):
-            translations[i] = text
-    return translations
+    with tqdm(total=len(ids), desc="back-translating", unit=" sentences", disable=None) as progress:
+        results = translator.translate_in_batches(ids, translator.search_options(beam_size=beam_size), batch_size,
+                                                  progress.update)
+    return translator.detokenize([r.hypotheses[0].tokens if r.hypotheses else [] for r in results])
 
 
 def filter_pairs(pairs: Iterable[tuple[str, str]], known_german: set[str]) -> tuple[list[tuple[str, str]], Counter]:

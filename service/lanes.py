@@ -112,7 +112,7 @@ class Lane:
     # Source tokens waiting in `groups`, kept by the three methods below (and drain, which empties
     # `groups`): admission reads it for every request under overload, too often to sum the queue.
     queued_tokens: int = 0
-    idle: list[InferenceWorker] = field(default_factory=list)  # workers with no batch now, the last one freed at the end
+    idle: list[InferenceWorker] = field(init=False)  # workers with no batch now, the next one to take at the end
 
     def __post_init__(self) -> None:
         self.idle = list(reversed(self.workers))  # the first worker is taken first: one request at a time stays on it

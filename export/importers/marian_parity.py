@@ -30,7 +30,7 @@ import numpy as np
 import sacrebleu
 
 from engine.package import read_manifest, write_manifest
-from engine.search import SearchOptions, length_sorted_batches, pad_batch
+from engine.search import SearchOptions, pad_batch
 from engine.sessions import RuntimeOptions
 from engine.translator import Translator
 
@@ -151,11 +151,7 @@ def token_bleu(hypotheses: list[list[int]], references: list[list[int]]) -> floa
 
 
 def package_ids(translator: Translator, sources: list[list[int]], options: SearchOptions) -> list[list[int]]:
-    out: list[list[int]] = [[] for _ in sources]
-    for batch in length_sorted_batches(sources, 32):
-        for i, result in zip(batch, translator.translate_ids([sources[i] for i in batch], options)):
-            out[i] = result.hypotheses[0].tokens
-    return out
+    return [r.hypotheses[0].tokens for r in translator.translate_in_batches(sources, options)]
 
 
 def check_marian_parity(model, package: Path | str, texts: list[str], references: list[str] | None = None,
