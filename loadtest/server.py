@@ -38,6 +38,30 @@ def proc_status_bytes(pid: int, field: str) -> int | None:
     return None
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the server's inference worker processes), from /proc; [pid] where /proc is not there."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        try:
+            tasks = list(Path(f"/proc/{tree[index]}/task").iterdir())
+        except OSError:
+            tasks = []
+        for task in tasks:
+            try:
+                tree += [int(child) for child in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                pass
+        index += 1
+    return tree
+
+
+def tree_status_bytes(pid: int, field: str) -> int | None:
+    """proc_status_bytes summed over the process and its descendants (for VmHWM: the sum of each one's peak, which
+    bounds the peak of the sum from above)."""
+    values = [value for value in (proc_status_bytes(p, field) for p in process_tree(pid)) if value is not None]
+    return sum(values) if values else None
+
+
 class LocalServer:
     """One `python -m cli.main serve` process; use as a context manager (SIGTERM on exit). `cpus`: a CPU list
     for taskset (e.g. "0" or "0,1") to pin the server, away from a load generator or another job."""
@@ -79,10 +103,12 @@ class LocalServer:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def rss_bytes(self) -> int | None:
-        return proc_status_bytes(self.process.pid, "VmRSS")
+        """Resident memory now: the server and its worker processes."""
+        return tree_status_bytes(self.process.pid, "VmRSS")
 
     def peak_rss_bytes(self) -> int | None:
-        return proc_status_bytes(self.process.pid, "VmHWM")
+        """Peak resident memory: the server's and its worker processes', summed."""
+        return tree_status_bytes(self.process.pid, "VmHWM")
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful: in-flight requests are answered), then SIGKILL if it hangs."""

@@ -25,6 +25,7 @@ from service.batcher import Batcher, BatchPolicy
 from service.config import Settings
 from service.langid import detector_for
 from service.metrics import Metrics
+from service.worker_process import WorkerProcess
 from engine.package import PackageError
 from engine.translator import Translator
 from engine.sessions import ProviderUnavailable
@@ -59,9 +60,17 @@ def load_translators(settings: Settings) -> dict[str, Translator]:
     return translators
 
 
-def copy_translators(translators: dict[str, Translator], workers: int) -> dict[str, list[Translator]]:
-    """Each model's further copies, one per inference worker beyond the first."""
-    return {name: [translator.copy() for _ in range(workers - 1)] for name, translator in translators.items()}
+async def start_workers(translators: dict[str, Translator], settings: Settings) -> dict[str, list[Translator | WorkerProcess]]:
+    """What runs each model's batches: settings.workers() worker processes, or the model and copies of it (threads)."""
+    count = settings.workers()
+
+    def workers_of(translator: Translator) -> list[Translator | WorkerProcess]:
+        if settings.worker_processes():
+            return [WorkerProcess(translator) for _ in range(count)]
+        return [translator, *(translator.copy() for _ in range(count - 1))]
+
+    started = await asyncio.gather(*(asyncio.to_thread(workers_of, t) for t in translators.values()))
+    return dict(zip(translators, started))
 
 
 def batch_policy(settings: Settings) -> BatchPolicy:
@@ -107,8 +116,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.translators = await asyncio.to_thread(load_translators, state.settings)
     for translator in state.translators.values():
         state.metrics.add_model(translator.name, translator.provider, translator.precision)
-    copies = await asyncio.to_thread(copy_translators, state.translators, state.settings.workers())
-    state.batcher = Batcher(state.translators, batch_policy(state.settings), state.metrics, copies)
+    workers = await start_workers(state.translators, state.settings)
+    state.batcher = Batcher(state.translators, batch_policy(state.settings), state.metrics, workers)
     state.batcher.start()
     preparing = asyncio.create_task(prepare(state))
     try:

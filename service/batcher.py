@@ -43,6 +43,7 @@ from service.lanes import (
     Lane, QueueFull, ShuttingDown, Task,
 )
 from service.metrics import Metrics
+from service.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,22 @@ class Submission:
 
 class Batcher:
     def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics,
-                 copies: dict[str, list[Translator]] | None = None):
-        """`copies`: further Translators of a model's package (Translator.copy), each an inference worker of its own
-        beside the one of `translators` (the batch scheduler: one batch at a time per worker)."""
+                 workers: dict[str, list[Translator | WorkerProcess]] | None = None):
+        """`workers`: what runs each model's batches, each an inference worker with a thread of its own (the batch scheduler:
+        one batch at a time per worker): copies of the model (Translator.copy) or worker processes; default: the model
+        of `translators` itself."""
         self.policy = policy
         self.metrics = metrics
-        copies = copies or {}
+        workers = workers or {}
         self.lanes = {
-            name: Lane([InferenceWorker(t, ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}-{i}"))
-                        for i, t in enumerate([translator, *copies.get(name, [])])])
+            name: Lane(translator, [InferenceWorker(t, ThreadPoolExecutor(1, thread_name_prefix=f"inference-{name}-{i}"))
+                                    for i, t in enumerate(workers.get(name) or [translator])])
             for name, translator in translators.items()
         }
+        for name, lane in self.lanes.items():
+            processes = [w.translator for w in lane.workers if isinstance(w.translator, WorkerProcess)]
+            if processes:  # read at each scrape
+                metrics.worker_memory.labels(model=name).set_function(lambda p=processes: sum(w.resident_bytes() for w in p))
         self.depth = 0  # sentences waiting, all lanes
         self.closing = False
 
@@ -114,7 +120,7 @@ class Batcher:
                                for lane in self.lanes.values() for worker in lane.workers))
 
     async def drain(self, timeout: float) -> None:
-        """Stop accepting, finish what is queued (up to `timeout` seconds), release the threads."""
+        """Stop accepting, finish what is queued (up to `timeout` seconds), close the inference workers."""
         self.closing = True
         for lane in self.lanes.values():
             lane.wakeup.set()
@@ -134,9 +140,9 @@ class Batcher:
                         job.future.set_exception(ShuttingDown("the server is shutting down"))
             lane.groups.clear()
             lane.queued_tokens = 0
-            for worker in lane.workers:
-                worker.executor.shutdown(wait=False, cancel_futures=True)
         self._set_depth(0)
+        # Worker processes are told to stop and waited for (one stuck in a batch is killed): off the event loop.
+        await asyncio.gather(*(asyncio.to_thread(worker.close) for lane in self.lanes.values() for worker in lane.workers))
 
     # --- submitting ------------------------------------------------------------------------------
     async def translate(self, model: str, sources: list[list[int]], options: SearchOptions) -> list[SearchResult]:
@@ -352,7 +358,7 @@ class Batcher:
                 job.future.set_result(outcome[i])
 
     # --- in the model's inference thread --------------------------------------------------------
-    def _translate(self, translator: Translator, sources: list[list[int]], options: SearchOptions, times: StageTimes,
+    def _translate(self, translator: Translator | WorkerProcess, sources: list[list[int]], options: SearchOptions, times: StageTimes,
                    on_finished: FinishedHook | None) -> list[SearchResult]:
         name, m = translator.name, self.metrics
         results = translator.translate_ids(sources, options, times, on_finished)
@@ -364,7 +370,7 @@ class Batcher:
         m.generated_tokens.labels(model=name).inc(sum(generated))
         return results
 
-    def _encode(self, translator: Translator, sources: list[list[int]]) -> list[Embedding]:
+    def _encode(self, translator: Translator | WorkerProcess, sources: list[list[int]]) -> list[Embedding]:
         start = time.perf_counter()
         vectors, states = translator.encode_ids(sources)
         self.metrics.inference_duration.labels(model=translator.name, stage="encode").observe(time.perf_counter() - start)

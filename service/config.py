@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         "scheduler; about 20 MiB each for the shipped models). -1 = one per CPU this process may use, at most "
         f"{MAX_AUTO_WORKERS} (measured on 2 cores: README, Load benchmark); 1 with the continuous scheduler, which decodes in "
         "one thread, or with CUDA first among the providers (one GPU)."))
+    inference_worker_kind: Literal["auto", "process", "thread"] = Field("auto", description=(
+        "What an inference worker is: a process of its own (its Python between decoder steps never waits for the event "
+        "loop's GIL; about 60 MiB more per worker) or a thread of the server. auto = process with the batch scheduler on "
+        "the CPU (measured on 2 cores: README, Load benchmark), thread with the continuous scheduler (it decodes in the "
+        "server) or CUDA first among the providers."))
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (resident memory holds its peak); "
@@ -199,6 +204,8 @@ class Settings(BaseSettings):
             raise ValueError("shrink_arena needs cpu_mem_arena: there is no arena to shrink")
         if self.scheduler == "continuous" and self.inference_workers > 1:
             raise ValueError("inference_workers > 1 needs the batch scheduler: the continuous one decodes in one thread")
+        if self.scheduler == "continuous" and self.inference_worker_kind == "process":
+            raise ValueError("inference_worker_kind=process needs the batch scheduler: the continuous one decodes in the server")
         if self.max_alternatives + 1 > self.max_beam_size:
             raise ValueError("max_alternatives + 1 exceeds max_beam_size: alternatives come from the beam")
         return self
@@ -210,6 +217,12 @@ class Settings(BaseSettings):
         if self.scheduler == "continuous" or self.providers[:1] == ("CUDAExecutionProvider",):
             return 1
         return min(usable_cpus(), MAX_AUTO_WORKERS)
+
+    def worker_processes(self) -> bool:
+        """TRANSLATOR_INFERENCE_WORKER_KIND, with auto resolved: whether inference workers are processes."""
+        if self.inference_worker_kind != "auto":
+            return self.inference_worker_kind == "process"
+        return self.scheduler == "batch" and self.providers[:1] != ("CUDAExecutionProvider",)
 
     def onnx_threads(self) -> int:
         """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs less the event loop's one, shared among the

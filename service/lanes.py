@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.search import SearchOptions
 from engine.translator import Translator
+from service.worker_process import WorkerProcess
 
 ADMIT_WAIT_SHARE = 0.5  # refuse work expected to wait longer than this share of the deadline
 RATE_SMOOTHING = 0.3  # weight of the latest batch in a lane's tokens-per-second estimate
@@ -92,11 +93,17 @@ class Embedding:
 
 @dataclass(eq=False)
 class InferenceWorker:
-    """One copy of a model's ONNX Runtime sessions (its own Translator) and the single thread its batches run in.
-    Two workers of one model run two batches at once: ONNX Runtime releases the GIL while it computes."""
+    """One copy of a model's ONNX Runtime sessions and the single thread its batches are run from: a Translator of its own
+    (ONNX Runtime releases the GIL while it computes, so two such workers run two batches at once) or one in a process of
+    its own (service/worker_process.py), which the thread waits for."""
 
-    translator: Translator
+    translator: Translator | WorkerProcess
     executor: ThreadPoolExecutor
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if isinstance(self.translator, WorkerProcess):
+            self.translator.close()
 
 
 @dataclass(eq=False)
@@ -104,6 +111,7 @@ class Lane:
     """One model: its waiting groups, its scheduler task and its inference workers (the batch scheduler runs a batch on
     each idle one; the continuous scheduler runs its encoder-only batches on the first and decodes in a thread of its own)."""
 
+    translator: Translator  # the model in this process: names, limits, tokenization, the continuous scheduler's decoding
     workers: list[InferenceWorker]
     groups: dict[GroupKey, deque[Job]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,11 +124,6 @@ class Lane:
 
     def __post_init__(self) -> None:
         self.idle = list(reversed(self.workers))  # the first worker is taken first: one request at a time stays on it
-
-    @property
-    def translator(self) -> Translator:
-        """The model (its first copy): names, limits, tokenization and the continuous scheduler's decoding."""
-        return self.workers[0].translator
 
     def enqueue(self, job: Job) -> None:
         self.groups.setdefault(job.group, deque()).append(job)

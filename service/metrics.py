@@ -71,6 +71,10 @@ class Metrics:
         self.busy_workers = Gauge(
             "translator_busy_inference_workers", "Inference workers running a batch now (batch scheduler), per model; "
             "all of them busy with sentences queued is saturation.", ["model"], registry=r)
+        self.worker_memory = Gauge(
+            "translator_worker_process_resident_memory_bytes", "Resident memory of the inference worker processes, summed per "
+            "model (TRANSLATOR_INFERENCE_WORKER_KIND=process); the server process's own is process_resident_memory_bytes.",
+            ["model"], registry=r)
         self.queue_depth = Gauge(
             "translator_queue_depth", "Sentences waiting for a batch, all models together.", registry=r)
         self.generated_tokens = Counter(

@@ -56,6 +56,14 @@ def wait_until(condition, timeout: float = 30.0, interval: float = 0.02, what: s
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def running(pid: int) -> bool:
+    """The process exists and has not exited (an exited child that nobody has reaped yet, a zombie, has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """A sample's value from a Prometheus exposition (0 when absent)."""
     for family in text_string_to_metric_families(text):
@@ -106,8 +114,11 @@ class ThreadServer:
 
 
 def settings_for(models_dir: Path, **overrides) -> Settings:
+    """Settings of an in-process test server. Its inference worker is a thread running the fixture's model, so that a test
+    can stand it still by holding the model's lock (inference_paused); worker processes: tests/test_worker_process.py
+    and the servers started as processes (ServerProcess), which run the defaults."""
     return Settings(**{"models_dir": models_dir, "default_beam_size": 1, "intra_op_threads": 1, "inference_workers": 1,
-                       **overrides})
+                       "inference_worker_kind": "thread", **overrides})
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ def sample(metrics: Metrics, name: str, **labels) -> float:
 async def started(translator, copies: tuple = (), **policy) -> tuple[Batcher, Metrics]:
     metrics = Metrics()
     batcher = Batcher({translator.name: translator}, BatchPolicy(**{"scheduler": "batch", "max_wait_s": 0.05, **policy}),
-                      metrics, {translator.name: list(copies)})
+                      metrics, {translator.name: [translator, *copies]})
     batcher.start()
     return batcher, metrics
 

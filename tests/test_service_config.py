@@ -37,6 +37,7 @@ def test_environment_lists_and_platform_port(monkeypatch):
     ({"max_batch_sentences": 0}, "greater than or equal to 1"),
     ({"shrink_arena": True, "cpu_mem_arena": False}, "shrink_arena needs cpu_mem_arena"),
     ({"scheduler": "continuous", "inference_workers": 2}, "continuous one decodes in one thread"),
+    ({"scheduler": "continuous", "inference_worker_kind": "process"}, "continuous one decodes in the server"),
 ])
 def test_inconsistent_settings_are_refused(values, message):
     with pytest.raises(ValidationError, match=message):
@@ -82,6 +83,14 @@ def test_worker_and_thread_defaults_leave_the_event_loop_a_cpu(tmp_path, monkeyp
     assert defaults(4, inference_workers=2) == (2, 1)
     assert defaults(4, inference_workers=2, intra_op_threads=2) == (2, 2)
     assert Settings(intra_op_threads=0).onnx_threads() == 0
+
+
+def test_inference_workers_are_processes_with_the_batch_scheduler_on_the_cpu():
+    assert Settings().worker_processes()
+    assert not Settings(scheduler="continuous").worker_processes()  # it decodes in the server
+    assert not Settings(providers=("CUDAExecutionProvider",)).worker_processes()  # one GPU, one process on it
+    assert not Settings(inference_worker_kind="thread").worker_processes()
+    assert Settings(inference_worker_kind="process", providers=("CUDAExecutionProvider",)).worker_processes()
 
 
 @pytest.mark.parametrize("arena, shrink", [(False, False), (True, True)])

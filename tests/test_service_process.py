@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from loadtest.server import process_tree
 from tests.service_support import (  # noqa: F401 - models_dir is a fixture
-    ROOT, STOPPED_BY_SIGTERM, ServerProcess, metric, models_dir, wait_until,
+    ROOT, STOPPED_BY_SIGTERM, ServerProcess, metric, models_dir, running, wait_until,
 )
 
 
@@ -46,6 +47,7 @@ def test_sigterm_answers_every_request_in_flight_then_exits(models_dir, tmp_path
         wait_until(lambda: queued_so_far(httpx.get(server.url + "/metrics").text) >= len(sentences),
                    what="every request's sentences queued")
         in_flight = sum(not f.done() for f in futures)
+        workers = process_tree(server.process.pid)[1:]  # the defaults' inference worker processes
         server.process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
         with pytest.raises(httpx.ConnectError):  # no new connections once shutdown has begun
@@ -53,6 +55,8 @@ def test_sigterm_answers_every_request_in_flight_then_exits(models_dir, tmp_path
         answers = [f.result() for f in futures]
         assert server.terminate(timeout=120) in STOPPED_BY_SIGTERM
     assert in_flight > 0, "every request had finished before SIGTERM: the test proved nothing"
+    assert workers, "the defaults ran no inference worker processes"
+    wait_until(lambda: not any(map(running, workers)), timeout=10, what="the worker processes to exit with the server")
     assert [a.status_code for a in answers] == [200] * len(bodies)
     assert [len(a.json()["translations"]) for a in answers] == [len(b["text"]) for b in bodies]
     log = server.output()

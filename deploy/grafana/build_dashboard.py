@@ -240,7 +240,15 @@ def panels() -> list[dict]:
         "TRANSLATOR_INFERENCE_WORKERS with sentences queued the models are saturated; well below it under load, the "
         "event loop (HTTP, tokenization) is the limit instead.",
         [target(f"sum by (model) (avg_over_time(translator_busy_inference_workers{{{MODELS}}}[{RATE}]))", "{{model}}")],
-        "short", stack=True), width=24, height=6)
+        "short", stack=True), width=12, height=6)
+    grid.add(timeseries(
+        "Resident memory",
+        "The server process and its inference worker processes (TRANSLATOR_INFERENCE_WORKER_KIND=process; a copy of a "
+        "model each), summed over replicas. Flat after warm-up is healthy; growth with traffic that never comes back "
+        "down is a leak (docs/reliability.md measures it).",
+        [target(f"sum(process_resident_memory_bytes{{{TARGETS}}})", "server processes"),
+         target(f"sum by (model) (translator_worker_process_resident_memory_bytes{{{MODELS}}})", "{{model}} worker processes")],
+        "bytes", stack=True), width=12, height=6)
 
     grid.row("Models")
     grid.add(models_table(), width=24, height=6)

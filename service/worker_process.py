@@ -1,0 +1,173 @@
+"""An inference worker in a process of its own: a copy of a model package that translates batches outside the server's
+interpreter, so that its Python between decoder steps never waits for the GIL the event loop holds, nor the event loop
+for it (README, Load benchmark: with two workers as threads of the server, a sixth of the two cores stood idle under
+load for want of the GIL).
+
+`WorkerProcess` offers what the batcher calls on a `Translator` (`translate_ids`, `encode_ids`, `warmup`), called from
+the one thread of its inference worker: each call is a message to the child over a pipe, and the child answers each
+decoder step's finished sentences as they end, then the batch's results and stage times. The thread waits in the pipe
+with the GIL released. A child that dies (killed, out of memory) fails the batch it ran; the next call starts a new one.
+
+The child ignores SIGINT and SIGTERM: the server drains on them and then closes its workers; a child whose server is
+gone finds its pipe closed and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from engine.search import FinishedHook, SearchOptions, SearchResult, StageTimes
+from engine.sessions import RuntimeOptions
+from engine.translator import Translator
+
+log = logging.getLogger(__name__)
+START_METHOD = "spawn"  # a fork of a process with ONNX Runtime's and the event loop's threads running is not safe
+STOP_TIMEOUT_S = 5.0
+
+
+class WorkerProcessFailed(RuntimeError):
+    """The child exited, or a call failed inside it (the message names the error; no traceback crosses over)."""
+
+
+class WorkerProcess:
+    """A model package in a child process, used by one thread at a time."""
+
+    def __init__(self, model: Translator):
+        self.directory, self.options = model.directory, model.options
+        self.pair, self.require_parity = (model.source_language, model.target_language), model.require_parity
+        self.name = model.name
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.connection: Connection | None = None
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def resident_bytes(self) -> int:
+        """The child's resident memory now (Linux /proc; 0 where unknown or while it is not running)."""
+        pid = self.pid
+        try:
+            status = Path(f"/proc/{pid}/status").read_text() if pid else ""
+        except OSError:
+            return 0
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        return int(fields["VmRSS"].split()[0]) * 1024 if "VmRSS" in fields else 0
+
+    def start(self) -> None:
+        """Start the child and wait until its sessions are loaded (a broken package raises here)."""
+        context = multiprocessing.get_context(START_METHOD)
+        parent, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child, self.directory, self.options, self.pair, self.require_parity),
+                                       name=f"inference-{self.name}", daemon=True)
+        self.process.start()
+        child.close()  # the child's end lives in the child only: its exit then closes the pipe for us
+        self.connection = parent
+        self.receive()  # "ready"
+
+    def close(self) -> None:
+        if self.process is None:
+            return
+        try:
+            self.connection.send(("stop",))
+        except OSError:
+            pass
+        self.process.join(STOP_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+        self.process, self.connection = None, None
+
+    # --- what the batcher calls ----------------------------------------------------------------
+    def translate_ids(self, sources: list[list[int]], options: SearchOptions, times: StageTimes | None = None,
+                      on_finished: FinishedHook | None = None) -> list[SearchResult]:
+        encode_s, decode_s, steps, results = self.call(("translate", sources, options), on_finished)
+        if times is not None:
+            times.encode_seconds += encode_s
+            times.decode_seconds += decode_s
+            times.steps = steps
+        return results
+
+    def encode_ids(self, sources: list[list[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self.call(("encode", sources))
+
+    def warmup(self, batch_size: int = 8) -> None:
+        self.call(("warmup", batch_size))
+
+    # --- the pipe --------------------------------------------------------------------------------
+    def call(self, message: tuple, on_finished: FinishedHook | None = None):
+        if self.process is None or not self.process.is_alive():
+            self.restart()
+        self.connection.send(message)
+        while True:
+            kind, payload = self.receive()
+            if kind == "finished":
+                if on_finished is not None:
+                    on_finished(payload)
+            elif kind == "done":
+                return payload
+
+    def receive(self) -> tuple[str, object]:
+        process, connection = self.process, self.connection
+        try:
+            kind, payload = connection.recv()
+        except (EOFError, OSError, AttributeError):  # AttributeError: closed meanwhile (a drain out of time)
+            if process is not None:
+                process.join(STOP_TIMEOUT_S)
+            code, self.process = process and process.exitcode, None
+            raise WorkerProcessFailed(f"{self.name}: the inference worker process exited (code {code})") from None
+        if kind == "error":
+            raise WorkerProcessFailed(f"{self.name}: {payload}")
+        return kind, payload
+
+    def restart(self) -> None:
+        log.warning("%s: starting a new inference worker process in place of one that exited", self.name)
+        if self.connection is not None:
+            self.connection.close()
+        self.process = None
+        self.start()
+
+
+def serve(connection: Connection, directory: Path, options: RuntimeOptions, pair: tuple[str, str], require_parity: bool) -> None:
+    """The child: load the package, then answer calls until told to stop or the server goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        model = Translator(directory, options, pair, require_parity)
+    except Exception as error:  # noqa: BLE001 - the parent reports it; the package was loaded there already
+        connection.send(("error", f"cannot load {directory}: {type(error).__name__}: {error}"))
+        return
+    connection.send(("ready", None))
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return  # the server is gone
+        kind = message[0]
+        if kind == "stop":
+            return
+        try:
+            if kind == "translate":
+                _, sources, search = message
+                times = StageTimes()
+                results = model.translate_ids(sources, search, times, lambda ended: connection.send(("finished", ended)))
+                answer = (times.encode_seconds, times.decode_seconds, times.steps, results)
+            elif kind == "encode":
+                answer = model.encode_ids(message[1])
+            elif kind == "warmup":
+                answer = model.warmup(message[1])
+            else:
+                raise ValueError(f"unknown call {kind!r}")
+        except (EOFError, OSError):
+            return
+        except Exception as error:  # noqa: BLE001 - the batch fails in the server, which logs it; this child goes on
+            connection.send(("error", f"{type(error).__name__}: {error}"))
+            continue
+        connection.send(("done", answer))

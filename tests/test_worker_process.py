@@ -1,0 +1,133 @@
+"""Inference workers in processes of their own (service/worker_process.py): the real package in a real child process,
+answering as the model in this process does; errors, a child that dies, and the batcher's drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from engine.search import StageTimes
+from service.batcher import Batcher, BatchPolicy, InferenceFailed
+from service.metrics import Metrics
+from service.worker_process import WorkerProcess, WorkerProcessFailed
+from tests.service_support import ThreadServer, metric, models_dir, running, settings_for, translators, wait_until  # noqa: F401 - fixtures
+
+
+@pytest.fixture()
+def en_de(translators):  # noqa: F811
+    return translators["en-de"]
+
+
+@pytest.fixture()
+def worker(en_de):
+    process = WorkerProcess(en_de)
+    yield process
+    process.close()
+
+
+def as_compared(results) -> list:
+    return [[(h.tokens, round(h.score, 5)) for h in r.hypotheses] for r in results]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_a_worker_process_translates_and_encodes_as_the_model_does(en_de, worker, beam):
+    sources = en_de.tokenize(["Open the file.", "Select the cells that you want to copy, then choose Edit - Copy.",
+                              "Close the window."])
+    options = en_de.search_options(beam_size=beam, n_best=beam)
+    ended, times = [], StageTimes()
+    results = worker.translate_ids(sources, options, times, ended.append)
+    assert worker.pid != os.getpid()
+    assert as_compared(results) == as_compared(en_de.translate_ids(sources, options))
+    # Each step's finished sentences came back as they ended, every sentence once, before the batch's results.
+    assert sorted(index for step in ended for index, _ in step) == [0, 1, 2] and len(ended) >= 2
+    assert times.encode_seconds > 0 and times.decode_seconds > 0 and times.steps > 0
+    vectors, states = worker.encode_ids(sources)
+    expected_vectors, expected_states = en_de.encode_ids(sources)
+    np.testing.assert_array_equal(vectors, expected_vectors)
+    assert all(np.array_equal(a, b) for a, b in zip(states, expected_states))
+
+
+def test_an_error_inside_the_worker_fails_that_call_only(en_de, worker):
+    outside_vocabulary = [en_de.manifest.model.vocab_size] * 5 + [en_de.manifest.special_ids.eos]
+    pid = worker.pid
+    with pytest.raises(WorkerProcessFailed, match="en-de: .*Error"):
+        worker.translate_ids([outside_vocabulary], en_de.search_options(max_length=4))
+    assert worker.translate_ids(en_de.tokenize(["Open the file."]), en_de.search_options())[0].hypotheses
+    assert worker.pid == pid  # the same child went on
+
+
+def test_a_worker_that_dies_fails_its_call_and_the_next_call_starts_a_new_one(en_de, worker):
+    sources, options = en_de.tokenize(["Open the file."]), en_de.search_options()
+    first = worker.pid
+    os.kill(first, signal.SIGSTOP)  # it cannot answer: the call below is surely in flight when the child dies
+    outcome = []
+    call = threading.Thread(target=lambda: outcome.append(_outcome(worker.translate_ids, sources, options)))
+    call.start()
+    time.sleep(0.2)
+    assert call.is_alive()
+    os.kill(first, signal.SIGKILL)
+    call.join(30)
+    assert isinstance(outcome[0], WorkerProcessFailed) and "exited (code -9)" in str(outcome[0])
+    assert as_compared(worker.translate_ids(sources, options)) == as_compared(en_de.translate_ids(sources, options))
+    assert worker.pid not in (None, first) and not running(first)
+
+
+def _outcome(function, *args):
+    try:
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - the test looks at what was raised
+        return error
+
+
+def test_the_batcher_runs_batches_on_worker_processes_and_closes_them_at_drain(en_de):
+    options = en_de.search_options(beam_size=2, max_length=12)
+    texts = ["Open the file.", "Close the window.", "Print the page."]
+    outside_vocabulary = [en_de.manifest.model.vocab_size] * 5 + [en_de.manifest.special_ids.eos]
+
+    async def scenario():
+        metrics = Metrics()
+        workers = await asyncio.gather(*(asyncio.to_thread(WorkerProcess, en_de) for _ in range(2)))
+        batcher = Batcher({"en-de": en_de}, BatchPolicy(scheduler="batch", length_buckets=(64,)), metrics, {"en-de": workers})
+        batcher.start()
+        await batcher.warmup(4)
+        results = [await batcher.translate("en-de", en_de.tokenize([t]), options) for t in texts]  # int8: alone, as below
+        failed = await asyncio.gather(batcher.translate("en-de", [outside_vocabulary], options), return_exceptions=True)
+        memory = metrics.registry.get_sample_value("translator_worker_process_resident_memory_bytes", {"model": "en-de"})
+        pids = [w.pid for w in workers]
+        await batcher.drain(10)
+        return results, failed, memory, pids, metrics
+
+    results, (failed,), memory, pids, metrics = asyncio.run(scenario())
+    alone = [en_de.translate_ids(en_de.tokenize([t]), options)[0] for t in texts]
+    assert as_compared(r[0] for r in results) == as_compared(alone)
+    assert isinstance(failed, InferenceFailed)
+    assert memory > 10 * 2**20  # two children with a model each
+    assert metrics.registry.get_sample_value("translator_generated_tokens_total", {"model": "en-de"}) == sum(
+        len(r.hypotheses[0].tokens) for r in alone)
+    wait_until(lambda: not any(running(pid) for pid in pids), timeout=10, what="the worker processes to exit")
+
+
+def test_a_server_with_worker_processes_translates_concurrent_requests_and_reports_their_memory(models_dir, translators):  # noqa: F811
+    texts = ["Open the file.", "Close the window.", "Print the page.", "Save the document as PDF."] * 4
+    settings = settings_for(models_dir, inference_worker_kind="process", inference_workers=2)
+    with ThreadServer(settings, translators) as server:
+        wait_until(lambda: httpx.get(server.url + "/ready").status_code == 200, what="/ready")
+        lanes = server.app.state.service.batcher.lanes
+        pids = [worker.translator.pid for lane in lanes.values() for worker in lane.workers]
+        assert len(pids) == 2 * len(lanes) and os.getpid() not in pids
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda text: httpx.post(server.url + "/v1/translate", json={
+                "text": text, "source": "en", "target": "de"}, timeout=60), texts))
+        exposition = server.metrics()
+    assert [a.status_code for a in answers] == [200] * len(texts)
+    assert all(answer.json()["translations"][0]["text"] for answer in answers)  # (int8: a batch's company may vary them)
+    assert metric(exposition, "translator_worker_process_resident_memory_bytes", model="en-de") > 10 * 2**20
+    wait_until(lambda: not any(running(pid) for pid in pids), timeout=10, what="the worker processes to exit with the server")
