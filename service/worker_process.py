@@ -4,30 +4,32 @@ for it (README, Load benchmark: with two workers as threads of the server, a six
 load for want of the GIL).
 
 `WorkerProcess` offers what the batcher calls on a `Translator` (`translate_ids`, `encode_ids`, `warmup`), called from
-the one thread of its inference worker: each call is a message to the child over a pipe, and the child answers each
-decoder step's finished sentences as they end, then the batch's results and stage times. The thread waits in the pipe
-with the GIL released. A child that dies (killed, out of memory) fails the batch it ran; the next call starts a new one.
+the one thread of its inference worker. The child is `python -m service.worker_process FD`, talking over a socket pair
+in pickled messages (multiprocessing's Connection; no fork of the server's threads, no re-import of its main module):
+each call is a message to it, and it answers each decoder step's finished sentences as they end, then the batch's
+results and stage times. The thread waits in the socket with the GIL released. A child that dies (killed, out of memory) fails the batch it ran; the next call starts a new one.
 
 The child ignores SIGINT and SIGTERM: the server drains on them and then closes its workers; a child whose server is
-gone finds its pipe closed and exits.
+gone finds its socket closed and exits.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
+import sys
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from engine.search import FinishedHook, SearchOptions, SearchResult, StageTimes
-from engine.sessions import RuntimeOptions
 from engine.translator import Translator
 
 log = logging.getLogger(__name__)
-START_METHOD = "spawn"  # a fork of a process with ONNX Runtime's and the event loop's threads running is not safe
 STOP_TIMEOUT_S = 5.0
 
 
@@ -42,7 +44,7 @@ class WorkerProcess:
         self.directory, self.options = model.directory, model.options
         self.pair, self.require_parity = (model.source_language, model.target_language), model.require_parity
         self.name = model.name
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: subprocess.Popen | None = None
         self.connection: Connection | None = None
         self.start()
 
@@ -62,13 +64,12 @@ class WorkerProcess:
 
     def start(self) -> None:
         """Start the child and wait until its sessions are loaded (a broken package raises here)."""
-        context = multiprocessing.get_context(START_METHOD)
-        parent, child = context.Pipe()
-        self.process = context.Process(target=serve, args=(child, self.directory, self.options, self.pair, self.require_parity),
-                                       name=f"inference-{self.name}", daemon=True)
-        self.process.start()
-        child.close()  # the child's end lives in the child only: its exit then closes the pipe for us
-        self.connection = parent
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            self.process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                            stdin=subprocess.DEVNULL, env=child_environment())
+            self.connection = Connection(os.dup(ours.fileno()))  # the child's end closes with it: its exit ends our reads
+        self.connection.send((self.directory, self.options, self.pair, self.require_parity))
         self.receive()  # "ready"
 
     def close(self) -> None:
@@ -78,10 +79,11 @@ class WorkerProcess:
             self.connection.send(("stop",))
         except OSError:
             pass
-        self.process.join(STOP_TIMEOUT_S)
-        if self.process.is_alive():
+        try:
+            self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self.connection.close()
         self.process, self.connection = None, None
 
@@ -103,7 +105,7 @@ class WorkerProcess:
 
     # --- the pipe --------------------------------------------------------------------------------
     def call(self, message: tuple, on_finished: FinishedHook | None = None):
-        if self.process is None or not self.process.is_alive():
+        if self.process is None or self.process.poll() is not None:
             self.restart()
         self.connection.send(message)
         while True:
@@ -119,9 +121,8 @@ class WorkerProcess:
         try:
             kind, payload = connection.recv()
         except (EOFError, OSError, AttributeError):  # AttributeError: closed meanwhile (a drain out of time)
-            if process is not None:
-                process.join(STOP_TIMEOUT_S)
-            code, self.process = process and process.exitcode, None
+            code = process and process.wait(STOP_TIMEOUT_S)
+            self.process = None
             raise WorkerProcessFailed(f"{self.name}: the inference worker process exited (code {code})") from None
         if kind == "error":
             raise WorkerProcessFailed(f"{self.name}: {payload}")
@@ -135,13 +136,25 @@ class WorkerProcess:
         self.start()
 
 
-def serve(connection: Connection, directory: Path, options: RuntimeOptions, pair: tuple[str, str], require_parity: bool) -> None:
-    """The child: load the package, then answer calls until told to stop or the server goes away."""
+def child_environment() -> dict[str, str]:
+    """The server's environment, with this project's root first on the module path (the child imports it as we do,
+    whatever the working directory)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, path]) if path else root}
+
+
+def serve(connection: Connection) -> None:
+    """The child: load the package the first message names, then answer calls until told to stop or the server goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
+        directory, options, pair, require_parity = connection.recv()
+    except (EOFError, OSError):
+        return
+    try:
         model = Translator(directory, options, pair, require_parity)
-    except Exception as error:  # noqa: BLE001 - the parent reports it; the package was loaded there already
+    except Exception as error:  # noqa: BLE001 - the server reports it (it loaded the same package already)
         connection.send(("error", f"cannot load {directory}: {type(error).__name__}: {error}"))
         return
     connection.send(("ready", None))
@@ -171,3 +184,7 @@ def serve(connection: Connection, directory: Path, options: RuntimeOptions, pair
             connection.send(("error", f"{type(error).__name__}: {error}"))
             continue
         connection.send(("done", answer))
+
+
+if __name__ == "__main__":  # python -m service.worker_process FD: the child, talking over the socket FD
+    serve(Connection(int(sys.argv[1])))
