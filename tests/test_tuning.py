@@ -58,6 +58,11 @@ def test_gain_is_measured_against_the_services_defaults():
     workers = SweepGrid(max_batch_sentences=[32], max_wait_ms=[0], inference_workers=[-1, 1]).settings()
     assert [(s.scheduler, s.inference_workers) for s in workers] == [("continuous", -1), ("batch", -1), ("batch", 1)]
     assert workers[2].environment()["TRANSLATOR_INFERENCE_WORKERS"] == "1" and "1 worker" in workers[2].label()
+    assert Settings().inference_worker_kind == defaults.inference_worker_kind
+    kinds = SweepGrid(scheduler=["continuous", "batch"], max_batch_sentences=[32], max_wait_ms=[0],
+                      inference_worker_kind=["auto", "thread"]).settings()  # the continuous scheduler: its own kind
+    assert [(s.scheduler, s.inference_worker_kind) for s in kinds] == [("continuous", "auto"), ("batch", "auto"), ("batch", "thread")]
+    assert kinds[2].environment()["TRANSLATOR_INFERENCE_WORKER_KIND"] == "thread" and "worker threads" in kinds[2].label()
     # The defaults at their fastest within 300 ms: 200 tokens/s (400 is too slow); the recommendation 300.
     points = [point(100, 50, setting=defaults), point(200, 250, setting=defaults), point(400, 900, setting=defaults),
               point(300, 280, setting=bigger)]
@@ -131,8 +136,10 @@ def test_tune_recommends_settings_that_configure_a_real_server(models_dir, tmp_p
     assert settings.max_text_chars == run.lengths.advice.max_text_chars <= 32 * 8
     environment = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     assert set(environment) == {"TRANSLATOR_SCHEDULER", "TRANSLATOR_BATCH_TOKEN_BUDGET", "TRANSLATOR_MAX_BATCH_SENTENCES", "TRANSLATOR_MAX_WAIT_MS",
-                                "TRANSLATOR_LENGTH_BUCKETS", "TRANSLATOR_INFERENCE_WORKERS", "TRANSLATOR_MAX_TEXT_CHARS"}
+                                "TRANSLATOR_LENGTH_BUCKETS", "TRANSLATOR_INFERENCE_WORKERS", "TRANSLATOR_INFERENCE_WORKER_KIND",
+                                "TRANSLATOR_MAX_TEXT_CHARS"}
     assert settings.inference_workers == chosen.setting.inference_workers
+    assert settings.inference_worker_kind == chosen.setting.inference_worker_kind
     with ServerProcess(models_dir, tmp_path / "recommended.log", **environment) as recommended:
         recommended.wait_ready()
         body = {"source": "en", "target": "de"}

@@ -30,8 +30,9 @@ def setting_parts(point: SweepPoint) -> dict[str, str]:
     if s.scheduler == "batch":
         parts |= {"budget": f"budget {s.batch_token_budget}", "wait": f"wait {s.max_wait_ms:g} ms",
                   "buckets": f"buckets {edges_text(s.length_buckets)}",
-                  "workers": "a worker per CPU" if s.inference_workers == -1
-                  else f"{s.inference_workers} worker{'s' * (s.inference_workers != 1)}"}
+                  "workers": ("a worker per CPU" if s.inference_workers == -1
+                              else f"{s.inference_workers} worker{'s' * (s.inference_workers != 1)}")
+                  + ("" if s.inference_worker_kind == "auto" else f" ({s.inference_worker_kind}s)")}
     return parts
 
 

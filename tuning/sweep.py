@@ -39,6 +39,7 @@ class BatchingSetting(BaseModel):
     max_wait_ms: float = Field(0.0, ge=0)
     length_buckets: tuple[int, ...] = DEFAULT_BUCKETS
     inference_workers: int = Field(-1, ge=-1)  # -1: the service's default (one per usable CPU, at most 4)
+    inference_worker_kind: Literal["auto", "process", "thread"] = "auto"  # auto: the service's (processes, batch scheduler)
 
     def effective(self) -> "BatchingSetting":
         """The same setting with the knobs its scheduler ignores at their defaults (continuous batching has no
@@ -52,7 +53,8 @@ class BatchingSetting(BaseModel):
                 "TRANSLATOR_MAX_BATCH_SENTENCES": str(self.max_batch_sentences),
                 "TRANSLATOR_MAX_WAIT_MS": f"{self.max_wait_ms:g}",
                 "TRANSLATOR_LENGTH_BUCKETS": edges_text(self.length_buckets),
-                "TRANSLATOR_INFERENCE_WORKERS": str(self.inference_workers)}
+                "TRANSLATOR_INFERENCE_WORKERS": str(self.inference_workers),
+                "TRANSLATOR_INFERENCE_WORKER_KIND": self.inference_worker_kind}
 
     def label(self) -> str:
         defaults = " (defaults)" if self == BatchingSetting() else ""
@@ -61,6 +63,7 @@ class BatchingSetting(BaseModel):
         return (f"batch, budget {self.batch_token_budget}, ≤{self.max_batch_sentences} sent., wait {self.max_wait_ms:g} ms, "
                 f"buckets {edges_text(self.length_buckets)}"
                 + (f", {self.inference_workers} worker{'s' * (self.inference_workers != 1)}" if self.inference_workers != -1 else "")
+                + (f", worker {self.inference_worker_kind}s" if self.inference_worker_kind != "auto" else "")
                 + defaults)
 
 
@@ -85,6 +88,7 @@ class SweepGrid(BaseModel):
     max_wait_ms: list[float] = [0.0, 5.0]
     length_buckets: list[tuple[int, ...]] = [DEFAULT_BUCKETS]
     inference_workers: list[int] = [-1]
+    inference_worker_kind: list[Literal["auto", "process", "thread"]] = ["auto"]
     concurrency: list[int] = [1, 4, 16, 32]
     rate: list[float] = []  # when given, open-loop levels instead of concurrency
     seconds_per_point: float = Field(20.0, gt=0)
@@ -93,10 +97,11 @@ class SweepGrid(BaseModel):
 
     def settings(self) -> list[BatchingSetting]:
         grid = []
-        for c, b, s, w, e, n in itertools.product(self.scheduler, self.batch_token_budget, self.max_batch_sentences,
-                                                  self.max_wait_ms, self.length_buckets, self.inference_workers):
+        for c, b, s, w, e, n, k in itertools.product(self.scheduler, self.batch_token_budget, self.max_batch_sentences,
+                                                     self.max_wait_ms, self.length_buckets, self.inference_workers,
+                                                     self.inference_worker_kind):
             setting = BatchingSetting(scheduler=c, batch_token_budget=b, max_batch_sentences=s, max_wait_ms=w,
-                                      length_buckets=e, inference_workers=n).effective()
+                                      length_buckets=e, inference_workers=n, inference_worker_kind=k).effective()
             if setting not in grid:
                 grid.append(setting)
         return [BatchingSetting()] + grid if self.with_defaults and BatchingSetting() not in grid else grid

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=numbers(float), default=grid.max_wait_ms, help="TRANSLATOR_MAX_WAIT_MS values")
     p.add_argument("--inference-workers", type=numbers(int), default=grid.inference_workers,
                    help="TRANSLATOR_INFERENCE_WORKERS values (batch scheduler; -1 = the service's default)")
+    p.add_argument("--inference-worker-kind", type=lambda text: [v.strip() for v in text.split(",")],
+                   default=grid.inference_worker_kind,
+                   help="TRANSLATOR_INFERENCE_WORKER_KIND values (auto, process, thread; batch scheduler)")
     p.add_argument("--length-buckets", type=numbers(int), action="append",
                    help="TRANSLATOR_LENGTH_BUCKETS, one set per use of the option (default: the service's)")
     load_levels = p.add_mutually_exclusive_group()
@@ -114,7 +117,7 @@ class Session:
         self.grid = SweepGrid(scheduler=args.scheduler, batch_token_budget=args.token_budget,
                               max_batch_sentences=args.max_batch_sentences,
                               max_wait_ms=args.max_wait_ms, length_buckets=args.length_buckets or [DEFAULT_BUCKETS],
-                              inference_workers=args.inference_workers,
+                              inference_workers=args.inference_workers, inference_worker_kind=args.inference_worker_kind,
                               concurrency=args.concurrency if not args.rate else [], rate=args.rate or [],
                               seconds_per_point=args.seconds, warmup_per_point=args.warmup,
                               with_defaults=not args.no_defaults)
