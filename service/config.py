@@ -77,13 +77,13 @@ class Settings(BaseSettings):
         "shared among the workers (at least 1; measured on 2 cores: README, Load benchmark); 0 = ONNX Runtime's own default "
         "(one per physical core)."))
     inference_workers: int = Field(-1, ge=-1, description=(
-        "Copies of every model that translate batches at the same time, each in sessions and a thread of its own (batch "
-        "scheduler; about 20 MiB each for the shipped models). -1 = one per CPU this process may use, at most "
+        "Copies of every model that translate batches at the same time, each in sessions of its own, in a process or a "
+        "thread (TRANSLATOR_INFERENCE_WORKER_KIND; batch scheduler). -1 = one per CPU this process may use, at most "
         f"{MAX_AUTO_WORKERS} (measured on 2 cores: README, Load benchmark); 1 with the continuous scheduler, which decodes in "
         "one thread, or with CUDA first among the providers (one GPU)."))
     inference_worker_kind: Literal["auto", "process", "thread"] = Field("auto", description=(
         "What an inference worker is: a process of its own (its Python between decoder steps never waits for the event "
-        "loop's GIL; about 60 MiB more per worker) or a thread of the server. auto = process with the batch scheduler on "
+        "loop's GIL; about 95 MiB more per worker at its peak) or a thread of the server (about 20 MiB per copy of a shipped model). auto = process with the batch scheduler on "
         "the CPU (measured on 2 cores: README, Load benchmark), thread with the continuous scheduler (it decodes in the "
         "server) or CUDA first among the providers."))
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
