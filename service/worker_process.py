@@ -31,6 +31,7 @@ from engine.translator import Translator
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 5.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s (worker process %(process)d): %(message)s"  # the server's, marked
 
 
 class WorkerProcessFailed(RuntimeError):
@@ -69,7 +70,7 @@ class WorkerProcess:
             self.process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
                                             stdin=subprocess.DEVNULL, env=child_environment())
             self.connection = Connection(os.dup(ours.fileno()))  # the child's end closes with it: its exit ends our reads
-        self.connection.send((self.directory, self.options, self.pair, self.require_parity))
+        self.connection.send((self.directory, self.options, self.pair, self.require_parity, logging.getLogger().getEffectiveLevel()))
         self.receive()  # "ready"
 
     def close(self) -> None:
@@ -149,9 +150,10 @@ def serve(connection: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        directory, options, pair, require_parity = connection.recv()
+        directory, options, pair, require_parity, log_level = connection.recv()
     except (EOFError, OSError):
         return
+    logging.basicConfig(level=log_level, format=LOG_FORMAT)
     try:
         model = Translator(directory, options, pair, require_parity)
     except Exception as error:  # noqa: BLE001 - the server reports it (it loaded the same package already)
