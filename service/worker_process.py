@@ -109,20 +109,32 @@ class WorkerProcess:
         if self.process is None or self.process.poll() is not None:
             self.restart()
         self.connection.send(message)
+        failure: Exception | None = None
         while True:
             kind, payload = self.receive()
             if kind == "finished":
-                if on_finished is not None:
-                    on_finished(payload)
+                if on_finished is not None and failure is None:
+                    try:
+                        on_finished(payload)
+                    except Exception as error:  # noqa: BLE001 - raised below: the call is read to its end first, so
+                        failure = error  # that the next call's messages are its own
             elif kind == "done":
+                if failure is not None:
+                    raise failure
                 return payload
 
     def receive(self) -> tuple[str, object]:
         process, connection = self.process, self.connection
+        if process is None or connection is None:  # closed meanwhile: a drain that ran out of time
+            raise WorkerProcessFailed(f"{self.name}: the inference worker process was stopped")
         try:
             kind, payload = connection.recv()
-        except (EOFError, OSError, AttributeError):  # AttributeError: closed meanwhile (a drain out of time)
-            code = process and process.wait(STOP_TIMEOUT_S)
+        except (EOFError, OSError):
+            try:
+                code = process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # its socket broke but it lives on: it cannot be talked to any more
+                process.kill()
+                code = process.wait()
             self.process = None
             raise WorkerProcessFailed(f"{self.name}: the inference worker process exited (code {code})") from None
         if kind == "error":

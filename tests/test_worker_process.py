@@ -64,6 +64,18 @@ def test_an_error_inside_the_worker_fails_that_call_only(en_de, worker):
     assert worker.pid == pid  # the same child went on
 
 
+def test_a_failing_finished_hook_fails_its_call_and_the_next_call_reads_its_own_answers(en_de, worker):
+    sources = en_de.tokenize(["Open the file.", "Select the cells that you want to copy, then choose Edit - Copy."])
+    options = en_de.search_options(beam_size=2)
+
+    def broken_hook(ended):
+        raise RuntimeError("the event loop is closed")
+
+    with pytest.raises(RuntimeError, match="event loop is closed"):
+        worker.translate_ids(sources, options, None, broken_hook)
+    assert as_compared(worker.translate_ids(sources[:1], options)) == as_compared(en_de.translate_ids(sources[:1], options))
+
+
 def test_a_worker_that_dies_fails_its_call_and_the_next_call_starts_a_new_one(en_de, worker):
     sources, options = en_de.tokenize(["Open the file."]), en_de.search_options()
     first = worker.pid
