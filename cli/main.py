@@ -62,7 +62,7 @@ def serve(args: argparse.Namespace) -> int:
         # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then the
         # app's shutdown drains whatever is still queued.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-        timeout_keep_alive=math.ceil(settings.keep_alive_s),
+        timeout_keep_alive=math.ceil(settings.keep_alive_s), access_log=settings.access_log,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, validation_alias=AliasChoices("TRANSLATOR_PORT", "PORT"),
                       description="TCP port to listen on (`PORT` also works).")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="Log level of the service and uvicorn.")
+    access_log: bool = Field(True, description=(
+        "Log a line per HTTP request (uvicorn's access log, at info level); off, a busy server's log keeps to warnings and "
+        "errors. /metrics counts every request by route and status either way (its cost, measured: README, Settings)."))
     shutdown_timeout_s: float = Field(30.0, gt=0, description=(
         "On SIGTERM: seconds to let in-flight requests finish (uvicorn's graceful shutdown) and then to drain the batch queue."))
     keep_alive_s: float = Field(75.0, gt=0, description=(

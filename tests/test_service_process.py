@@ -61,6 +61,17 @@ def test_sigterm_answers_every_request_in_flight_then_exits(models_dir, tmp_path
     assert [len(a.json()["translations"]) for a in answers] == [len(b["text"]) for b in bodies]
     log = server.output()
     assert "drained" in log and "Traceback" not in log
+    assert '"POST /v1/translate HTTP/1.1" 200' in log  # the access log, on by default
+
+
+def test_the_access_log_can_be_turned_off(models_dir, tmp_path):  # noqa: F811
+    with ServerProcess(models_dir, tmp_path / "server.log", TRANSLATOR_ACCESS_LOG="false") as server:
+        server.wait_ready()
+        answer = httpx.post(server.url + "/v1/translate", json={"text": "Open the file.", "source": "en", "target": "de"}, timeout=60)
+        assert server.terminate() in STOPPED_BY_SIGTERM
+    assert answer.status_code == 200
+    log = server.output()
+    assert "drained" in log and "/v1/translate" not in log
 
 
 def test_a_broken_package_stops_the_start(models_dir, tmp_path):  # noqa: F811
