@@ -22,6 +22,7 @@ from service.api.routes import files, health, libretranslate, native, suggest, w
 from service.api.security import Gate, KeysFileError
 from service.api.suggestions import SuggestionStore, SuggestionsUnavailable
 from service.batcher import Batcher, BatchPolicy
+from service.lanes import ModelCopy
 from service.config import Settings
 from service.langid import detector_for
 from service.metrics import Metrics
@@ -60,11 +61,11 @@ def load_translators(settings: Settings) -> dict[str, Translator]:
     return translators
 
 
-async def start_workers(translators: dict[str, Translator], settings: Settings) -> dict[str, list[Translator | WorkerProcess]]:
+async def start_workers(translators: dict[str, Translator], settings: Settings) -> dict[str, list[ModelCopy]]:
     """What runs each model's batches: settings.workers() worker processes, or the model and copies of it (threads)."""
     count = settings.workers()
 
-    def workers_of(translator: Translator) -> list[Translator | WorkerProcess]:
+    def workers_of(translator: Translator) -> list[ModelCopy]:
         if settings.worker_processes():
             return [WorkerProcess(translator) for _ in range(count)]
         return [translator, *(translator.copy() for _ in range(count - 1))]

@@ -7,7 +7,7 @@ bucket (so a 5-token sentence is not padded to 120). One scheduler task per mode
 whose oldest sentence has waited longest and sends it, as soon as an inference worker is idle, once
 it is full (token budget of padded tokens, or the sentence cap) or its oldest sentence has waited
 `max_wait`. Inference runs off the event loop in the model's workers, each a copy of the model's
-sessions with a thread of its own, so the server keeps accepting while batches compute, and with
+sessions (in this process or in one of its own: service/worker_process.py) with a thread that runs its batches, so the server keeps accepting while batches compute, and with
 several workers several batches compute at once (one per CPU beats one batch on every CPU's thread:
 README, Load benchmark); meanwhile the next batch fills up by itself. Each sentence is answered the
 step it ends, not when its batch's longest one does. That is the `batch` scheduler; with the `continuous` one
@@ -40,7 +40,7 @@ from engine.translator import Translator
 from service.continuous import ContinuousScheduler
 from service.lanes import (
     ADMIT_WAIT_SHARE, BatchPolicy, BatcherError, DeadlineExceeded, Embedding, GroupKey, InferenceFailed, InferenceWorker, Job,
-    Lane, QueueFull, ShuttingDown, Task,
+    Lane, ModelCopy, QueueFull, ShuttingDown, Task,
 )
 from service.metrics import Metrics
 from service.worker_process import WorkerProcess
@@ -88,7 +88,7 @@ class Submission:
 
 class Batcher:
     def __init__(self, translators: dict[str, Translator], policy: BatchPolicy, metrics: Metrics,
-                 workers: dict[str, list[Translator | WorkerProcess]] | None = None):
+                 workers: dict[str, list[ModelCopy]] | None = None):
         """`workers`: what runs each model's batches, each an inference worker with a thread of its own (the batch scheduler:
         one batch at a time per worker): copies of the model (Translator.copy) or worker processes; default: the model
         of `translators` itself."""
@@ -101,7 +101,7 @@ class Batcher:
             for name, translator in translators.items()
         }
         for name, lane in self.lanes.items():
-            processes = [w.translator for w in lane.workers if isinstance(w.translator, WorkerProcess)]
+            processes = [w.model for w in lane.workers if isinstance(w.model, WorkerProcess)]
             if processes:  # read at each scrape
                 metrics.worker_memory.labels(model=name).set_function(lambda p=processes: sum(w.resident_bytes() for w in p))
         self.depth = 0  # sentences waiting, all lanes
@@ -116,7 +116,7 @@ class Batcher:
     async def warmup(self, batch_size: int) -> None:
         """Warm every copy of every model in its own inference thread: requests that arrive meanwhile queue behind it."""
         loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(worker.executor, worker.translator.warmup, batch_size)
+        await asyncio.gather(*(loop.run_in_executor(worker.executor, worker.model.warmup, batch_size)
                                for lane in self.lanes.values() for worker in lane.workers))
 
     async def drain(self, timeout: float) -> None:
@@ -327,12 +327,12 @@ class Batcher:
                 # sends its next request meanwhile, in time for the next batch.
                 answer_finished = functools.partial(loop.call_soon_threadsafe, self._answer_finished, batch)
                 times = StageTimes()
-                outcome = await loop.run_in_executor(worker.executor, self._translate, worker.translator, sources,
+                outcome = await loop.run_in_executor(worker.executor, self._translate, worker.model, sources,
                                                      key.options, times, answer_finished)
                 # Model time only (the engine's stage times): a test holding the model's lock does not skew it.
                 lane.note_batch(sum(len(job.ids) for job in batch), times.encode_seconds + times.decode_seconds)
             else:
-                outcome = await loop.run_in_executor(worker.executor, self._encode, worker.translator, sources)
+                outcome = await loop.run_in_executor(worker.executor, self._encode, worker.model, sources)
         except Exception as error:  # noqa: BLE001 - whatever broke, only this batch's requests hear of it
             log.exception("%s batch of %d sentences failed", name, len(batch))
             outcome = error
@@ -358,7 +358,7 @@ class Batcher:
                 job.future.set_result(outcome[i])
 
     # --- in the model's inference thread --------------------------------------------------------
-    def _translate(self, translator: Translator | WorkerProcess, sources: list[list[int]], options: SearchOptions, times: StageTimes,
+    def _translate(self, translator: ModelCopy, sources: list[list[int]], options: SearchOptions, times: StageTimes,
                    on_finished: FinishedHook | None) -> list[SearchResult]:
         name, m = translator.name, self.metrics
         results = translator.translate_ids(sources, options, times, on_finished)
@@ -370,7 +370,7 @@ class Batcher:
         m.generated_tokens.labels(model=name).inc(sum(generated))
         return results
 
-    def _encode(self, translator: Translator | WorkerProcess, sources: list[list[int]]) -> list[Embedding]:
+    def _encode(self, translator: ModelCopy, sources: list[list[int]]) -> list[Embedding]:
         start = time.perf_counter()
         vectors, states = translator.encode_ids(sources)
         self.metrics.inference_duration.labels(model=translator.name, stage="encode").observe(time.perf_counter() - start)

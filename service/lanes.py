@@ -2,7 +2,8 @@
 
 A lane is one model: its waiting sentences, grouped by what may share a batch (task, search options
 and, for the batch scheduler, length bucket), its scheduler task and its inference workers: copies of the
-model's ONNX Runtime sessions, each with the one thread its batches run in.
+model's ONNX Runtime sessions, in this process or in processes of their own, each with the one thread its
+batches are run from.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from engine.search import SearchOptions
 from engine.translator import Translator
 from service.worker_process import WorkerProcess
 
+# What runs an inference worker's batches: a copy of the model in this process (Translator.copy), or in a process of its
+# own. Both answer translate_ids, encode_ids and warmup alike.
+ModelCopy = Translator | WorkerProcess
 ADMIT_WAIT_SHARE = 0.5  # refuse work expected to wait longer than this share of the deadline
 RATE_SMOOTHING = 0.3  # weight of the latest batch in a lane's tokens-per-second estimate
 
@@ -97,13 +101,13 @@ class InferenceWorker:
     (ONNX Runtime releases the GIL while it computes, so two such workers run two batches at once) or one in a process of
     its own (service/worker_process.py), which the thread waits for."""
 
-    translator: Translator | WorkerProcess
+    model: ModelCopy
     executor: ThreadPoolExecutor
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
-        if isinstance(self.translator, WorkerProcess):
-            self.translator.close()
+        if isinstance(self.model, WorkerProcess):
+            self.model.close()
 
 
 @dataclass(eq=False)

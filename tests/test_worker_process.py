@@ -133,7 +133,7 @@ def test_a_server_with_worker_processes_translates_concurrent_requests_and_repor
     with ThreadServer(settings, translators) as server:
         wait_until(lambda: httpx.get(server.url + "/ready").status_code == 200, what="/ready")
         lanes = server.app.state.service.batcher.lanes
-        pids = [worker.translator.pid for lane in lanes.values() for worker in lane.workers]
+        pids = [worker.model.pid for lane in lanes.values() for worker in lane.workers]
         assert len(pids) == 2 * len(lanes) and os.getpid() not in pids
         with ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda text: httpx.post(server.url + "/v1/translate", json={
