@@ -13,7 +13,8 @@ repeated by its --train-weights entry (e.g. "dialogue=3,manuals=0.5"; default 1)
 valid*.tsv (valid.tsv is the "original" domain), greedy BLEU/chrF on the first --eval-sentences pairs of
 each; checkpoints are chosen on the mean BLEU over the domains (valid splits only, never test).
 --init-from DIR starts a new run from a trained checkpoint (its weights, model config and spm.model; fresh
-AdamW, step 0, warm-up), e.g. to continue the shipped model on new data in a directory outside the repository.
+AdamW, step 0, warm-up), e.g. to continue the shipped model on new data in a directory outside the repository;
+with --grow (e.g. "d_ff=2048") the new run's model is larger and starts computing what the checkpoint computes.
 
 Outputs under --out (e.g. checkpoints/en-de):
   resume/                  resumable training state (see model/checkpoint.py)
@@ -46,6 +47,7 @@ from model.corpus.sources import BACKTRANSLATED
 from model.data import source_column
 from model.checkpoint import (TIED_KEYS, load_training_state, model_weights, save_snapshot, save_training_state,
                               save_weights, weights_counters)
+from model.grow import grown_weights, parse_growth
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
 from model.transformer import Transformer, TransformerConfig
@@ -81,6 +83,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # resume state only (no validation): a killed session loses at most this many steps
     eval_sentences: int = 200  # validation sentences decoded for BLEU, per valid file (domain)
     init_from: str = ""  # start a new run from this checkpoint's weights, config and spm.model (fresh AdamW, step 0)
+    grow: str = ""  # with --init-from: larger sizes, e.g. "d_ff=2048,n_decoder_layers=4" (model/grow.py)
     train_weights: str = ""  # per training file sampling weights, e.g. "dialogue=2,manuals=0.5" (train.<name>.tsv)
     seed: int = 1234
     bf16: str = "auto"  # "auto" (on for CUDA and CPUs with native bf16), "on" or "off"
@@ -286,6 +289,8 @@ def train(config: TrainConfig) -> None:
         model_config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"])
     elif initial_model is not None:
         model_config = TransformerConfig.from_dict(initial_model)
+        if config.grow:
+            model_config = parse_growth(config.grow, TransformerConfig.from_dict(initial_model))
     device = torch.device(config.device)
     model = Transformer(model_config).to(device)
     optimizer = new_optimizer(model, config)
@@ -296,11 +301,14 @@ def train(config: TrainConfig) -> None:
     warm = warm_start(out, model, resumed, best)
     if initial_model is not None and resumed is None and best is None:
         weights = load_file(str(Path(config.init_from) / "model.safetensors"))
+        if config.grow:
+            weights = grown_weights(weights, TransformerConfig.from_dict(initial_model), model_config, config.seed)
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if set(missing) - set(TIED_KEYS) or unexpected:
             raise ValueError(f"{config.init_from}: weights do not match its config ({missing}, {unexpected})")
         origin = weights_counters(Path(config.init_from) / "model.safetensors") or {}
-        print(f"initialised from {config.init_from} (its step {origin.get('step', '?')}); new run from step 0 with "
+        print(f"initialised from {config.init_from} (its step {origin.get('step', '?')}"
+              f"{', grown: ' + config.grow if config.grow else ''}); new run from step 0 with "
               f"fresh AdamW moments and {config.warmup_steps} warm-up steps")
     if warm is not None:
         state = {**state, **warm, "warm_start_step": warm["step"]}

@@ -1,4 +1,4 @@
-"""Training on several domains: every train*.tsv with weights, validation per valid*.tsv, --init-from."""
+"""Training on several domains: every train*.tsv with weights, validation per valid*.tsv, --init-from, --grow."""
 
 import json
 import shutil
@@ -9,7 +9,9 @@ from safetensors.torch import load_file
 
 from model.tokenizer import Tokenizer, train_tokenizer
 from model.evaluate import domain_files
+from model.grow import parse_growth
 from model.train import load_training_files, parse_weights, train
+from model.transformer import Transformer, TransformerConfig
 from tests.test_train import tiny_config, write_corpus
 
 
@@ -87,3 +89,31 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights_config_and_tokeni
     # Run again with the same command: the run continues from its own state, not from --init-from.
     train(tiny_config(domains_corpus, second, max_steps=2, eval_every=1000, lr=0.0, init_from=str(first)))
     assert json.loads((second / "resume" / "state.json").read_text())["step"] == 2
+
+
+def test_grown_model_computes_what_the_checkpoint_computes_and_then_trains(domains_corpus, tmp_path):
+    first = tmp_path / "first"
+    train(tiny_config(domains_corpus, first, max_steps=3, eval_every=3, d_model=48))
+    second = tmp_path / "grown"
+    train(tiny_config(domains_corpus, second, max_steps=1, eval_every=1000, lr=0.0, init_from=str(first),
+                      grow="d_ff=96,n_encoder_layers=3,n_decoder_layers=3"))
+    source_config = json.loads((first / "config.json").read_text())["model"]
+    config = json.loads((second / "config.json").read_text())["model"]
+    assert (config["d_ff"], config["n_encoder_layers"], config["n_decoder_layers"]) == (96, 3, 3)
+    assert (source_config["d_ff"], source_config["n_encoder_layers"], source_config["n_decoder_layers"]) != (96, 3, 3)
+    small, large = (Transformer(TransformerConfig.from_dict(c)).eval() for c in (source_config, config))
+    small.load_state_dict(load_file(str(first / "model.safetensors")), strict=False)
+    large.load_state_dict(load_file(str(second / "resume" / "weights.safetensors")), strict=False)
+    src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(large(src, tgt), small(src, tgt))
+    # The zero matrices are not a fixed point: one step with a learning rate moves the new units' outputs.
+    third = tmp_path / "trained"
+    train(tiny_config(domains_corpus, third, max_steps=1, eval_every=1000, lr=0.01, warmup_steps=1,
+                      init_from=str(first), grow="d_ff=96"))
+    weights = load_file(str(third / "resume" / "weights.safetensors"))
+    assert weights["decoder.layers.0.ffn.down.weight"][:, source_config["d_ff"]:].abs().sum() > 0
+    with pytest.raises(ValueError, match="smaller"):
+        parse_growth("d_ff=8", TransformerConfig.from_dict(source_config))
+    with pytest.raises(ValueError, match="only"):
+        parse_growth("d_model=64", TransformerConfig.from_dict(source_config))
