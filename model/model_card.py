@@ -84,6 +84,9 @@ def data_mix(config: dict) -> list[str]:
                   + f", the first {config['train'].get('eval_sentences', 200)} of each."]
     if config["train"].get("init_from"):
         lines += ["", f"The run started from the weights of `{config['train']['init_from']}` (fresh AdamW, step 0)."]
+        if config["train"].get("grow"):
+            lines[-1] += (f" Those weights were grown into this larger model ({config['train']['grow']}; `model/grow.py`): "
+                          "it started computing exactly what they compute.")
     return lines
 
 

@@ -18,7 +18,8 @@ def checkpoint_with_domains(tiny_checkpoint, tmp_path):
     write_tsv(data / "test.dialogue.tsv", generated_pairs(12, seed=7))
     write_tsv(data / "test.manuals.tsv", generated_pairs(9, seed=8))
     config = json.loads((checkpoint / "config.json").read_text())
-    config["train"] = asdict(TrainConfig(data=str(data), out=str(checkpoint), init_from="checkpoints/en-de"))
+    config["train"] = asdict(TrainConfig(data=str(data), out=str(checkpoint), init_from="checkpoints/en-de",
+                                              grow="d_ff=2048"))
     config["parameters"] = 1234
     config["train_files"] = {"original": {"pairs": 400, "weight": 1.0, "examples": 400},
                              "dialogue": {"pairs": 50, "weight": 2.0, "examples": 100}}
@@ -50,6 +51,7 @@ def test_model_card_has_a_per_domain_table_and_the_data_mix(tiny_checkpoint, tmp
     assert len(rows) == 3 and all(len(row.split("|")) == 8 for row in rows)
     assert "| train.dialogue.tsv | 50 | 2 | 100 | 20.0% |" in text
     assert "dialogue (20 pairs)" in text and "checkpoints/en-de" in text
+    assert "grown into this larger model (d_ff=2048" in text
     scores = json.loads((checkpoint / "test_scores_domains.json").read_text())
     assert set(scores) == {"original", "dialogue", "manuals"}
     assert [s["search"] for s in scores["dialogue"]] == ["greedy", "beam 4, length penalty 1.0"]
