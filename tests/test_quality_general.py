@@ -15,7 +15,7 @@ from tests.service_support import models_dir, needs_shipped_model, serving, tran
 
 pytestmark = needs_shipped_model
 KNOWN_WRONG = "the shipped en-de model (step 3,000 of the fifth general-language run) mistranslates this"
-KNOWN_WRONG_DE_EN = "the shipped de-en model (step 3,500 of the third general-language run) mistranslates this"
+KNOWN_WRONG_DE_EN = "the shipped de-en model (fourth general-language run, grown to d_ff 2048) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
 SENTENCES = {
@@ -70,10 +70,9 @@ def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in GERMAN_SENTENCES} | known_wrong(
     "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.",  # "reservate a table for two people", no evening
-    "Der schnelle braune Fuchs springt über den faulen Hund.",  # "The fast brown fuch jumps over the faul dog."
-    # Beam 4 (in fp32 too): "My brother works as a doctor.", the hospital dropped; greedy keeps it, and so did the
-    # second run's model, which scored lower on every test split.
-    "Mein Bruder arbeitet als Arzt in einem Krankenhaus.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",  # "The fast brown fuch jumps over the faulent dog."
+    # "Mein Bruder arbeitet als Arzt in einem Krankenhaus." passes since the fourth run: the third run's model
+    # dropped the hospital at beam 4 ("My brother works as a doctor.").
     reason=KNOWN_WRONG_DE_EN)).values()))
 def test_an_ordinary_german_sentence_keeps_its_meaning(server, sentence):
     translation = translate(server, sentence, source="de", target="en")["text"]
