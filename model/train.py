@@ -272,6 +272,8 @@ def train(config: TrainConfig) -> None:
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
 
+    if config.grow and not config.init_from:
+        raise ValueError("--grow needs --init-from: it grows that checkpoint's model")
     initial_model = init_from(config, out)
     tokenizer = prepare_tokenizer(config, out)
     data = Path(config.data)
@@ -290,7 +292,7 @@ def train(config: TrainConfig) -> None:
     elif initial_model is not None:
         model_config = TransformerConfig.from_dict(initial_model)
         if config.grow:
-            model_config = parse_growth(config.grow, TransformerConfig.from_dict(initial_model))
+            model_config = parse_growth(config.grow, model_config)
     device = torch.device(config.device)
     model = Transformer(model_config).to(device)
     optimizer = new_optimizer(model, config)

@@ -19,7 +19,7 @@ def checkpoint_with_domains(tiny_checkpoint, tmp_path):
     write_tsv(data / "test.manuals.tsv", generated_pairs(9, seed=8))
     config = json.loads((checkpoint / "config.json").read_text())
     config["train"] = asdict(TrainConfig(data=str(data), out=str(checkpoint), init_from="checkpoints/en-de",
-                                              grow="d_ff=2048"))
+                                         grow="d_ff=2048"))
     config["parameters"] = 1234
     config["train_files"] = {"original": {"pairs": 400, "weight": 1.0, "examples": 400},
                              "dialogue": {"pairs": 50, "weight": 2.0, "examples": 100}}

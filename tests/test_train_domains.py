@@ -117,3 +117,5 @@ def test_grown_model_computes_what_the_checkpoint_computes_and_then_trains(domai
         parse_growth("d_ff=8", TransformerConfig.from_dict(source_config))
     with pytest.raises(ValueError, match="only"):
         parse_growth("d_model=64", TransformerConfig.from_dict(source_config))
+    with pytest.raises(ValueError, match="needs --init-from"):
+        train(tiny_config(domains_corpus, tmp_path / "alone", max_steps=1, grow="d_ff=96"))
