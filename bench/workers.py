@@ -16,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 
+from engine.process_memory import proc_status_bytes
+
 Translate = Callable[[list[list[int]], int], list[list[int]]]  # (sources with EOS, beam size) → best outputs
 
 
@@ -172,9 +174,9 @@ def measure(name: str, config: dict) -> dict:
 def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM starts afresh at exec; getrusage's ru_maxrss would
     include the parent's peak, which Linux carries across fork and exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
+    peak = proc_status_bytes("self", "VmHWM")
+    if peak is not None:
+        return round(peak / 2**20, 1)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from engine.process_memory import proc_status_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,18 +26,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def proc_status_bytes(pid: int, field: str) -> int | None:
-    """A memory field of /proc/<pid>/status (VmRSS: resident now, VmHWM: peak resident) in bytes;
-    None where /proc is not there (not Linux) or the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def process_tree(pid: int) -> list[int]:

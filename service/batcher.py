@@ -7,12 +7,13 @@ bucket (so a 5-token sentence is not padded to 120). One scheduler task per mode
 whose oldest sentence has waited longest and sends it, as soon as an inference worker is idle, once
 it is full (token budget of padded tokens, or the sentence cap) or its oldest sentence has waited
 `max_wait`. Inference runs off the event loop in the model's workers, each a copy of the model's
-sessions (in this process or in one of its own: service/worker_process.py) with a thread that runs its batches, so the server keeps accepting while batches compute, and with
-several workers several batches compute at once (one per CPU beats one batch on every CPU's thread:
-README, Load benchmark); meanwhile the next batch fills up by itself. Each sentence is answered the
-step it ends, not when its batch's longest one does. That is the `batch` scheduler; with the `continuous` one
-(service/continuous.py) a lane's sentences join a running batch at decoder steps instead, and the queue,
-backpressure, deadlines, cancellation and drain below are this module's for both.
+sessions (in this process or in one of its own: service/worker_process.py) with a thread that runs its
+batches, so the server keeps accepting while batches compute, and with several workers several batches
+compute at once (one per CPU beats one batch on every CPU's thread: README, Load benchmark); meanwhile
+the next batch fills up by itself. Each sentence is answered the step it ends, not when its batch's
+longest one does. That is the `batch` scheduler; with the `continuous` one (service/continuous.py) a
+lane's sentences join a running batch at decoder steps instead, and the queue, backpressure, deadlines,
+cancellation and drain below are this module's for both.
 
 Backpressure: the queue holds at most `queue_limit` sentences and refuses more at once (QueueFull).
 It also refuses, at once, a request that could not be answered within its deadline: each model's

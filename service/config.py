@@ -86,9 +86,9 @@ class Settings(BaseSettings):
         "one thread, or with CUDA first among the providers (one GPU)."))
     inference_worker_kind: Literal["auto", "process", "thread"] = Field("auto", description=(
         "What an inference worker is: a process of its own (its Python between decoder steps never waits for the event "
-        "loop's GIL; about 95 MiB more per worker at its peak) or a thread of the server (about 20 MiB per copy of a shipped model). auto = process with the batch scheduler on "
-        "the CPU (measured on 2 cores: README, Load benchmark), thread with the continuous scheduler (it decodes in the "
-        "server) or CUDA first among the providers."))
+        "loop's GIL; about 95 MiB more per worker at its peak) or a thread of the server (about 20 MiB per copy of a "
+        "shipped model). auto = process with the batch scheduler on the CPU (measured on 2 cores: README, Load "
+        "benchmark), thread with the continuous scheduler (it decodes in the server) or CUDA first among the providers."))
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (resident memory holds its peak); "

@@ -7,7 +7,8 @@ load for want of the GIL).
 the one thread of its inference worker. The child is `python -m service.worker_process FD`, talking over a socket pair
 in pickled messages (multiprocessing's Connection; no fork of the server's threads, no re-import of its main module):
 each call is a message to it, and it answers each decoder step's finished sentences as they end, then the batch's
-results and stage times. The thread waits in the socket with the GIL released. A child that dies (killed, out of memory) fails the batch it ran; the next call starts a new one.
+results and stage times. The thread waits in the socket with the GIL released. A child that dies (killed, out of
+memory) fails the batch it ran; the next call starts a new one.
 
 The child ignores SIGINT and SIGTERM: the server drains on them and then closes its workers; a child whose server is
 gone finds its socket closed and exits.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.process_memory import proc_status_bytes
 from engine.search import FinishedHook, SearchOptions, SearchResult, StageTimes
 from engine.translator import Translator
 
@@ -56,12 +58,7 @@ class WorkerProcess:
     def resident_bytes(self) -> int:
         """The child's resident memory now (Linux /proc; 0 where unknown or while it is not running)."""
         pid = self.pid
-        try:
-            status = Path(f"/proc/{pid}/status").read_text() if pid else ""
-        except OSError:
-            return 0
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        return int(fields["VmRSS"].split()[0]) * 1024 if "VmRSS" in fields else 0
+        return (proc_status_bytes(pid, "VmRSS") or 0) if pid else 0
 
     def start(self) -> None:
         """Start the child and wait until its sessions are loaded (a broken package raises here)."""
