@@ -53,7 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         return STARTUP_FAILED
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # before anything listens: a broken package or keys file is one clear line, not a traceback
-        app = create_app(settings, load_translators(settings))
+        app = create_app(settings, load_translators(settings), owns_translators=True)
     except STARTUP_REFUSALS as error:
         logging.getLogger("service").error("refusing to start: %s", error)
         return STARTUP_FAILED

@@ -8,6 +8,7 @@ reference is evaluated with.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.package import PackageError, load_package
+from engine.process_memory import return_freed_memory
 from engine.search import (Decoding, FinishedHook, SearchOptions, SearchResult, StageTimes, length_sorted_batches, pad_batch,
                            search)
 from engine.sessions import CPU, CUDA, ProviderUnavailable, RuntimeOptions, create_session, run_options
@@ -24,6 +26,10 @@ from engine.step_model import OnnxStepModel
 from engine.tokenization import load_tokenization
 
 log = logging.getLogger(__name__)
+
+
+class SessionsReleased(RuntimeError):
+    """Inference asked of a Translator whose sessions were released (Translator.release_sessions)."""
 
 
 @dataclass
@@ -57,6 +63,21 @@ class Translator:
             "model package %s (%s) runs on %s, %s intra-op threads",
             self.name, self.precision, self.provider, options.intra_op_threads or "default",
         )
+
+    def release_sessions(self) -> None:
+        """Drop this copy's ONNX Runtime sessions and hand their memory back to the system (about 18 MiB a shipped
+        int8 model): the server's own copy when worker processes translate, which it uses for its manifest, tokenizer
+        and limits only. Loading them first checked the package where the server can refuse to start; translating
+        on this copy afterwards raises SessionsReleased."""
+        with self.lock:
+            self.encoder_session = self.decoder_session = self.step_model = None
+        gc.collect()  # the sessions may sit in a reference cycle; the collector frees them before the heap is trimmed
+        return_freed_memory()
+
+    def require_sessions(self) -> None:
+        if self.step_model is None:
+            raise SessionsReleased(f"model {self.name}: this copy's sessions were released (worker processes translate); "
+                                   "translate on a copy()")
 
     def copy(self) -> "Translator":
         """The same package in sessions of its own, so that a second batch runs on it beside one of this one (the
@@ -164,6 +185,7 @@ class Translator:
         self.check_sources(sources)
         batch = pad_batch(sources, self.manifest.special_ids.pad)
         with self.lock:
+            self.require_sessions()
             return search(self.step_model, batch, self.manifest.special_ids.pad, self.capped(options), times, on_finished)
 
     def translate_in_batches(self, sources: list[list[int]], options: SearchOptions, batch_size: int = 32,
@@ -181,6 +203,7 @@ class Translator:
     # --- continuous batching: the caller steps a running Decoding, holding `lock` around each call ---------
     def decoding(self, options: SearchOptions) -> Decoding:
         """An empty running batch for sentences searched with `options`."""
+        self.require_sessions()
         return Decoding(self.step_model, self.capped(options))
 
     def join(self, decoding: Decoding, sources: list[list[int]], tags: list) -> None:
@@ -203,6 +226,7 @@ class Translator:
         self.check_sources(sources)
         batch = pad_batch(sources, self.manifest.special_ids.pad)
         with self.lock:
+            self.require_sessions()
             (memory,) = self.encoder_session.run(["memory"], {"input_ids": batch}, self.run_options)  # [B, S, D]
         real = (batch != self.manifest.special_ids.pad)[:, :, None]  # [B, S, 1]
         mean = (memory * real).sum(axis=1) / real.sum(axis=1)  # [B, D]

@@ -115,9 +115,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     if not state.translators:
         state.translators = await asyncio.to_thread(load_translators, state.settings)
+        state.owns_translators = True
     for translator in state.translators.values():
         state.metrics.add_model(translator.name, translator.provider, translator.precision)
     workers = await start_workers(state.translators, state.settings)
+    if state.owns_translators and state.settings.worker_processes():
+        # The worker processes translate; the server's copies only tokenize from here on. Translators that another
+        # app in this process may run (tests, the tuner) keep their sessions.
+        for translator in state.translators.values():
+            translator.release_sessions()
     state.batcher = Batcher(state.translators, batch_policy(state.settings), state.metrics, workers)
     state.batcher.start()
     preparing = asyncio.create_task(prepare(state))
@@ -137,9 +143,10 @@ async def internal_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
-def create_app(settings: Settings | None = None, translators: dict[str, Translator] | None = None) -> FastAPI:
-    """`translators`: already loaded models to serve instead of loading `settings.models_dir`
-    (one process serving several apps, as the tests and the tuner do)."""
+def create_app(settings: Settings | None = None, translators: dict[str, Translator] | None = None,
+               owns_translators: bool = False) -> FastAPI:
+    """`translators`: already loaded models to serve instead of loading `settings.models_dir`; shared by several apps
+    of one process (the tests, the tuner) unless `owns_translators` (the command line: loaded for this app alone)."""
     settings = settings or Settings()
     metrics = Metrics()
     metrics.cuda_requested.set(1 if tuple(settings.providers[:1]) == ("CUDAExecutionProvider",) else 0)
@@ -151,7 +158,7 @@ def create_app(settings: Settings | None = None, translators: dict[str, Translat
     )
     gate = Gate.from_settings(settings)  # reads the keys file: raises KeysFileError before anything listens
     app.state.service = ServiceState(
-        settings=settings, metrics=metrics, translators=dict(translators or {}), gate=gate,
+        settings=settings, metrics=metrics, translators=dict(translators or {}), owns_translators=owns_translators, gate=gate,
         files=FileStore.from_settings(settings) if settings.files_translation else None,
         suggestions=SuggestionStore(settings.suggestions_db) if settings.suggestions else None)
     middleware.install(app, settings, metrics)

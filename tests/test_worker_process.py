@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from engine.search import StageTimes
+from engine.translator import SessionsReleased, Translator
 from service.batcher import Batcher, BatchPolicy, InferenceFailed
 from service.metrics import Metrics
 from service.worker_process import WorkerProcess, WorkerProcessFailed
@@ -143,3 +144,29 @@ def test_a_server_with_worker_processes_translates_concurrent_requests_and_repor
     assert all(answer.json()["translations"][0]["text"] for answer in answers)  # (int8: a batch's company may vary them)
     assert metric(exposition, "translator_worker_process_resident_memory_bytes", model="en-de") > 10 * 2**20
     wait_until(lambda: not any(running(pid) for pid in pids), timeout=10, what="the worker processes to exit with the server")
+    assert translators["en-de"].translate(["Open the file."])  # passed in, they may serve another app: they keep their sessions
+
+
+def test_a_server_that_loads_its_models_for_worker_processes_releases_its_own_sessions(models_dir):  # noqa: F811
+    settings = settings_for(models_dir, inference_worker_kind="process", inference_workers=1)
+    with ThreadServer(settings, {}) as server:
+        wait_until(lambda: httpx.get(server.url + "/ready").status_code == 200, what="/ready")
+        answer = httpx.post(server.url + "/v1/translate", json={"text": "Open the file.", "source": "en", "target": "de"},
+                            timeout=60)
+        own = server.app.state.service.translators["en-de"]
+        assert answer.status_code == 200 and answer.json()["translations"][0]["text"]
+        assert own.tokenize(["Open the file."])[0]  # it still tokenizes for the routes
+        with pytest.raises(SessionsReleased, match="released"):
+            own.translate(["Open the file."])
+
+
+def test_a_released_translator_refuses_inference_and_keeps_its_tokenizer(models_dir):  # noqa: F811
+    model = Translator(models_dir / "en-de")
+    expected = model.translate(["Save the document."])[0][0].text
+    model.release_sessions()
+    with pytest.raises(SessionsReleased, match="copy"):
+        model.encode_ids(model.tokenize(["Save the document."]))
+    with pytest.raises(SessionsReleased):
+        model.decoding(model.search_options())
+    assert model.detokenize(model.tokenize(["Save the document."])) == ["Save the document."]
+    assert model.copy().translate(["Save the document."])[0][0].text == expected  # a copy opens sessions of its own

@@ -30,6 +30,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     translators: dict[str, Translator] = field(default_factory=dict)  # by name, "en-de"
+    owns_translators: bool = False  # nothing outside this app uses them (it may release their sessions)
     batcher: Batcher | None = None
     detector: LanguageDetector | None = None  # among the languages translated from (/detect, source "auto")
     identifier: LanguageDetector | None = None  # among every served language (is a text already in the target?)
