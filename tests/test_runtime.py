@@ -370,3 +370,18 @@ def test_encode_gives_unit_norm_mean_pooled_embeddings(fp32, torch_model):
 
 def test_warmup_runs(fp32):
     fp32.warmup(batch_size=2)
+
+
+@pytest.mark.parametrize("way", ["batch", "buckets", "continuous"])
+def test_the_closed_loop_benchmark_keeps_every_client_busy_and_answers_what_it_takes(fp32, way):
+    from bench.closed_loop import Clients, batches, continuous
+    corpus = fp32.tokenize(SENTENCES * 3)
+    clients, options = Clients(corpus, 5), fp32.search_options(beam_size=2)
+    one_round = {"batch": lambda: batches(fp32, options, clients, ()), "buckets": lambda: batches(fp32, options, clients, (6,)),
+                 "continuous": lambda: continuous(fp32, options, clients)}[way]()
+    for _ in range(12):
+        one_round()
+    assert clients.answers > 0 and clients.tokens > 0
+    assert clients.sent == 5 + clients.answers  # each answer sends that client's next sentence
+    in_flight = clients.sent - clients.answers
+    assert in_flight == 5 and len(clients.arrivals) <= in_flight
