@@ -82,7 +82,7 @@ def continuous(model: Translator, options: SearchOptions, clients: Clients) -> C
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.engines import load_test_set, table
+    from bench.engines import package_test_set, table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", type=Path, default=Path("models/en-de"))
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
-    manifest = json.loads((args.package / "package.json").read_text())
-    corpus, _ = load_test_set(args.data, manifest["source_language"], manifest["target_language"],
-                              args.package / manifest["tokenizer"], args.limit)
+    corpus, _ = package_test_set(args.data, args.package, args.limit)
     model = Translator(args.package, RuntimeOptions(intra_op_threads=args.threads))
     options = model.search_options(args.beam)
     edges = tuple(int(edge) for edge in args.length_buckets.split(","))

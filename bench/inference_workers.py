@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.engines import load_test_set, table
+from bench.engines import package_test_set, table
 from engine.search import length_sorted_batches
 from engine.sessions import RuntimeOptions
 from engine.translator import Translator
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     translators = [first] + [first.copy() for _ in range(max(args.workers) - 1)]
     for translator in translators:
         translator.warmup()
-    sources, _ = load_test_set(args.data, first.source_language, first.target_language,
-                               args.package / first.manifest.tokenizer, args.limit)
+    sources, _ = package_test_set(args.data, args.package, args.limit)
     rows = []
     for batch_size in args.batch_size:
         batches = [[sources[i] for i in batch] for batch in length_sorted_batches(sources, batch_size)]

@@ -61,7 +61,7 @@ def profile(package: Path, sources: list[list[int]], beam: int, batch: int, thre
 
 
 def main(argv: list[str] | None = None) -> None:
-    from bench.engines import load_test_set, table
+    from bench.engines import package_test_set, table
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", type=Path, default=Path("models/en-de"))
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="write the profile as JSON")
     args = parser.parse_args(argv)
-    manifest = json.loads((args.package / "package.json").read_text())
-    sources, _ = load_test_set(args.data, manifest["source_language"], manifest["target_language"],
-                               args.package / manifest["tokenizer"], args.limit)
+    sources, _ = package_test_set(args.data, args.package, args.limit)
     result = profile(args.package, sources, args.beam, args.batch, args.threads, str(Path("/tmp") / "translator-profile"))
     print(f"{result['sentences']} sentences, beam {args.beam}, batch {args.batch}, {result['steps']} decoder steps, "
           f"{result['wall_seconds']} s")
