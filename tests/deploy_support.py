@@ -1,14 +1,17 @@
-"""What tests/test_deploy.py and tests/test_deploy_integration.py share: the deploy files, the PromQL
+"""What the tests/test_deploy_*.py files share: the deploy files, the PromQL
 they contain, and the metric names the service exports."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +26,8 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "translator.json"
 K8S = DEPLOY / "k8s"
 KUSTOMIZATIONS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu", "prometheus-adapter": K8S / "prometheus-adapter"}
 VENV_BIN = Path(sys.executable).parent
+COMPOSE = ROOT / "docker-compose.yml"
+USER_ID = 10001  # the images' non-root user; the k8s securityContext must name the same
 
 METRIC_NAME = re.compile(r"\b(translator_[a-z_]+|up)\b")
 
@@ -146,3 +151,29 @@ def every_route(url: str) -> list[str]:
         if not (400 <= answer.status_code < 500 if expected is None else answer.status_code == expected):
             problems.append(f"{method.upper()} {path} {answer.status_code} {answer.text[:200]}")
     return problems
+
+
+def compose() -> dict:
+    return load_yaml(COMPOSE)  # PyYAML's safe loader resolves the `<<: *translator` merge keys
+
+
+def compose_names(spec: dict) -> set[str]:
+    """Names a container can resolve on the compose network: service names and network aliases."""
+    names = set(spec["services"])
+    for service in spec["services"].values():
+        for network in (service.get("networks") or {}).values():
+            names |= set((network or {}).get("aliases", []))
+    return names
+
+
+@contextlib.contextmanager
+def http_stub(handler: type[http.server.BaseHTTPRequestHandler]):
+    """A threaded HTTP server on a free 127.0.0.1 port answering with `handler` → its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,5 +1,5 @@
 """A small kustomize for machines without kubectl: renders deploy/k8s's kustomizations so that
-tests/test_deploy.py can validate them. Where kubectl exists the tests use `kubectl kustomize`
+tests/test_deploy_kubernetes.py can validate them. Where kubectl exists the tests use `kubectl kustomize`
 and check that this renderer gives the same objects.
 
 It implements only what our kustomization.yaml files use, and refuses anything else:

@@ -18,7 +18,6 @@ import yaml
 from tests.deploy_support import (
     DEPLOY,
     PROMETHEUS,
-    ROOT,
     adapter_rules,
     adapter_to_promql,
     alert_rules,
