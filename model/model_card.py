@@ -65,8 +65,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def data_mix(config: dict) -> list[str]:
-    """The training files, their weights and the validation files of the last run (config.json), as a table."""
+def read_text_if_exists(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def data_mix(config: dict, lineage: str = "") -> list[str]:
+    """The training files, their weights and the validation files of the last run (config.json), as a table;
+    `lineage`: the checkpoint's LINEAGE.md, a hand-written account of the runs before (their weights live
+    outside the repository, so no file here can tell it)."""
     files = config.get("train_files")
     if not files:
         return []
@@ -87,6 +93,8 @@ def data_mix(config: dict) -> list[str]:
         if config["train"].get("grow"):
             lines[-1] += (f" Those weights were grown into this larger model ({config['train']['grow']}; `model/grow.py`): "
                           "it started computing exactly what they compute.")
+        if lineage.strip():
+            lines[-1] += " " + " ".join(lineage.split())
     return lines
 
 
@@ -125,7 +133,7 @@ def write_card(directory: Path, data: Path, scores: list[dict], domain_scores: d
         "## Data",
         f"`{data}` built by `model/data.py` (see its `DATA_CARD.md` for packages, versions, filters and licences). "
         "Splits are fixed by a hash of the English sentence; the checkpoint was chosen on the validation split(s).",
-        *data_mix(config),
+        *data_mix(config, read_text_if_exists(directory / "LINEAGE.md")),
         "",
         "## Training",
         f"Label smoothing {train['label_smoothing']}, AdamW (peak lr {train['lr']}, {train['warmup_steps']} warm-up steps, "

@@ -44,9 +44,11 @@ def test_evaluate_reports_one_domain_or_all(tiny_checkpoint, tmp_path, capsys):
 
 def test_model_card_has_a_per_domain_table_and_the_data_mix(tiny_checkpoint, tmp_path):
     checkpoint, data = checkpoint_with_domains(tiny_checkpoint, tmp_path)
+    (checkpoint / "LINEAGE.md").write_text("Those weights came from\na first run of 4,500 steps.\n")
     card_main([str(checkpoint), "--data", str(data), "--limit", "5"])
     text = (checkpoint / "MODEL_CARD.md").read_text()
     assert "## Test split scores per domain" in text
+    assert "it started computing exactly what they compute. Those weights came from a first run of 4,500 steps." in text
     rows = [line for line in text.splitlines() if line.startswith(("| original |", "| dialogue |", "| manuals |"))]
     assert len(rows) == 3 and all(len(row.split("|")) == 8 for row in rows)
     assert "| train.dialogue.tsv | 50 | 2 | 100 | 20.0% |" in text
