@@ -14,8 +14,8 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (sixth general-language run, grown to d_ff 2048) mistranslates this"
-KNOWN_WRONG_DE_EN = "the shipped de-en model (fourth general-language run, grown to d_ff 2048) mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (seventh general-language run, 12M parameters) mistranslates this"
+KNOWN_WRONG_DE_EN = "the shipped de-en model (fifth general-language run, 12M parameters) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
 SENTENCES = {
