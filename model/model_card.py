@@ -93,8 +93,11 @@ def data_mix(config: dict, lineage: str = "") -> list[str]:
         if config["train"].get("grow"):
             lines[-1] += (f" Those weights were grown into this larger model ({config['train']['grow']}; `model/grow.py`): "
                           "it started computing exactly what they compute.")
-        if lineage.strip():
+    if lineage.strip():  # after the sentence on the starting weights, which it goes on from
+        if config["train"].get("init_from"):
             lines[-1] += " " + " ".join(lineage.split())
+        else:
+            lines += ["", " ".join(lineage.split())]
     return lines
 
 
