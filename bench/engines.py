@@ -64,9 +64,10 @@ def load_test_set(data: Path, src_lang: str, tgt_lang: str, spm_path: Path, limi
 
 def package_test_set(data: Path, package: Path, limit: int | None) -> tuple[list, list]:
     """load_test_set in a model package's languages, tokenized by its own tokenizer."""
-    manifest = json.loads((package / "package.json").read_text())
-    return load_test_set(data, manifest["source_language"], manifest["target_language"], package / manifest["tokenizer"],
-                         limit)
+    from engine.package import read_manifest
+
+    manifest = read_manifest(package)
+    return load_test_set(data, manifest.source_language, manifest.target_language, package / manifest.tokenizer, limit)
 
 
 def check_packages_match(checkpoint: Path, packages: list[Path]) -> None:
