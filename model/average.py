@@ -6,6 +6,12 @@ The average of weights a few hundred steps apart usually validates better than a
 smooths the noise of the last updates). It is scored with the same validation as training (greedy
 BLEU on the first `eval_sentences` pairs of each valid split, averaged) and replaces model.safetensors only when
 it beats the best weights so far; the test split is never looked at.
+
+    python -m model.average checkpoints/en-de --last 3 --with-run /work/runs/en-de-b
+
+averages the newest snapshots of other runs too: runs that started from the same weights (same model
+config and tokenizer) and differ in seed or data mix often average to better weights than either alone.
+The result is kept in the first directory only when it validates better than that directory's best.
 """
 
 from __future__ import annotations
@@ -32,12 +38,28 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {name: (tensor / len(paths)).contiguous() for name, tensor in total.items()}
 
 
-def average_run(directory: Path, last: int, threads: int = 0) -> dict:
-    """Average the newest `last` snapshots under `directory/snapshots`, validate the average and the
-    best weights alike, and keep the average if it is better. → a report of both scores."""
+def newest_snapshots(directory: Path, last: int) -> list[Path]:
+    return sorted((directory / "snapshots").glob("step-*.safetensors"))[-last:]
+
+
+def check_same_model(directory: Path, other: Path) -> None:
+    """Refuse to average runs whose weights do not mean the same thing (architecture or tokenizer differ)."""
+    mine, theirs = (json.loads((d / "config.json").read_text()) for d in (directory, other))
+    # spm.vocab (pieces and scores), not spm.model: the model file also records where it was trained.
+    if mine["model"] != theirs["model"] or (directory / "spm.vocab").read_bytes() != (other / "spm.vocab").read_bytes():
+        raise SystemExit(f"{other}: another model config or tokenizer than {directory}; its snapshots cannot be averaged in")
+
+
+def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[Path, ...] = ()) -> dict:
+    """Average the newest `last` snapshots under `directory/snapshots` (and under each of `other_runs`),
+    validate the average and the best weights alike, and keep the average if it is better. → a report of both
+    scores."""
     if threads:
         torch.set_num_threads(threads)
-    snapshots = sorted((directory / "snapshots").glob("step-*.safetensors"))[-last:]
+    snapshots = newest_snapshots(directory, last)
+    for other in other_runs:
+        check_same_model(directory, other)
+        snapshots += newest_snapshots(other, last)
     if len(snapshots) < 2:
         raise SystemExit(f"{directory}: {len(snapshots)} snapshot(s) under snapshots/; averaging needs at least 2")
     model, tokenizer, config = load_model(directory)  # the best weights, checked against config.json
@@ -55,10 +77,11 @@ def average_run(directory: Path, last: int, threads: int = 0) -> dict:
     averaged_scores = validate(model, valid, tokenizer, train_config, autocast)
     kept = averaged_scores["bleu"] > best_scores["bleu"]
     if kept:
-        counters = {**(weights_counters(snapshots[-1]) or {}), "best_bleu": averaged_scores["bleu"]}
+        counters = {**(weights_counters(newest_snapshots(directory, 1)[-1]) or {}), "best_bleu": averaged_scores["bleu"]}
         save_weights(best_path, averaged, counters)
     report = {
-        "snapshots": [p.name for p in snapshots],
+        # The run's own snapshots by file name, another run's as "<its directory>/<file name>".
+        "snapshots": [p.name if p.parent.parent == directory else f"{p.parent.parent.name}/{p.name}" for p in snapshots],
         "best_before": best_scores,
         "average": averaged_scores,
         "kept": "average" if kept else "best weights (the average validated lower)",
@@ -71,9 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--last", type=int, default=4, help="how many of the newest snapshots to average")
+    parser.add_argument("--with-run", type=Path, action="append", default=[], dest="other_runs",
+                        help="another run from the same starting weights whose newest snapshots join the mean (repeatable)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    print(json.dumps(average_run(args.model_dir, args.last, args.threads), indent=2))
+    print(json.dumps(average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs)), indent=2))
 
 
 if __name__ == "__main__":

@@ -128,3 +128,19 @@ def test_averaging_the_snapshots_keeps_the_mean_only_when_it_validates_better(tm
     else:
         assert all(torch.equal(after[k], before[k]) for k in before)
     assert json.loads((out / "averaging.json").read_text())["snapshots"] == [p.name for p in snapshots]
+
+
+def test_averaging_can_take_the_snapshots_of_another_run_from_the_same_start(tmp_path, corpus):
+    first, second, other_size = tmp_path / "first", tmp_path / "second", tmp_path / "other-size"
+    train(tiny_config(corpus, first, max_steps=4, eval_every=2, keep_snapshots=2))
+    train(tiny_config(corpus, second, max_steps=4, eval_every=2, keep_snapshots=2, lr=2e-3))
+    train(tiny_config(corpus, other_size, max_steps=2, eval_every=2, d_ff=32))
+    mine = sorted((first / "snapshots").glob("step-*.safetensors"))[-1:]
+    theirs = sorted((second / "snapshots").glob("step-*.safetensors"))[-1:]
+    report = average_run(first, last=1, threads=1, other_runs=(second,))
+    assert report["snapshots"] == [mine[0].name, f"second/{theirs[0].name}"]
+    mean = average_weights(mine + theirs)
+    kept = load_file(str(first / "model.safetensors"))
+    assert all(torch.equal(kept[k], mean[k]) for k in mean) == (report["average"]["bleu"] > report["best_before"]["bleu"])
+    with pytest.raises(SystemExit, match="another model config"):
+        average_run(first, last=1, threads=1, other_runs=(other_size,))
