@@ -12,12 +12,16 @@ it beats the best weights so far; the test split is never looked at.
 averages the newest snapshots of other runs too: runs that started from the same weights (same model
 config and tokenizer) and differ in seed or data mix often average to better weights than either alone.
 The result is kept in the first directory only when it validates better than that directory's best.
+`--out DIR` writes the mean instead as a checkpoint directory of its own (weights, config, tokenizer, learning
+curve, averaging.json), whatever the greedy check says, for a choice made on a fuller measure (e.g. `python -m
+model.evaluate DIR --split valid --domain all --beam 4`); the run's own files are left alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -50,16 +54,20 @@ def check_same_model(directory: Path, other: Path) -> None:
         raise SystemExit(f"{other}: another model config or tokenizer than {directory}; its snapshots cannot be averaged in")
 
 
-def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[Path, ...] = ()) -> dict:
+def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[Path, ...] = (),
+                out: Path | None = None) -> dict:
     """Average the newest `last` snapshots under `directory/snapshots` (and under each of `other_runs`),
-    validate the average and the best weights alike, and keep the average if it is better. → a report of both
-    scores."""
+    validate the average and the best weights alike, and keep the average if it is better (with `out`: write it
+    to `out` either way). → a report of both scores."""
     if threads:
         torch.set_num_threads(threads)
-    snapshots = newest_snapshots(directory, last)
+    own = newest_snapshots(directory, last)
+    snapshots, labels = list(own), [p.name for p in own]  # another run's as "<its directory>/<file name>"
     for other in other_runs:
         check_same_model(directory, other)
-        snapshots += newest_snapshots(other, last)
+        theirs = newest_snapshots(other, last)
+        snapshots += theirs
+        labels += [f"{other.name}/{p.name}" for p in theirs]
     if len(snapshots) < 2:
         raise SystemExit(f"{directory}: {len(snapshots)} snapshot(s) under snapshots/; averaging needs at least 2")
     model, tokenizer, config = load_model(directory)  # the best weights, checked against config.json
@@ -70,23 +78,24 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
              for name, path in domain_files(data, "valid").items()}
     autocast = bf16_autocast(train_config, torch.device("cpu"))
 
-    best_path = directory / "model.safetensors"
     best_scores = validate(model, valid, tokenizer, train_config, autocast)
     averaged = average_weights(snapshots)
     model.load_state_dict(averaged, strict=False)  # same keys as the snapshots' source, the run's own model
     averaged_scores = validate(model, valid, tokenizer, train_config, autocast)
-    kept = averaged_scores["bleu"] > best_scores["bleu"]
-    if kept:
-        counters = {**(weights_counters(newest_snapshots(directory, 1)[-1]) or {}), "best_bleu": averaged_scores["bleu"]}
-        save_weights(best_path, averaged, counters)
-    report = {
-        # The run's own snapshots by file name, another run's as "<its directory>/<file name>".
-        "snapshots": [p.name if p.parent.parent == directory else f"{p.parent.parent.name}/{p.name}" for p in snapshots],
-        "best_before": best_scores,
-        "average": averaged_scores,
-        "kept": "average" if kept else "best weights (the average validated lower)",
-    }
-    (directory / "averaging.json").write_text(json.dumps(report, indent=2) + "\n")
+    better = averaged_scores["bleu"] > best_scores["bleu"]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "spm.model", "spm.vocab", "train_log.jsonl"):
+            if (directory / name).exists():
+                shutil.copy(directory / name, out / name)
+        kept = f"average, written to {out.name} without replacing the run's best weights"
+    else:
+        out, kept = directory, "average" if better else "best weights (the average validated lower)"
+    if out != directory or better:
+        counters = {**(weights_counters((own or snapshots)[-1]) or {}), "best_bleu": averaged_scores["bleu"]}
+        save_weights(out / "model.safetensors", averaged, counters)
+    report = {"snapshots": labels, "best_before": best_scores, "average": averaged_scores, "kept": kept}
+    (out / "averaging.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -96,9 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--last", type=int, default=4, help="how many of the newest snapshots to average")
     parser.add_argument("--with-run", type=Path, action="append", default=[], dest="other_runs",
                         help="another run from the same starting weights whose newest snapshots join the mean (repeatable)")
+    parser.add_argument("--out", type=Path, help="write the mean to this new checkpoint directory instead")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    print(json.dumps(average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs)), indent=2))
+    print(json.dumps(average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs), args.out), indent=2))
 
 
 if __name__ == "__main__":

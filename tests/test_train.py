@@ -137,9 +137,16 @@ def test_averaging_can_take_the_snapshots_of_another_run_from_the_same_start(tmp
     train(tiny_config(corpus, other_size, max_steps=2, eval_every=2, d_ff=32))
     mine = sorted((first / "snapshots").glob("step-*.safetensors"))[-1:]
     theirs = sorted((second / "snapshots").glob("step-*.safetensors"))[-1:]
+    mean = average_weights(mine + theirs)
+    best_before = load_file(str(first / "model.safetensors"))
+    # --out: the mean becomes a checkpoint of its own, whatever the greedy check says; the run is left alone.
+    written = average_run(first, last=1, threads=1, other_runs=(second,), out=tmp_path / "mean")
+    model, _, _ = load_model(tmp_path / "mean")
+    assert all(torch.equal(model.state_dict()[k], mean[k]) for k in mean)
+    assert all(torch.equal(load_file(str(first / "model.safetensors"))[k], best_before[k]) for k in best_before)
+    assert json.loads((tmp_path / "mean" / "averaging.json").read_text())["average"] == written["average"]
     report = average_run(first, last=1, threads=1, other_runs=(second,))
     assert report["snapshots"] == [mine[0].name, f"second/{theirs[0].name}"]
-    mean = average_weights(mine + theirs)
     kept = load_file(str(first / "model.safetensors"))
     assert all(torch.equal(kept[k], mean[k]) for k in mean) == (report["average"]["bleu"] > report["best_before"]["bleu"])
     with pytest.raises(SystemExit, match="another model config"):
