@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -114,6 +115,8 @@ class ContinuousScheduler:
                 self.batcher.metrics.joined_sentences.labels(model=self.translator.name).inc(len(joining))
             running.jobs.update(joining)
             running.cache_slots += sum(self.cache_slots(job) for job in joining)
+            for job in joining:
+                job.future.add_done_callback(partial(self.abandoned, job))
             self.inbox.put(("join", key.options, joining))
 
     def leave(self, job: Job) -> bool:
@@ -124,6 +127,13 @@ class ContinuousScheduler:
         running.jobs.discard(job)
         running.cache_slots -= self.cache_slots(job)
         return True
+
+    def abandoned(self, job: Job, future: asyncio.Future) -> None:
+        """A running sentence's future was cancelled (its caller went away, or its request's deadline passed):
+        withdrawn before the decoding thread's next step, not at its next report, and its place offered at once."""
+        if future.cancelled() and self.leave(job):
+            self.inbox.put(("withdraw", job.group.options, [job]))
+            self.lane.wakeup.set()
 
     def settle(self, report: StepReport) -> None:
         """Answer what finished, fail what broke, withdraw what was abandoned; then admit again."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import numpy as np
 import pytest
 
 from engine.sessions import RuntimeOptions
@@ -78,7 +79,9 @@ def test_a_sentence_joining_the_running_batch_gets_what_it_gets_alone(tiny, beam
             running = asyncio.create_task(batcher.translate(tiny.name, [first], options))
             await until(gate.paused.is_set)  # the first sentence has taken two steps; the decoding thread waits
             joined = asyncio.create_task(batcher.translate(tiny.name, [joining], options))
-            await until(lambda: batcher.depth == 0)  # admitted: it joins before the next step
+            # admitted (a second batch observed; depth alone is 0 before the new task has even run): it joins
+            # before the next step
+            await until(lambda: sample(metrics, "translator_batch_size_count") == 2)
             gate.resume.set()
             joined = await joined
             await running
@@ -118,20 +121,27 @@ def test_a_cancelled_sentence_leaves_the_running_batch_and_frees_its_slot(transl
 
     async def scenario():
         batcher, metrics = started(en_de, max_sentences=1)  # one sentence at a time: the short one must wait
-        running = asyncio.create_task(batcher.translate("en-de", [long], options))
-        await until(lambda: sample(metrics, "translator_step_duration_seconds_count", model="en-de") >= 2)
-        waiting = asyncio.create_task(batcher.translate("en-de", [short], options))
-        await until(lambda: batcher.depth == 1)
-        steps = sample(metrics, "translator_step_duration_seconds_count", model="en-de")
-        running.cancel()
-        result = await waiting
+        healthy = en_de.step_model
+        en_de.step_model = gate = StepGate(healthy, pause_after=2)
+        try:
+            running = asyncio.create_task(batcher.translate("en-de", [long], options))
+            await until(gate.paused.is_set)  # the long sentence has taken two steps; the decoding thread waits
+            waiting = asyncio.create_task(batcher.translate("en-de", [short], options))
+            await until(lambda: batcher.depth == 1)
+            running.cancel()
+            await until(lambda: batcher.depth == 0)  # the long one left the running batch; the short one took its place
+            gate.resume.set()
+            result = await waiting
+        finally:
+            en_de.step_model = healthy
         await batcher.drain(5)
-        return running, result, steps, metrics
+        return running, result, gate.steps
 
-    running, result, steps_before_cancel, metrics = asyncio.run(scenario())
+    running, result, steps = asyncio.run(scenario())
     assert running.cancelled() and "Datei" in en_de.detokenize([result[0].hypotheses[0].tokens])[0]
-    # the long sentence would have taken hundreds of steps; it left at the next one
-    assert sample(metrics, "translator_step_duration_seconds_count", model="en-de") < steps_before_cancel + 40
+    # The long sentence would have run to its length cap (383 steps). It took three (the third was under way
+    # when it was cancelled) and left before the next: every later step was the short sentence's, within its cap.
+    assert steps - 3 <= options.output_limits(np.array([len(short)]))[0]
 
 
 def test_a_deadline_passing_mid_decode_frees_the_slot(translators):  # noqa: F811
