@@ -170,6 +170,37 @@ class ContinuousScheduler:
         self.lane.wakeup.set()
 
     # --- the decoding thread ---------------------------------------------------------------------
+    def take_inbox(self, block: bool) -> list:
+        """Every message waiting in the inbox, in order (when `block`, waiting for the first)."""
+        messages = []
+        try:
+            messages.append(self.inbox.get(block=block))
+            while True:
+                messages.append(self.inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return messages
+
+    def apply(self, decodings: dict[SearchOptions, Decoding], report: StepReport, kind: str, options: SearchOptions,
+              jobs: list[Job]) -> None:
+        """Join sentences to their running batch (their encoder runs), or withdraw them from it."""
+        decoding = decodings.get(options)
+        try:
+            with self.translator.lock:
+                if kind == "withdraw" and decoding is not None:
+                    decoding.withdraw(set(jobs))
+                elif kind == "join":
+                    if decoding is None:
+                        decoding = decodings[options] = self.translator.decoding(options)
+                    started = time.perf_counter()
+                    self.translator.join(decoding, [job.ids for job in jobs], jobs)
+                    seconds = time.perf_counter() - started
+                    self.batcher.metrics.inference_duration.labels(model=self.translator.name, stage="encode").observe(seconds)
+                    report.model_seconds += seconds
+        except Exception as error:  # noqa: BLE001 - only this running batch's sentences hear of it
+            report.failed.append((options, [*jobs, *(decoding.tags if decoding else [])], error))
+            decodings.pop(options, None)
+
     def decode(self, loop: asyncio.AbstractEventLoop) -> None:
         """Join, withdraw, step every running batch once, post the outcome; block only when idle."""
         decodings: dict[SearchOptions, Decoding] = {}
@@ -177,34 +208,20 @@ class ContinuousScheduler:
         report, reported = StepReport(), time.monotonic()
         while True:
             idle = not any(d.sentences for d in decodings.values())
-            try:
-                message = self.inbox.get(block=idle)
-            except queue.Empty:
-                message = ()
-            while message != ():
-                if message is None:
-                    return
-                kind, options, jobs = message
-                decoding = decodings.get(options)
-                try:
-                    with self.translator.lock:
-                        if kind == "withdraw" and decoding is not None:
-                            decoding.withdraw(set(jobs))
-                        elif kind == "join":
-                            if decoding is None:
-                                decoding = decodings[options] = self.translator.decoding(options)
-                            started = time.perf_counter()
-                            self.translator.join(decoding, [job.ids for job in jobs], jobs)
-                            seconds = time.perf_counter() - started
-                            m.inference_duration.labels(model=name, stage="encode").observe(seconds)
-                            report.model_seconds += seconds
-                except Exception as error:  # noqa: BLE001 - only this running batch's sentences hear of it
-                    report.failed.append((options, [*jobs, *(decoding.tags if decoding else [])], error))
-                    decodings.pop(options, None)
-                try:
-                    message = self.inbox.get_nowait()
-                except queue.Empty:
-                    message = ()
+            messages = self.take_inbox(block=idle)
+            while messages:
+                # a sentence abandoned before its join reached the model is not encoded at all
+                withdrawn = {job for message in messages if message and message[0] == "withdraw" for job in message[2]}
+                for message in messages:
+                    if message is None:
+                        return
+                    kind, options, jobs = message
+                    if kind == "join":
+                        jobs = [job for job in jobs if job not in withdrawn]
+                        if not jobs:
+                            continue
+                    self.apply(decodings, report, kind, options, jobs)
+                messages = self.take_inbox(block=False)
             for options, decoding in list(decodings.items()):
                 if not decoding.sentences:
                     continue

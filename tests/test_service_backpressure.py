@@ -139,7 +139,9 @@ def test_deadline_expiry_answers_and_the_sentences_do_no_work(models_dir, transl
             assert first.result().status_code == 503  # its batch is stuck too
         wait_until(lambda: not en_de.lock.locked(), what="the stuck batch to end")
         exposition = server.metrics()
-        assert metric(exposition, "translator_batch_size_sum") == 1  # the three late sentences never ran
+        # The three late sentences never reached the model. (The continuous scheduler admits them when the first
+        # sentence's deadline frees its place, so admissions, translator_batch_size, do not tell; encoder runs do.)
+        assert metric(exposition, "translator_inference_duration_seconds_count", model="en-de", stage="encode") == 1
         assert metric(exposition, "translator_requests_rejected_total", reason="deadline") == 2
         assert metric(exposition, "translator_queue_depth") == 0
 
