@@ -88,7 +88,7 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
         for name in ("config.json", "spm.model", "spm.vocab", "train_log.jsonl"):
             if (directory / name).exists():
                 shutil.copy(directory / name, out / name)
-        kept = f"average, written to {out.name} without replacing the run's best weights"
+        kept = "average, written as a checkpoint directory of its own (--out); the run's best weights left alone"
     else:
         out, kept = directory, "average" if better else "best weights (the average validated lower)"
     if out != directory or better:
