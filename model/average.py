@@ -51,7 +51,8 @@ def check_same_model(directory: Path, other: Path) -> None:
     mine, theirs = (json.loads((d / "config.json").read_text()) for d in (directory, other))
     # spm.vocab (pieces and scores), not spm.model: the model file also records where it was trained.
     if mine["model"] != theirs["model"] or (directory / "spm.vocab").read_bytes() != (other / "spm.vocab").read_bytes():
-        raise SystemExit(f"{other}: another model config or tokenizer than {directory}; its snapshots cannot be averaged in")
+        raise SystemExit(f"{other}: another model config or tokenizer than {directory}; "
+                         "its snapshots cannot be averaged in")
 
 
 def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[Path, ...] = (),
@@ -83,15 +84,16 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
     model.load_state_dict(averaged, strict=False)  # same keys as the snapshots' source, the run's own model
     averaged_scores = validate(model, valid, tokenizer, train_config, autocast)
     better = averaged_scores["bleu"] > best_scores["bleu"]
-    if out is not None:
+    if out is None:
+        out, write, kept = directory, better, "average" if better else "best weights (the average validated lower)"
+    else:
         out.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "spm.model", "spm.vocab", "train_log.jsonl"):
             if (directory / name).exists():
                 shutil.copy(directory / name, out / name)
-        kept = "average, written as a checkpoint directory of its own (--out); the run's best weights left alone"
-    else:
-        out, kept = directory, "average" if better else "best weights (the average validated lower)"
-    if out != directory or better:
+        write, kept = True, ("average, written as a checkpoint directory of its own (--out); "
+                             "the run's best weights left alone")
+    if write:
         counters = {**(weights_counters((own or snapshots)[-1]) or {}), "best_bleu": averaged_scores["bleu"]}
         save_weights(out / "model.safetensors", averaged, counters)
     report = {"snapshots": labels, "best_before": best_scores, "average": averaged_scores, "kept": kept}
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--last", type=int, default=4, help="how many of the newest snapshots to average")
     parser.add_argument("--with-run", type=Path, action="append", default=[], dest="other_runs",
-                        help="another run from the same starting weights whose newest snapshots join the mean (repeatable)")
+                        help="another run from the same starting weights whose newest snapshots join the mean "
+                             "(repeatable)")
     parser.add_argument("--out", type=Path, help="write the mean to this new checkpoint directory instead")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)

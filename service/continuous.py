@@ -136,7 +136,8 @@ class ContinuousScheduler:
             self.lane.wakeup.set()
 
     def settle(self, report: StepReport) -> None:
-        """Answer what finished, fail what broke, withdraw what was abandoned; then admit again."""
+        """Answer what finished, fail what broke, withdraw what passed its deadline; then admit again. (A sentence
+        whose future was cancelled has left already: `abandoned`.)"""
         m, name, now = self.batcher.metrics, self.translator.name, time.monotonic()
         for job, result in report.finished:
             if not self.leave(job):
@@ -153,7 +154,7 @@ class ContinuousScheduler:
                 if not job.future.done():
                     job.future.set_exception(InferenceFailed(f"{name}: inference failed ({type(error).__name__})"))
         for options, running in self.running.items():
-            leaving = [job for job in running.jobs if job.future.done() or now > job.deadline]
+            leaving = [job for job in running.jobs if now > job.deadline]
             for job in leaving:
                 if not job.future.done():
                     job.future.set_exception(DeadlineExceeded("deadline passed while being translated"))
@@ -184,7 +185,7 @@ class ContinuousScheduler:
     def apply(self, decodings: dict[SearchOptions, Decoding], report: StepReport, kind: str, options: SearchOptions,
               jobs: list[Job]) -> None:
         """Join sentences to their running batch (their encoder runs), or withdraw them from it."""
-        decoding = decodings.get(options)
+        decoding, encode_duration = decodings.get(options), self.batcher.metrics.inference_duration
         try:
             with self.translator.lock:
                 if kind == "withdraw" and decoding is not None:
@@ -195,7 +196,7 @@ class ContinuousScheduler:
                     started = time.perf_counter()
                     self.translator.join(decoding, [job.ids for job in jobs], jobs)
                     seconds = time.perf_counter() - started
-                    self.batcher.metrics.inference_duration.labels(model=self.translator.name, stage="encode").observe(seconds)
+                    encode_duration.labels(model=self.translator.name, stage="encode").observe(seconds)
                     report.model_seconds += seconds
         except Exception as error:  # noqa: BLE001 - only this running batch's sentences hear of it
             report.failed.append((options, [*jobs, *(decoding.tags if decoding else [])], error))
