@@ -14,7 +14,7 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (eighth general-language run, 12M parameters) mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (ninth general-language run, 12M parameters) mistranslates this"
 KNOWN_WRONG_DE_EN = "the shipped de-en model (sixth general-language run, 12M parameters) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
@@ -59,8 +59,8 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
-    "I would like to book a table for two people tonight.",  # "einen Tisch für zwei Personen Nacht Buchen buchen": no evening
-    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle braune Nebel springt über den dunklen Hund.": no fox, no laziness
+    "I would like to book a table for two people tonight.",  # "Ich möchte einen Tisch für zwei Personen heute buchen.": no evening
+    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle braune Nebel springt über den verdammten Hund.": no fox, no laziness
     # "My brother works as a doctor in a hospital." passes since the sixth run: the fifth had "funktioniert" (a machine works).
 )).values()))
 def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
