@@ -59,9 +59,12 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
-    "I would like to book a table for two people tonight.",  # "Ich möchte einen Tisch für zwei Personen heute buchen.": no evening
-    "The quick brown fox jumps over the lazy dog.",  # "Der schnelle braune Nebel springt über den verdammten Hund.": no fox, no laziness
-    # "My brother works as a doctor in a hospital." passes since the sixth run: the fifth had "funktioniert" (a machine works).
+    # served at beam 4: "Ich möchte einen Tisch für zwei Personen heute buchen." (no evening)
+    "I would like to book a table for two people tonight.",
+    # "Der schnelle braune Nebel springt über den verdammten Hund." (no fox, no laziness)
+    "The quick brown fox jumps over the lazy dog.",
+    # "My brother works as a doctor in a hospital." passes since the sixth run: the fifth had "funktioniert"
+    # (a machine works).
 )).values()))
 def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
     translation = translate(server, sentence)["text"]
@@ -69,8 +72,10 @@ def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in GERMAN_SENTENCES} | known_wrong(
-    "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.",  # "reservate a table for two people", no evening
-    "Der schnelle braune Fuchs springt über den faulen Hund.",  # "The fast brown fuch jumps over the faulent dog."
+    # "I want to reserv a table for two persons." (no evening)
+    "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.",
+    # "The rapid brown fuch jumps over the fiber dog." (no fox, no laziness)
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
     # "Mein Bruder arbeitet als Arzt in einem Krankenhaus." passes since the fourth run: the third run's model
     # dropped the hospital at beam 4 ("My brother works as a doctor.").
     reason=KNOWN_WRONG_DE_EN)).values()))
