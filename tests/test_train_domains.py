@@ -77,11 +77,14 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights_config_and_tokeni
     train(tiny_config(domains_corpus, first, max_steps=3, eval_every=3, d_model=48))
     shutil.rmtree(first / "snapshots")
     second = tmp_path / "second"
-    # d_model 32 on the command line: the checkpoint's own config wins; lr 0 leaves the weights as initialised.
-    train(tiny_config(domains_corpus, second, max_steps=1, eval_every=1000, lr=0.0, init_from=str(first)))
+    # d_model 32 on the command line: the checkpoint's own config wins, but the run's own dropout applies (a
+    # training setting); lr 0 leaves the weights as initialised.
+    train(tiny_config(domains_corpus, second, max_steps=1, eval_every=1000, lr=0.0, init_from=str(first), dropout=0.3))
     assert (second / "spm.model").read_bytes() == (first / "spm.model").read_bytes()
     config = json.loads((second / "config.json").read_text())
     assert config["model"]["d_model"] == 48 and config["train"]["init_from"] == str(first)
+    assert json.loads((first / "config.json").read_text())["model"]["dropout"] == 0.1
+    assert config["model"]["dropout"] == 0.3
     state = json.loads((second / "resume" / "state.json").read_text())
     assert state["step"] == 1 and state["warm_start_step"] is None  # a new run: step 0 + 1, not the source's step
     start, now = load_file(str(first / "model.safetensors")), load_file(str(second / "resume" / "weights.safetensors"))
