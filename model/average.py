@@ -15,6 +15,12 @@ The result is kept in the first directory only when it validates better than tha
 `--out DIR` writes the mean instead as a checkpoint directory of its own (weights, config, tokenizer, learning
 curve, averaging.json), whatever the greedy check says, for a choice made on a fuller measure (e.g. `python -m
 model.evaluate DIR --split valid --domain all --beam 4`); the run's own files are left alone.
+
+    python -m model.average /work/runs/en-de-b --last 3 --start-share 0.5 --out DIR
+
+puts the weights the run started from (its `--init-from` checkpoint) into the mean with that share of the whole
+(here: half the start, half the mean of the snapshots): a short continuation run moves little from its start,
+and the midpoint of the two can validate better than either.
 """
 
 from __future__ import annotations
@@ -48,18 +54,21 @@ def newest_snapshots(directory: Path, last: int) -> list[Path]:
 
 def check_same_model(directory: Path, other: Path) -> None:
     """Refuse to average runs whose weights do not mean the same thing (architecture or tokenizer differ)."""
-    mine, theirs = (json.loads((d / "config.json").read_text()) for d in (directory, other))
+    # Dropout is a training setting (a run may change it); everything else in the model config is architecture.
+    mine, theirs = ({name: value for name, value in json.loads((d / "config.json").read_text())["model"].items()
+                     if not name.endswith("dropout")} for d in (directory, other))
     # spm.vocab (pieces and scores), not spm.model: the model file also records where it was trained.
-    if mine["model"] != theirs["model"] or (directory / "spm.vocab").read_bytes() != (other / "spm.vocab").read_bytes():
+    if mine != theirs or (directory / "spm.vocab").read_bytes() != (other / "spm.vocab").read_bytes():
         raise SystemExit(f"{other}: another model config or tokenizer than {directory}; "
                          "its snapshots cannot be averaged in")
 
 
 def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[Path, ...] = (),
-                out: Path | None = None) -> dict:
-    """Average the newest `last` snapshots under `directory/snapshots` (and under each of `other_runs`),
-    validate the average and the best weights alike, and keep the average if it is better (with `out`: write it
-    to `out` either way). → a report of both scores."""
+                out: Path | None = None, start_share: float = 0.0) -> dict:
+    """Average the newest `last` snapshots under `directory/snapshots` (and under each of `other_runs`; with
+    `start_share`, the run's starting weights too, as that share of the mean), validate the average and the best
+    weights alike, and keep the average if it is better (with `out`: write it to `out` either way). → a report of
+    both scores."""
     if threads:
         torch.set_num_threads(threads)
     own = newest_snapshots(directory, last)
@@ -81,6 +90,9 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
 
     best_scores = validate(model, valid, tokenizer, train_config, autocast)
     averaged = average_weights(snapshots)
+    if start_share:
+        averaged, label = with_start_weights(directory, config, averaged, start_share)
+        labels.append(label)
     model.load_state_dict(averaged, strict=False)  # same keys as the snapshots' source, the run's own model
     averaged_scores = validate(model, valid, tokenizer, train_config, autocast)
     better = averaged_scores["bleu"] > best_scores["bleu"]
@@ -101,6 +113,23 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
     return report
 
 
+def with_start_weights(directory: Path, config: dict, averaged: dict[str, torch.Tensor],
+                       share: float) -> tuple[dict[str, torch.Tensor], str]:
+    """→ share × the run's `--init-from` weights + (1 − share) × `averaged`, and a label naming them."""
+    if not 0 < share < 1:
+        raise SystemExit(f"--start-share {share}: a share of the mean, between 0 and 1")
+    start = Path(config["train"].get("init_from") or "")
+    if not (start / "model.safetensors").is_file():
+        raise SystemExit(f"{directory}: the run did not start from a checkpoint (--init-from) that is still there")
+    check_same_model(directory, start)
+    weights = load_file(str(start / "model.safetensors"))
+    if weights.keys() != averaged.keys():
+        raise SystemExit(f"{start}: its weights name other tensors than the run's snapshots")
+    mixed = {name: (share * weights[name].float() + (1 - share) * tensor).contiguous()
+             for name, tensor in averaged.items()}
+    return mixed, f"{start}/model.safetensors (share {share})"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path)
@@ -109,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="another run from the same starting weights whose newest snapshots join the mean "
                              "(repeatable)")
     parser.add_argument("--out", type=Path, help="write the mean to this new checkpoint directory instead")
+    parser.add_argument("--start-share", type=float, default=0.0,
+                        help="the run's starting (--init-from) weights join the mean as this share of it, e.g. 0.5")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    print(json.dumps(average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs), args.out), indent=2))
+    report = average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs), args.out, args.start_share)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -151,3 +151,21 @@ def test_averaging_can_take_the_snapshots_of_another_run_from_the_same_start(tmp
     assert all(torch.equal(kept[k], mean[k]) for k in mean) == (report["average"]["bleu"] > report["best_before"]["bleu"])
     with pytest.raises(SystemExit, match="another model config"):
         average_run(first, last=1, threads=1, other_runs=(other_size,))
+
+
+def test_averaging_can_give_the_runs_starting_weights_a_share_of_the_mean(tmp_path, corpus):
+    start, run = tmp_path / "start", tmp_path / "run"
+    train(tiny_config(corpus, start, max_steps=4, eval_every=2))
+    # A continuation with another dropout: the same model all the same (dropout is a training setting).
+    train(tiny_config(corpus, run, max_steps=4, eval_every=2, keep_snapshots=2, init_from=str(start), dropout=0.2))
+    snapshots = sorted((run / "snapshots").glob("step-*.safetensors"))
+    started = load_file(str(start / "model.safetensors"))
+    mean = average_weights(snapshots)
+    report = average_run(run, last=2, threads=1, out=tmp_path / "mixed", start_share=0.25)
+    mixed = load_file(str(tmp_path / "mixed" / "model.safetensors"))
+    assert all(torch.allclose(mixed[k], 0.25 * started[k] + 0.75 * mean[k]) for k in mean)
+    assert report["snapshots"] == [p.name for p in snapshots] + [f"{start}/model.safetensors (share 0.25)"]
+    with pytest.raises(SystemExit, match="between 0 and 1"):
+        average_run(run, last=2, threads=1, out=tmp_path / "bad", start_share=1.5)
+    with pytest.raises(SystemExit, match="did not start from a checkpoint"):
+        average_run(start, last=2, threads=1, out=tmp_path / "none", start_share=0.5)
