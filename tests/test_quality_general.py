@@ -14,8 +14,8 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (ninth general-language run, 12M parameters) mistranslates this"
-KNOWN_WRONG_DE_EN = "the shipped de-en model (sixth general-language run, 12M parameters) mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (tenth general-language run, 12M parameters) mistranslates this"
+KNOWN_WRONG_DE_EN = "the shipped de-en model (seventh general-language run, 12M parameters) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
 SENTENCES = {
@@ -59,9 +59,9 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
-    # served at beam 4: "Ich möchte einen Tisch für zwei Personen heute buchen." (no evening)
+    # served at beam 4: "Ich möchte einen Tisch für zwei Personen heute nachdenken." (no evening, no booking)
     "I would like to book a table for two people tonight.",
-    # "Der schnelle braune Nebel springt über den verdammten Hund." (no fox, no laziness)
+    # "Die schnelle braune Nebel springt über den finsteren Hund." (no fox, no laziness)
     "The quick brown fox jumps over the lazy dog.",
     # "My brother works as a doctor in a hospital." passes since the sixth run: the fifth had "funktioniert"
     # (a machine works).
@@ -72,9 +72,9 @@ def test_an_ordinary_sentence_keeps_its_meaning(server, sentence):
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in GERMAN_SENTENCES} | known_wrong(
-    # "I want to reserv a table for two persons." (no evening)
+    # "I want to reserv a table for two people." (no evening)
     "Ich möchte heute Abend einen Tisch für zwei Personen reservieren.",
-    # "The rapid brown fuch jumps over the fiber dog." (no fox, no laziness)
+    # "The fast brown feather jumps over the fierce dog." (no fox, no laziness)
     "Der schnelle braune Fuchs springt über den faulen Hund.",
     # "Mein Bruder arbeitet als Arzt in einem Krankenhaus." passes since the fourth run: the third run's model
     # dropped the hospital at beam 4 ("My brother works as a doctor.").
