@@ -69,6 +69,8 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
     `start_share`, the run's starting weights too, as that share of the mean), validate the average and the best
     weights alike, and keep the average if it is better (with `out`: write it to `out` either way). → a report of
     both scores."""
+    if not 0 <= start_share < 1:
+        raise SystemExit(f"--start-share {start_share}: a share of the mean, from 0 (none) up to but not 1")
     if threads:
         torch.set_num_threads(threads)
     own = newest_snapshots(directory, last)
@@ -116,8 +118,6 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
 def with_start_weights(directory: Path, config: dict, averaged: dict[str, torch.Tensor],
                        share: float) -> tuple[dict[str, torch.Tensor], str]:
     """→ share × the run's `--init-from` weights + (1 − share) × `averaged`, and a label naming them."""
-    if not 0 < share < 1:
-        raise SystemExit(f"--start-share {share}: a share of the mean, between 0 and 1")
     start = Path(config["train"].get("init_from") or "")
     if not (start / "model.safetensors").is_file():
         raise SystemExit(f"{directory}: the run did not start from a checkpoint (--init-from) that is still there")

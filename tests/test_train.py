@@ -165,7 +165,7 @@ def test_averaging_can_give_the_runs_starting_weights_a_share_of_the_mean(tmp_pa
     mixed = load_file(str(tmp_path / "mixed" / "model.safetensors"))
     assert all(torch.allclose(mixed[k], 0.25 * started[k] + 0.75 * mean[k]) for k in mean)
     assert report["snapshots"] == [p.name for p in snapshots] + [f"{start}/model.safetensors (share 0.25)"]
-    with pytest.raises(SystemExit, match="between 0 and 1"):
+    with pytest.raises(SystemExit, match="up to but not 1"):
         average_run(run, last=2, threads=1, out=tmp_path / "bad", start_share=1.5)
     with pytest.raises(SystemExit, match="did not start from a checkpoint"):
         average_run(start, last=2, threads=1, out=tmp_path / "none", start_share=0.5)
