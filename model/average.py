@@ -37,6 +37,7 @@ from model.checkpoint import load_model, save_weights, weights_counters
 from model.data import source_column
 from model.evaluate import domain_files
 from model.train import TrainConfig, bf16_autocast, load_split, validate
+from model.transformer import TransformerConfig
 
 
 def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -54,9 +55,8 @@ def newest_snapshots(directory: Path, last: int) -> list[Path]:
 
 def check_same_model(directory: Path, other: Path) -> None:
     """Refuse to average runs whose weights do not mean the same thing (architecture or tokenizer differ)."""
-    # Dropout is a training setting (a run may change it); everything else in the model config is architecture.
-    mine, theirs = ({name: value for name, value in json.loads((d / "config.json").read_text())["model"].items()
-                     if not name.endswith("dropout")} for d in (directory, other))
+    mine, theirs = (TransformerConfig.from_dict(json.loads((d / "config.json").read_text())["model"]).architecture()
+                    for d in (directory, other))
     # spm.vocab (pieces and scores), not spm.model: the model file also records where it was trained.
     if mine != theirs or (directory / "spm.vocab").read_bytes() != (other / "spm.vocab").read_bytes():
         raise SystemExit(f"{other}: another model config or tokenizer than {directory}; "

@@ -290,7 +290,8 @@ def train(config: TrainConfig) -> None:
     if (out / "config.json").exists():
         model_config = TransformerConfig.from_dict(json.loads((out / "config.json").read_text())["model"])
     elif initial_model is not None:
-        # The checkpoint fixes the architecture; dropout is a training setting, so the new run's own applies.
+        # The checkpoint fixes the architecture; dropout is a training setting (TRAINING_SETTINGS), so the run's own
+        # applies.
         model_config = replace(TransformerConfig.from_dict(initial_model), dropout=config.dropout)
         if config.grow:
             model_config = parse_growth(config.grow, model_config)

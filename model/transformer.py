@@ -23,6 +23,9 @@ import torch.nn.functional as F
 
 # A key/value pair of one attention layer, each [B, H, length, K].
 KeyValue = tuple[torch.Tensor, torch.Tensor]
+# Regularisation, not architecture: weights trained under one setting are the same model under another, so a run
+# that continues from a checkpoint may change them and its snapshots still average with the checkpoint's.
+TRAINING_SETTINGS = ("dropout", "attention_dropout", "activation_dropout")
 
 
 @dataclass
@@ -46,6 +49,10 @@ class TransformerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def architecture(self) -> dict:
+        """What the weights' meaning depends on: everything but the training settings."""
+        return {name: value for name, value in self.to_dict().items() if name not in TRAINING_SETTINGS}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":
