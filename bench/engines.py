@@ -134,7 +134,7 @@ def report(summary: dict) -> str:
     return "\n\n".join([
         f"{summary['sentences']} sentences of {summary['data']}, {summary['threads']} threads"
         f"{', on CPU ' + summary['cpus'] if summary.get('cpus') else ''}, best of "
-        f"{summary.get('repeats', 1)} passes, {summary['machine']}",
+        f"{summary.get('repeats', 1)} passes, beam length penalty {summary.get('length_penalty', 1.0)}, {summary['machine']}",
         table(main_rows, ["engine", "search", "batch_size", "tokens_per_second", "latency_p50_ms", "latency_p95_ms",
                           "bleu", "peak_rss_mb", "greedy_same_as_pytorch"]),
         "ratios of target tokens/s\n" + table(summary["ratios"], ["ratio", "search", "batch_size", "tokens_per_second"]),
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam-sizes", default="1,4")
     parser.add_argument("--lengths", default="8,16,32,64,128,256", help="source lengths for the latency curve")
     parser.add_argument("--repeats", type=int, default=1, help="passes per setting; the fastest counts (a drifting machine)")
+    parser.add_argument("--length-penalty", type=float, help="beam search, every engine (default: the checkpoint's, "
+                        "recorded by model.choose_decoding and served by its package)")
     parser.add_argument("--ct2-cache", type=Path, default=Path("build/ct2"))
     parser.add_argument("--out", type=Path, default=Path("results/bench_engines.json"))
     args = parser.parse_args(argv)
@@ -169,13 +171,17 @@ def main(argv: list[str] | None = None) -> None:
     engines = [e for e in args.engines.split(",") if e]
     packages = {"fp32": args.fp32_package, "int8": args.int8_package, "fp16": args.fp16_package}
     check_packages_match(args.checkpoint, [package for precision, package in packages.items() if f"ort-{precision}" in engines])
+    length_penalty = args.length_penalty
+    if length_penalty is None:
+        from model.checkpoint import chosen_length_penalty
+        length_penalty = chosen_length_penalty(config)
     worker_config = {
         "checkpoint": str(args.checkpoint), "spm": str(args.checkpoint / "spm.model"), "threads": args.threads,
         "device": args.device, "packages": {precision: str(package) for precision, package in packages.items()},
         "ct2_models": {q: str(prepare_ct2(args.checkpoint, args.ct2_cache, q))
                        for q in ("float32", "int8", "float16") if f"ct2-{q}" in engines},
         "settings": [(int(beam), int(batch)) for beam in args.beam_sizes.split(",") for batch in args.batch_sizes.split(",")],
-        "lengths": [int(n) for n in args.lengths.split(",")], "repeats": args.repeats,
+        "lengths": [int(n) for n in args.lengths.split(",")], "repeats": args.repeats, "length_penalty": length_penalty,
         "sources": sources, "references": references,
     }
     results = {}
@@ -194,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         r.pop("greedy_outputs", None)
     summary = {
         "data": str(data), "sentences": len(sources), "threads": args.threads, "repeats": args.repeats,
+        "length_penalty": length_penalty,
         "cpus": args.cpus, "device": args.device, "machine": machine(args.device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engines": results, "ratios": ratios(results),
     }

@@ -12,6 +12,10 @@ fastest of --repeats passes in CPU seconds):
   nbits_vocabulary  MatMulNBits on the vocabulary projection only, DynamicQuantizeMatMul elsewhere
   channel_vocabulary         per output channel on the vocabulary projection, per matrix elsewhere
   channel_except_vocabulary  per matrix on the vocabulary projection, per output channel elsewhere
+  float32           no quantization at all (the reference for what int8 costs)
+  float32_vocabulary, float32_ffn_down, float32_encoder
+                    per output channel, with the vocabulary projection, the feed-forward output projections
+                    or the encoder's MatMuls left in float32
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -67,8 +72,30 @@ def mixed(per_channel_on_vocabulary: bool):
             return
         staged = target.with_suffix(".vocabulary.onnx")
         quantize_int8(source, staged, per_channel=per_channel_on_vocabulary, nodes=vocabulary)
-        quantize_int8(staged, target, per_channel=not per_channel_on_vocabulary, excluded=vocabulary)
+        quantize_int8(staged, target, per_channel=not per_channel_on_vocabulary)  # the rest: it is a MatMul no more
         staged.unlink()
+    return quantize
+
+
+def ffn_down_nodes(graph: Path) -> list[str]:
+    """The feed-forward output projections: the MatMuls that read a ReLU's output."""
+    nodes = onnx.load(str(graph)).graph.node
+    relu_outputs = {output for n in nodes if n.op_type == "Relu" for output in n.output}
+    return [n.name for n in nodes if n.op_type == "MatMul" and n.input[0] in relu_outputs]
+
+
+def matmul_nodes(graph: Path) -> list[str]:
+    return [n.name for n in onnx.load(str(graph)).graph.node if n.op_type == "MatMul"]
+
+
+def float_except(select: Callable[[Path], list[str]] | None):
+    """One scale per output channel, with the MatMuls `select` picks left in float32 (None: the whole graph
+    float32): where int8's loss of quality comes from."""
+    def quantize(source: Path, target: Path) -> None:
+        if select is None:
+            shutil.copyfile(source, target)
+        else:
+            quantize_int8(source, target, per_channel=True, excluded=select(source))
     return quantize
 
 
@@ -79,6 +106,10 @@ VARIANTS = {
     "nbits_vocabulary": nbits_vocabulary,
     "channel_vocabulary": mixed(per_channel_on_vocabulary=True),
     "channel_except_vocabulary": mixed(per_channel_on_vocabulary=False),
+    "float32": float_except(None),
+    "float32_vocabulary": float_except(lambda graph: vocabulary_nodes(graph) if graph.name == "decoder.onnx" else []),
+    "float32_ffn_down": float_except(ffn_down_nodes),
+    "float32_encoder": float_except(lambda graph: matmul_nodes(graph) if graph.name == "encoder.onnx" else []),
 }
 
 
@@ -129,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copytree(fp32, package)
             for graph in ("encoder.onnx", "decoder.onnx"):
                 VARIANTS[name](fp32 / graph, package / graph)
-            write_manifest(package, read_manifest(package).model_copy(update={"precision": "int8"}))
+            precision = "fp32" if name == "float32" else "int8"
+            write_manifest(package, read_manifest(package).model_copy(update={"precision": precision}))
             rows.append({"variant": name, **measure(package, sources, references, reference, args.repeats)})
             print(table(rows[-1:], list(rows[-1])), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,8 @@ def pytorch_engine(config: dict) -> Translate:
     step_model, c = TorchStepModel(model), model.config
 
     def translate(sources: list[list[int]], beam_size: int) -> list[list[int]]:
-        options = SearchOptions(bos_id=c.bos_id, eos_id=c.eos_id, beam_size=beam_size)
+        options = SearchOptions(bos_id=c.bos_id, eos_id=c.eos_id, beam_size=beam_size,
+                                length_penalty=config["length_penalty"])
         return [r.hypotheses[0].tokens for r in search(step_model, pad_batch(sources, c.pad_id), c.pad_id, options)]
 
     return translate
@@ -57,7 +58,8 @@ def ort_engine(config: dict, package: str) -> Translate:
     translator.warmup()
 
     def translate(sources: list[list[int]], beam_size: int) -> list[list[int]]:
-        return [r.hypotheses[0].tokens for r in translator.translate_ids(sources, translator.search_options(beam_size))]
+        return [r.hypotheses[0].tokens for r in translator.translate_ids(
+            sources, translator.search_options(beam_size, length_penalty=config["length_penalty"]))]
 
     return translate
 
@@ -74,7 +76,7 @@ def ct2_engine(config: dict, model_dir: str, compute_type: str) -> Translate:
     def translate(sources: list[list[int]], beam_size: int) -> list[list[int]]:
         # CTranslate2 has one output limit per call: the batch's largest, which for one sentence is ours.
         results = translator.translate_batch(
-            [[pieces[i] for i in s] for s in sources], beam_size=beam_size, length_penalty=1.0,
+            [[pieces[i] for i in s] for s in sources], beam_size=beam_size, length_penalty=config["length_penalty"],
             max_decoding_length=int(output_limits(sources).max()), max_input_length=0,
         )
         return [[processor.piece_to_id(p) for p in r.hypotheses[0]] for r in results]

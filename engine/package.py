@@ -104,6 +104,13 @@ class Vocabulary(Strict):
     special_pieces: list[str] = ["</s>", "<unk>", "<pad>"]  # left out of decoded text
 
 
+class Decoding(Strict):
+    """Search settings chosen for these weights on their validation splits (`python -m model.choose_decoding`);
+    a request's own settings (beam size, n-best) go on top."""
+
+    length_penalty: float = Field(1.0, ge=0.0, le=4.0)  # beam hypotheses score log-prob sum / length ** this
+
+
 class PackageManifest(Strict):
     format_version: Literal[2]
     name: str  # "<source>-<target>"
@@ -116,6 +123,7 @@ class PackageManifest(Strict):
     graphs: Graphs
     tokenizer: str = "spm.model"  # the (source) SentencePiece model; Marian packages: source.spm, ids via `vocabulary`
     vocabulary: Vocabulary | None = None  # imported Marian packages (engine/tokenization.py)
+    decoding: Decoding = Decoding()  # packages exported before it was recorded search with the defaults
     files: dict[str, str]  # file name → sha256 of every file in the package but package.json
     source_checkpoint: SourceCheckpoint
     versions: dict[str, str | int]  # torch, onnx, onnxruntime, opset, exporter (older packages: onnxscript too)

@@ -157,6 +157,7 @@ class Translator:
 
     def search_options(self, beam_size: int = 1, n_best: int = 1, max_length: int | None = None, **extra) -> SearchOptions:
         ids = self.manifest.special_ids
+        extra.setdefault("length_penalty", self.manifest.decoding.length_penalty)
         options = SearchOptions(bos_id=ids.bos, eos_id=ids.eos, beam_size=beam_size, n_best=n_best, **extra)
         return dataclasses.replace(options, max_length=min(max_length or options.max_length, self.manifest.limits.max_positions))
 

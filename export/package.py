@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from engine.package import (
-    FORMAT_VERSION, GraphSpec, Graphs, Limits, ModelDims, PackageManifest, SourceCheckpoint, SpecialIds, read_manifest,
-    sha256_of, write_manifest,
+    FORMAT_VERSION, Decoding, GraphSpec, Graphs, Limits, ModelDims, PackageManifest, SourceCheckpoint, SpecialIds,
+    read_manifest, sha256_of, write_manifest,
 )
 from export.graph_builder import versions
 from export.onnx_export import (
@@ -17,7 +17,7 @@ from export.onnx_export import (
     export_encoder, export_fp32,
 )
 from export.quantize import check_fp16, quantize_int8
-from model.checkpoint import load_model
+from model.checkpoint import chosen_length_penalty, load_model
 from model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def manifest_for(model: Transformer, config: dict, checkpoint: Path, weights_sha
         source_checkpoint=SourceCheckpoint(path=str(checkpoint), model_safetensors_sha256=weights_sha256),
         versions=versions(),
         export_options=export_options,
+        decoding=Decoding(length_penalty=chosen_length_penalty(config)),
     )
 
 

@@ -35,6 +35,10 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_
         # ORT's basic optimisations (constant folding); its symbolic shape inference does not know the contrib
         # attention ops, and the graphs declare their shapes already.
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        if nodes is not None:
+            nodes = quantizer_names(nodes, prepared)
+        if excluded is not None:
+            excluded = quantizer_names(excluded, prepared)
         quantize_dynamic(
             str(prepared),
             str(target),
@@ -48,6 +52,23 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     onnx.checker.check_model(str(target))
+
+
+def quantizer_names(names: list[str], prepared: Path) -> list[str]:
+    """MatMul names of the exported graph → the names the quantizer sees. The pre-processing fuses a MatMul and
+    the Add after it into a Gemm named "<MatMul>/MatMulAddFusion", which the quantizer splits back into a MatMul
+    named "<that>_MatMul" (the vocabulary projection and its bias); a name that matches nothing is an error, not
+    a selection that silently leaves everything as it was."""
+    seen = {n.name: n.op_type for n in onnx.load(str(prepared)).graph.node}
+    resolved = []
+    for name in names:
+        if seen.get(name) == "MatMul":
+            resolved.append(name)
+        elif seen.get(f"{name}/MatMulAddFusion") == "Gemm":
+            resolved.append(f"{name}/MatMulAddFusion_MatMul")
+        else:
+            raise ValueError(f"no MatMul {name!r} to select for quantization in {prepared.name}")
+    return resolved
 
 
 def check_fp16(path: Path) -> None:

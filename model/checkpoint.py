@@ -24,6 +24,14 @@ def load_config(directory: Path) -> dict:
     return json.loads((Path(directory) / "config.json").read_text())
 
 
+DECODING = "decoding"  # config.json's section of search settings chosen for the weights (model.choose_decoding)
+
+
+def chosen_length_penalty(config: dict) -> float:
+    """The beam search's length penalty chosen for these weights on validation, else the search's default."""
+    return float(config.get(DECODING, {}).get("length_penalty", 1.0))
+
+
 def load_model(directory: Path | str) -> tuple[Transformer, Tokenizer, dict]:
     """→ the model in eval mode with its best weights, its tokenizer, and the whole config.json."""
     directory = Path(directory)

@@ -18,7 +18,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from model.checkpoint import load_model
+from model.checkpoint import chosen_length_penalty, load_model
 from model.search import translate_ids
 from model.data import source_column
 from model.tokenizer import BOS_ID, EOS_ID, read_tsv_pairs
@@ -32,8 +32,12 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, flo
     }
 
 
-def evaluate(directory: Path, tsv: Path, src_column: int, beam_size: int, length_penalty: float, limit: int | None) -> dict:
+def evaluate(directory: Path, tsv: Path, src_column: int, beam_size: int, length_penalty: float | None,
+             limit: int | None) -> dict:
+    """`length_penalty` None: the one chosen for the checkpoint (model.choose_decoding), else 1.0."""
     model, tokenizer, config = load_model(directory)
+    if length_penalty is None:
+        length_penalty = chosen_length_penalty(config)
     pairs = read_tsv_pairs(tsv)[:limit]
     sources = [ids + [EOS_ID] for ids in tokenizer.encode([p[src_column] for p in pairs])]
     references = [p[1 - src_column] for p in pairs]
@@ -64,7 +68,7 @@ def domain_files(data: Path, split: str) -> dict[str, Path]:
 
 
 def evaluate_domains(directory: Path, data: Path, split: str, domains: list[str] | None, src_column: int,
-                     beam_size: int, length_penalty: float, limit: int | None) -> list[dict]:
+                     beam_size: int, length_penalty: float | None, limit: int | None) -> list[dict]:
     """One `evaluate` result per domain (all when `domains` is None), each with its "domain" name."""
     files = domain_files(data, split)
     chosen = list(files) if domains is None else domains
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tsv", type=Path, help="any TSV of source<TAB>target (see --src-column)")
     parser.add_argument("--src-column", type=int, help="0 or 1; default from the model's source language")
     parser.add_argument("--beam", type=int, default=1)
-    parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--length-penalty", type=float,
+                        help="beam search (default: the one recorded by model.choose_decoding, else 1.0)")
     parser.add_argument("--limit", type=int, help="only the first N pairs")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the result here")

@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model.checkpoint import load_config  # noqa: E402
+from model.checkpoint import DECODING, load_config  # noqa: E402
 from model.evaluate import domain_files, evaluate, evaluate_domains  # noqa: E402
 from model.data import source_column  # noqa: E402
 
@@ -160,6 +160,12 @@ def write_card(directory: Path, data: Path, scores: list[dict], domain_scores: d
             f"in {last['train_hours']:.2f} hours; best validation BLEU {best['bleu']:.2f} at step {best['step']:,}."
         )
         lines += ["", "![learning curve](learning_curve.png)"]
+    if config.get(DECODING):
+        choice = config[DECODING]
+        tried = ", ".join(f"{penalty} → {bleu:.2f}" for penalty, bleu in choice.get("candidates", {}).items())
+        lines += ["", f"Beam search divides a hypothesis's log-probability by its length to the power "
+                  f"{choice['length_penalty']} (the length penalty), chosen by `python -m model.choose_decoding` on "
+                  f"the {choice.get('chosen_on', 'validation splits')} ({tried}); the package searches with it."]
     lines += ["", "## Test split scores (sacreBLEU defaults)", "", "| search | sentences | BLEU | chrF | seconds (PyTorch, CPU) |", "|---|---|---|---|---|"]
     lines += [f"| {s['search']} | {s['sentences']} | {s['bleu']:.2f} | {s['chrf']:.2f} | {s['seconds']} |" for s in scores]
     lines += ["", "Reproduce: `python -m model.evaluate " + str(directory) + " --split test --beam 4`."]
@@ -182,12 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     config = load_config(args.model_dir)
     data = args.data or Path(config["train"]["data"])
     src_column = source_column(data, config["src_lang"], config["tgt_lang"])
-    scores = [evaluate(args.model_dir, data / "test.tsv", src_column, beam, 1.0, args.limit) for beam in (1, 4)]
+    scores = [evaluate(args.model_dir, data / "test.tsv", src_column, beam, None, args.limit) for beam in (1, 4)]
     (args.model_dir / "test_scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
     domain_scores = {"original": scores}
     domains = [name for name in domain_files(data, "test") if name != "original"]
     if domains and not args.no_domains:
-        per_beam = [evaluate_domains(args.model_dir, data, "test", domains, src_column, beam, 1.0, args.limit)
+        per_beam = [evaluate_domains(args.model_dir, data, "test", domains, src_column, beam, None, args.limit)
                     for beam in (1, 4)]
         domain_scores.update({greedy["domain"]: [greedy, beam] for greedy, beam in zip(*per_beam)})
         (args.model_dir / "test_scores_domains.json").write_text(

@@ -1,20 +1,16 @@
 """Per-domain test splits: model.evaluate --domain and the model card's per-domain table, on the tiny model."""
 
 import json
-import shutil
 from dataclasses import asdict
 
 from model.evaluate import domain_files, main as evaluate_main
 from model.model_card import main as card_main
 from model.train import TrainConfig
-from tests.tiny_model import generated_pairs, write_tsv
+from tests.tiny_model import copied_checkpoint, generated_pairs, write_tsv
 
 
 def checkpoint_with_domains(tiny_checkpoint, tmp_path):
-    checkpoint = tmp_path / "checkpoint"
-    shutil.copytree(tiny_checkpoint, checkpoint)
-    data = tmp_path / "data"
-    shutil.copytree(tiny_checkpoint.parent / "data", data)
+    checkpoint, data = copied_checkpoint(tiny_checkpoint, tmp_path)
     write_tsv(data / "test.dialogue.tsv", generated_pairs(12, seed=7))
     write_tsv(data / "test.manuals.tsv", generated_pairs(9, seed=8))
     config = json.loads((checkpoint / "config.json").read_text())

@@ -14,7 +14,7 @@ from export.decoder_graph import decoder_input_names
 from export.onnx_export import check_graphs, export_decoder, export_encoder
 from export.package import build_package
 from export.parity import ParityError, check_parity
-from export.quantize import check_fp16
+from export.quantize import check_fp16, quantize_int8
 from model.checkpoint import load_model
 from model.tokenizer import read_tsv_pairs
 from engine.search import SearchOptions
@@ -108,6 +108,23 @@ def test_fp16_variant_is_float16_inside_float32_outside(tiny_checkpoint, tiny_fp
     reference = session(tiny_fp32_graphs / "decoder.onnx").run(None, feeds)[0]
     half = session(tmp_path / "decoder.onnx").run(None, dict(feeds))[0]
     assert half.dtype == np.float32 and np.abs(half - reference).max() < 0.05
+
+
+def test_int8_can_leave_chosen_matmuls_in_float_the_vocabulary_projection_too(tiny_fp32_graphs, tmp_path):
+    from bench.int8_choice import ffn_down_nodes, vocabulary_nodes
+
+    source = tiny_fp32_graphs / "decoder.onnx"
+    chosen = vocabulary_nodes(source) + ffn_down_nodes(source)[:1]
+    assert len(chosen) == 2
+    quantize_int8(source, tmp_path / "decoder.onnx", per_channel=True, excluded=chosen)
+    graph = onnx.load(str(tmp_path / "decoder.onnx")).graph
+    weights = {tensor.name for tensor in graph.initializer}
+    # The vocabulary projection is renamed on its way through the quantizer's pre-processing (fused with its
+    # bias, then split again); selecting it by its exported name must still work.
+    float_projections = [n.name.split("/")[0] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert sorted(float_projections) == sorted(chosen)
+    with pytest.raises(ValueError, match="no MatMul 'nothing'"):
+        quantize_int8(source, tmp_path / "other.onnx", excluded=["nothing"])
 
 
 def test_parity_fails_against_a_different_model(tiny_checkpoint, tiny_fp32_graphs, tmp_path):

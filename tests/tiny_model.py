@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,6 +74,14 @@ def make_checkpoint(directory: Path, seed: int = 0, n_heads: int = 4) -> Path:
     (checkpoint / "config.json").write_text(json.dumps(
         {"model": config.to_dict(), "src_lang": "en", "tgt_lang": "de", "train": {"data": str(data)}}, indent=2))
     return checkpoint
+
+
+def copied_checkpoint(checkpoint: Path, directory: Path) -> tuple[Path, Path]:
+    """A writable copy of a tiny checkpoint and of its data directory → (checkpoint, data), under `directory`."""
+    copy, data = directory / "checkpoint", directory / "data"
+    shutil.copytree(checkpoint, copy)
+    shutil.copytree(checkpoint.parent / "data", data)
+    return copy, data
 
 
 def checked_packages(checkpoint: Path, directory_for: Callable[[str], Path], precisions: tuple[str, ...],
