@@ -43,10 +43,11 @@ def sweep(directory: Path, data: Path, penalties: list[float], beam_size: int, w
         scores = [future.result() for future in futures]
     rows = []
     for penalty in penalties:
-        domains = {domain: {"bleu": s["bleu"], "chrf": s["chrf"]}
+        domains = {domain: {"bleu": s["bleu"], "chrf": s["chrf"], "repeated_words": s["repeated_words"]}
                    for (p, domain), s in zip(tasks, scores) if p == penalty}
         mean = sum(d["bleu"] for d in domains.values()) / len(domains)
-        rows.append({"length_penalty": penalty, "mean_bleu": round(mean, 2), "domains": domains})
+        rows.append({"length_penalty": penalty, "mean_bleu": round(mean, 2),
+                     "repeated_words": sum(d["repeated_words"] for d in domains.values()), "domains": domains})
     return rows
 
 
@@ -85,11 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     data = args.data or Path(load_config(args.model_dir)["train"]["data"])
     rows = sweep(args.model_dir, data, penalties, args.beam, args.workers)
     domains = list(rows[0]["domains"])
-    print("| length penalty | mean | " + " | ".join(domains) + " |")
-    print("|---" * (len(domains) + 2) + "|")
+    print("| length penalty | mean BLEU | " + " | ".join(domains) + " | outputs repeating a word thrice |")
+    print("|---" * (len(domains) + 3) + "|")
     for row in rows:
         print(f"| {row['length_penalty']} | {row['mean_bleu']:.2f} | "
-              + " | ".join(f"{row['domains'][d]['bleu']:.2f}" for d in domains) + " |")
+              + " | ".join(f"{row['domains'][d]['bleu']:.2f}" for d in domains) + f" | {row['repeated_words']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if not args.dry_run:

@@ -32,6 +32,12 @@ def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, flo
     }
 
 
+def repeats_a_word(text: str, times: int = 3) -> bool:
+    """A word `times` times in a row: how a search that rewards length degenerates ("ein Buch Buch Buch")."""
+    words = text.split()
+    return any(len(set(words[i:i + times])) == 1 for i in range(len(words) - times + 1))
+
+
 def evaluate(directory: Path, tsv: Path, src_column: int, beam_size: int, length_penalty: float | None,
              limit: int | None) -> dict:
     """`length_penalty` None: the one chosen for the checkpoint (model.choose_decoding), else 1.0."""
@@ -52,6 +58,7 @@ def evaluate(directory: Path, tsv: Path, src_column: int, beam_size: int, length
         "sentences": len(pairs),
         "search": "greedy" if beam_size == 1 else f"beam {beam_size}, length penalty {length_penalty}",
         **{k: round(v, 2) for k, v in corpus_scores(hypotheses, references).items()},
+        "repeated_words": sum(map(repeats_a_word, hypotheses)),  # outputs with a word three times in a row
         "seconds": round(seconds, 1),
         "examples": [{"source": p[src_column], "reference": r, "hypothesis": h} for p, r, h in list(zip(pairs, references, hypotheses))[:5]],
     }

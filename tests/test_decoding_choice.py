@@ -12,7 +12,7 @@ from engine.translator import Translator
 from export.package import build_package
 from export.parity import check_parity
 from model.choose_decoding import main as choose_main
-from model.evaluate import evaluate
+from model.evaluate import evaluate, repeats_a_word
 from tests.tiny_model import copied_checkpoint, generated_pairs, write_tsv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,7 @@ def test_the_best_mean_over_validation_domains_is_recorded_exported_and_searched
     assert all(list(row["domains"]) == ["original", "dialogue"] for row in rows)  # valid splits only, never test
     for row in rows:
         assert row["mean_bleu"] == pytest.approx(sum(d["bleu"] for d in row["domains"].values()) / 2, abs=0.01)
+        assert row["repeated_words"] == sum(d["repeated_words"] for d in row["domains"].values())
     alone = evaluate(checkpoint, data / "valid.dialogue.tsv", 0, 3, 3.0, None)
     assert rows[1]["domains"]["dialogue"]["bleu"] == alone["bleu"]
     best = max(rows, key=lambda row: row["mean_bleu"])["length_penalty"]
@@ -82,3 +83,8 @@ def test_bad_penalties_are_refused_before_anything_is_decoded(checkpoint_with_va
     with pytest.raises(SystemExit):
         choose_main([str(checkpoint), "--data", str(data), "--beam", "1"])
     assert (checkpoint / "config.json").read_text() == before
+
+
+def test_a_word_three_times_in_a_row_is_counted_as_a_degenerate_output():
+    assert repeats_a_word("Ich möchte heute ein Buch Buch Buch machen.")
+    assert not repeats_a_word("Buch Buch, Buch.") and not repeats_a_word("ein Buch Buch") and not repeats_a_word("")
