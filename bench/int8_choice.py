@@ -72,7 +72,8 @@ def mixed(per_channel_on_vocabulary: bool):
             return
         staged = target.with_suffix(".vocabulary.onnx")
         quantize_int8(source, staged, per_channel=per_channel_on_vocabulary, nodes=vocabulary)
-        quantize_int8(staged, target, per_channel=not per_channel_on_vocabulary)  # the rest: it is a MatMul no more
+        # The vocabulary projection is a MatMulInteger by now and this pass leaves it: the rest get the other kind.
+        quantize_int8(staged, target, per_channel=not per_channel_on_vocabulary)
         staged.unlink()
     return quantize
 

@@ -74,7 +74,7 @@ def test_a_package_without_a_decoding_section_searches_with_the_default_and_a_wi
         read_manifest(package)
 
 
-def test_bad_penalties_are_refused_before_anything_is_decoded(checkpoint_with_valid_splits, capsys):
+def test_bad_penalties_are_refused_before_anything_is_decoded(checkpoint_with_valid_splits):
     checkpoint, data = checkpoint_with_valid_splits
     before = (checkpoint / "config.json").read_text()
     for bad in ("1.0,fast", "", "5"):
