@@ -4,7 +4,8 @@
 
 Builds the checkpoint's fp32 graphs once, quantizes them several ways, and translates the first --limit
 test sentences with each (one ONNX Runtime thread, length-sorted batches of 32, greedy and beam 4, the
-fastest of --repeats passes in CPU seconds):
+fastest of --repeats passes in CPU seconds; greedy outputs identical to PyTorch's, and beam-4 outputs in
+batches of 32 identical to the same sentence's alone):
 
   dynamic_tensor    DynamicQuantizeMatMul, one scale per weight matrix (`python -m export --no-per-channel`)
   dynamic_channel   the same with one scale per output channel (what `python -m export` writes)
@@ -16,6 +17,8 @@ fastest of --repeats passes in CPU seconds):
   float32_vocabulary, float32_ffn_down, float32_encoder
                     per output channel, with the vocabulary projection, the feed-forward output projections
                     or the encoder's MatMuls left in float32
+  per_row           per output channel, and every activation quantized with a scale per row (what
+                    CTranslate2 does) instead of one per batch (`python -m export --row-scales`)
 """
 
 from __future__ import annotations
@@ -100,6 +103,10 @@ def float_except(select: Callable[[Path], list[str]] | None):
     return quantize
 
 
+def per_row(source: Path, target: Path) -> None:
+    quantize_int8(source, target, per_channel=True, row_scales=True)
+
+
 VARIANTS = {
     "dynamic_tensor": lambda source, target: quantize_int8(source, target),
     "dynamic_channel": lambda source, target: quantize_int8(source, target, per_channel=True),
@@ -111,6 +118,7 @@ VARIANTS = {
     "float32_vocabulary": float_except(lambda graph: vocabulary_nodes(graph) if graph.name == "decoder.onnx" else []),
     "float32_ffn_down": float_except(ffn_down_nodes),
     "float32_encoder": float_except(lambda graph: matmul_nodes(graph) if graph.name == "encoder.onnx" else []),
+    "per_row": per_row,
 }
 
 
@@ -130,6 +138,9 @@ def measure(package: Path, sources: list[list[int]], references: list[str], refe
         row[f"{name}_bleu"] = round(sacrebleu.corpus_bleu(translator.detokenize(outputs), [references]).score, 2)
         if beam == 1:
             row["greedy_same_as_pytorch"] = sum(a == b for a, b in zip(outputs, reference_outputs))
+        else:  # whether a sentence's output depends on what it was batched with
+            alone = [r.hypotheses[0].tokens for r in translator.translate_in_batches(sources, options, batch_size=1)]
+            row["beam4_same_alone"] = sum(a == b for a, b in zip(outputs, alone))
     return row
 
 

@@ -127,7 +127,7 @@ class PackageManifest(Strict):
     files: dict[str, str]  # file name → sha256 of every file in the package but package.json
     source_checkpoint: SourceCheckpoint
     versions: dict[str, str | int]  # torch, onnx, onnxruntime, opset, exporter (older packages: onnxscript too)
-    export_options: dict[str, bool | int | str] = {}  # int8: per_channel, reduce_range; imported: importer
+    export_options: dict[str, bool | int | str] = {}  # int8: per_channel, reduce_range, row_scales; imported: importer
     parity: dict | None = None  # summary of parity.json
 
     @model_validator(mode="after")

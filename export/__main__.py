@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8: one scale per output channel (the default: it matches PyTorch and CTranslate2's "
                              "BLEU on the shipped en-de at 4-10%% more CPU time than one per matrix; README, Benchmark)")
     parser.add_argument("--reduce-range", action="store_true", help="int8: 7-bit weights (avoids u8s8 saturation on AVX2 without VNNI)")
+    parser.add_argument("--row-scales", action="store_true",
+                        help="int8: quantize activations with a scale per row instead of one per batch, so that no "
+                             "sentence's output depends on its batch (about 20%% more CPU time; README, Export)")
     parser.add_argument("--threads", type=int, default=1, help="threads for the parity run")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="parity run on: cuda = PyTorch on the GPU against ONNX Runtime's CUDA provider (fp16 packages)")
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     staging = args.out.parent / f".{args.out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     model, _, facts = build_package(args.checkpoint, staging, args.precision, args.max_source_tokens,
-                                    args.per_channel, args.reduce_range)
+                                    args.per_channel, args.reduce_range, args.row_scales)
     try:
         report = check_parity(model, staging, parity_data, args.parity_sentences, threads=args.threads, extra=facts,
                               device=args.device)

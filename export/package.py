@@ -58,7 +58,7 @@ def export_graphs(model: Transformer, directory: Path) -> tuple[Path, Path, floa
 
 
 def write_variant(fp32_dir: Path, out: Path, precision: str, model: Transformer, per_channel: bool,
-                  reduce_range: bool) -> None:
+                  reduce_range: bool, row_scales: bool = False) -> None:
     """Write the package's graphs in `precision`: int8 quantized from the verified fp32 graphs in `fp32_dir`,
     fp16 built from the weights in fp16 (float32 kept around the attention ops)."""
     if precision == "fp16":
@@ -71,7 +71,8 @@ def write_variant(fp32_dir: Path, out: Path, precision: str, model: Transformer,
         if precision == "fp32":
             shutil.copyfile(fp32_dir / name, out / name)
         elif precision == "int8":
-            quantize_int8(fp32_dir / name, out / name, per_channel=per_channel, reduce_range=reduce_range)
+            quantize_int8(fp32_dir / name, out / name, per_channel=per_channel, reduce_range=reduce_range,
+                          row_scales=row_scales)
         else:
             raise ValueError(f"unknown precision {precision!r}")
 
@@ -86,7 +87,7 @@ def snapshot(checkpoint: Path, directory: Path) -> Path:
 
 
 def build_package(checkpoint: Path, out: Path, precision: str, max_source_tokens: int = 256,
-                  per_channel: bool = False, reduce_range: bool = False,
+                  per_channel: bool = False, reduce_range: bool = False, row_scales: bool = False,
                   fp32_dir: Path | None = None) -> tuple[Transformer, PackageManifest, dict]:
     """Checkpoint → package directory (without the parity report). `fp32_dir` reuses graphs already exported
     from this checkpoint by `export_graphs`. → the model exported, the manifest, and facts for the parity report."""
@@ -99,9 +100,10 @@ def build_package(checkpoint: Path, out: Path, precision: str, max_source_tokens
         if fp32_dir is None:
             fp32_dir = Path(scratch)
             *_, facts["graphs_max_abs_diff"] = export_graphs(model, fp32_dir)
-        write_variant(fp32_dir, out, precision, model, per_channel, reduce_range)
+        write_variant(fp32_dir, out, precision, model, per_channel, reduce_range, row_scales)
         shutil.copyfile(frozen / "spm.model", out / "spm.model")
-        options = {"per_channel": per_channel, "reduce_range": reduce_range} if precision == "int8" else {}
+        options = ({"per_channel": per_channel, "reduce_range": reduce_range, "row_scales": row_scales}
+                   if precision == "int8" else {})
         manifest = manifest_for(model, config, checkpoint, sha256_of(frozen / "model.safetensors"), precision,
                                 max_source_tokens, options)
     write_manifest(out, manifest)

@@ -4,7 +4,8 @@ by export/graph_builder.py).
 int8: dynamic quantization (weights int8 per tensor or per channel, activations quantized at run
 time: MatMulInteger, fused by ONNX Runtime into DynamicQuantizeMatMul). `quantize_dynamic` only
 quantizes MatMul and Gather in this mode; every projection of both graphs, the vocabulary
-projection included, is a MatMul.
+projection included, is a MatMul. Its activations get one scale for the whole batch, so a sentence's
+output can depend on what it is batched with; `row_scales` gives every row its own (`scale_rows`).
 
 fp16: float16 weights and compute with float32 inputs and outputs, so that the service's arrays (caches,
 log-probabilities) stay float32 whatever the package precision.
@@ -16,15 +17,18 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 log = logging.getLogger(__name__)
 
 
 def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_range: bool = False,
-                  nodes: list[str] | None = None, excluded: list[str] | None = None) -> None:
-    """fp32 graph → int8 weights (QInt8), dynamic activation quantization; `nodes` / `excluded`: only / all but
-    these MatMul nodes (bench.int8_choice mixes scale kinds by quantizing in two passes)."""
+                  nodes: list[str] | None = None, excluded: list[str] | None = None, row_scales: bool = False) -> None:
+    """fp32 graph → int8 weights (QInt8), dynamic activation quantization (`row_scales`: one scale per row);
+    `nodes` / `excluded`: only / all but these MatMul nodes (bench.int8_choice mixes scale kinds by quantizing
+    in two passes)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -51,7 +55,56 @@ def quantize_int8(source: Path, target: Path, per_channel: bool = False, reduce_
             # Activations × activations (attention) stay float; a contrib op's outputs have no inferred type.
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
+    if row_scales:
+        scale_rows(target)
     onnx.checker.check_model(str(target))
+
+
+def scale_rows(path: Path) -> None:
+    """Quantize every activation with a scale per row instead of one per tensor, in place: each
+    DynamicQuantizeLinear (asymmetric, one scale for the whole batch) becomes max |x| / 127 per row around zero
+    point 128, as CTranslate2 does, so that no sentence's output depends on the others in its batch. uint8
+    around 128, not int8 around 0: ONNX Runtime's u8 × s8 products are fast and its s8 × s8 ones ten times
+    slower here. The row scale multiplies the product's float output, after the weight scales, so that ONNX
+    Runtime still fuses MatMulInteger, Cast and those scales into MatMulIntegerToFloat."""
+    model = onnx.load(str(path))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {"row_scale_axes": np.array([-1], np.int64), "row_scale_floor": np.array(1e-8, np.float32),
+                 "row_scale_step": np.array(1 / 127, np.float32), "row_zero_point": np.array(128, np.float32)}
+    nodes: list[onnx.NodeProto] = []
+    rescale_after: dict[str, list[onnx.NodeProto]] = {}  # weight-scale Mul → the row-scale Mul that follows it
+    for node in model.graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            nodes += [node, *rescale_after.pop(node.name, [])]
+            continue
+        x, (quantized, scale, zero_point), p = node.input[0], node.output, node.name
+        row_scale = f"{p}_row_scale"  # [..., 1]
+        nodes += [helper.make_node("Abs", [x], [f"{p}_abs"]),
+                  helper.make_node("ReduceMax", [f"{p}_abs", "row_scale_axes"], [f"{p}_max"], keepdims=1),
+                  helper.make_node("Max", [f"{p}_max", "row_scale_floor"], [f"{p}_max_floor"]),  # rows of zeros
+                  helper.make_node("Mul", [f"{p}_max_floor", "row_scale_step"], [row_scale]),
+                  helper.make_node("Div", [x, row_scale], [f"{p}_scaled"]),
+                  helper.make_node("Round", [f"{p}_scaled"], [f"{p}_rounded"]),
+                  helper.make_node("Add", [f"{p}_rounded", "row_zero_point"], [f"{p}_shifted"]),
+                  helper.make_node("Cast", [f"{p}_shifted"], [quantized], to=TensorProto.UINT8)]
+        # The products now see a constant zero point, and a tensor scale of 1 (the weight scales stay theirs).
+        constants[zero_point], constants[scale] = np.array(128, np.uint8), np.array(1.0, np.float32)
+        for product in consumers[quantized]:  # MatMulInteger → Cast → Mul by the scales → (new) Mul by the row's
+            (cast,) = consumers[product.output[0]]
+            (weight_scale,) = consumers[cast.output[0]]
+            output = weight_scale.output[0]
+            weight_scale.output[0] = f"{output}_before_row_scale"
+            rescale_after.setdefault(weight_scale.name, []).append(helper.make_node(
+                "Mul", [f"{output}_before_row_scale", row_scale], [output], name=f"{weight_scale.name}_row_scale"))
+    if rescale_after:
+        raise ValueError(f"{path.name}: quantized products not in the expected MatMulInteger → Cast → Mul form")
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    onnx.save(model, str(path))
 
 
 def quantizer_names(names: list[str], prepared: Path) -> list[str]:

@@ -127,6 +127,32 @@ def test_int8_can_leave_chosen_matmuls_in_float_the_vocabulary_projection_too(ti
         quantize_int8(source, tmp_path / "other.onnx", excluded=["nothing"])
 
 
+def test_int8_with_row_scales_gives_each_sentence_what_it_gets_alone(tiny_checkpoint, tiny_fp32_graphs, tiny_packages,
+                                                                      tmp_path):
+    out = tmp_path / "row-scales"
+    model, manifest, _ = build_package(tiny_checkpoint, out, "int8", max_source_tokens=64, per_channel=True,
+                                       row_scales=True, fp32_dir=tiny_fp32_graphs)
+    assert manifest.export_options["row_scales"] is True
+    ops = {n.op_type for name in ("encoder.onnx", "decoder.onnx") for n in onnx.load(str(out / name)).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" not in ops
+    assert check_parity(model, out, tiny_checkpoint.parent / "data" / "test.tsv", sample_size=20)["passed"]
+    pairs = read_tsv_pairs(tiny_checkpoint.parent / "data" / "test.tsv")[:12]
+
+    def batched_and_alone(package: Path, beam: int) -> tuple[list, list]:
+        translator = Translator(package, ONE_THREAD, require_parity=False)
+        ids, options = translator.tokenize([pair[0] for pair in pairs]), translator.search_options(beam)
+        together = translator.translate_ids(ids, options)
+        alone = [translator.translate_ids([row], options)[0] for row in ids]
+        return ([(r.hypotheses[0].tokens, r.hypotheses[0].score) for r in results] for results in (together, alone))
+
+    for beam in (1, 4):  # tokens and scores alike: nothing of a neighbour reaches a sentence
+        together, alone = batched_and_alone(out, beam)
+        assert together == alone
+    # One scale for the whole batch (the default) is what made them differ.
+    together, alone = batched_and_alone(tiny_packages["int8"], 4)
+    assert together != alone
+
+
 def test_parity_fails_against_a_different_model(tiny_checkpoint, tiny_fp32_graphs, tmp_path):
     out = tmp_path / "package"
     build_package(tiny_checkpoint, out, "fp32", max_source_tokens=64, fp32_dir=tiny_fp32_graphs)
@@ -157,7 +183,8 @@ def test_shipped_package_is_an_export_of_the_shipped_checkpoint(tmp_path, pair):
     assert manifest.files["spm.model"] == sha256_of(checkpoint / "spm.model")
     options = manifest.export_options
     build_package(checkpoint, tmp_path / "fresh", "int8", manifest.limits.max_source_tokens,
-                  per_channel=bool(options.get("per_channel")), reduce_range=bool(options.get("reduce_range")))
+                  per_channel=bool(options.get("per_channel")), reduce_range=bool(options.get("reduce_range")),
+                  row_scales=bool(options.get("row_scales")))
     shipped = Translator(package, ONE_THREAD)
     fresh = Translator(tmp_path / "fresh", ONE_THREAD, require_parity=False)
     column = 0 if pair == "en-de" else 1
