@@ -65,42 +65,45 @@ def scale_rows(path: Path) -> None:
     DynamicQuantizeLinear (asymmetric, one scale for the whole batch) becomes max |x| / 127 per row around zero
     point 128, as CTranslate2 does, so that no sentence's output depends on the others in its batch. uint8
     around 128, not int8 around 0: ONNX Runtime's u8 × s8 products are fast and its s8 × s8 ones ten times
-    slower here. The row scale multiplies the product's float output, after the weight scales, so that ONNX
-    Runtime still fuses MatMulInteger, Cast and those scales into MatMulIntegerToFloat."""
+    slower here. Each product the quantizer wrote (MatMulInteger → Cast → Mul by "x scale × weight scales")
+    becomes one MatMulIntegerToFloat with the weight scales, then a Mul by the row's scale."""
     model = onnx.load(str(path))
+    producer = {output: node for node in model.graph.node for output in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     constants = {"row_scale_axes": np.array([-1], np.int64), "row_scale_floor": np.array(1e-8, np.float32),
-                 "row_scale_step": np.array(1 / 127, np.float32), "row_zero_point": np.array(128, np.float32)}
-    nodes: list[onnx.NodeProto] = []
-    rescale_after: dict[str, list[onnx.NodeProto]] = {}  # weight-scale Mul → the row-scale Mul that follows it
+                 "row_scale_step": np.array(1 / 127, np.float32), "row_zero_point": np.array(128, np.float32),
+                 "row_zero_point_uint8": np.array(128, np.uint8), "row_scale_one": np.array(1.0, np.float32)}
+    replaced: dict[str, list[onnx.NodeProto]] = {}  # node name → what stands in its place (nothing: removed)
     for node in model.graph.node:
         if node.op_type != "DynamicQuantizeLinear":
-            nodes += [node, *rescale_after.pop(node.name, [])]
             continue
-        x, (quantized, scale, zero_point), p = node.input[0], node.output, node.name
+        x, quantized, p = node.input[0], node.output[0], node.name
         row_scale = f"{p}_row_scale"  # [..., 1]
-        nodes += [helper.make_node("Abs", [x], [f"{p}_abs"]),
-                  helper.make_node("ReduceMax", [f"{p}_abs", "row_scale_axes"], [f"{p}_max"], keepdims=1),
-                  helper.make_node("Max", [f"{p}_max", "row_scale_floor"], [f"{p}_max_floor"]),  # rows of zeros
-                  helper.make_node("Mul", [f"{p}_max_floor", "row_scale_step"], [row_scale]),
-                  helper.make_node("Div", [x, row_scale], [f"{p}_scaled"]),
-                  helper.make_node("Round", [f"{p}_scaled"], [f"{p}_rounded"]),
-                  helper.make_node("Add", [f"{p}_rounded", "row_zero_point"], [f"{p}_shifted"]),
-                  helper.make_node("Cast", [f"{p}_shifted"], [quantized], to=TensorProto.UINT8)]
-        # The products now see a constant zero point, and a tensor scale of 1 (the weight scales stay theirs).
-        constants[zero_point], constants[scale] = np.array(128, np.uint8), np.array(1.0, np.float32)
-        for product in consumers[quantized]:  # MatMulInteger → Cast → Mul by the scales → (new) Mul by the row's
+        replaced[node.name] = [
+            helper.make_node("Abs", [x], [f"{p}_abs"]),
+            helper.make_node("ReduceMax", [f"{p}_abs", "row_scale_axes"], [f"{p}_max"], keepdims=1),
+            helper.make_node("Max", [f"{p}_max", "row_scale_floor"], [f"{p}_max_floor"]),  # a row of zeros
+            helper.make_node("Mul", [f"{p}_max_floor", "row_scale_step"], [row_scale]),
+            helper.make_node("Div", [x, row_scale], [f"{p}_scaled"]),
+            helper.make_node("Round", [f"{p}_scaled"], [f"{p}_rounded"]),
+            helper.make_node("Add", [f"{p}_rounded", "row_zero_point"], [f"{p}_shifted"]),
+            helper.make_node("Cast", [f"{p}_shifted"], [quantized], to=TensorProto.UINT8)]
+        for product in consumers[quantized]:
             (cast,) = consumers[product.output[0]]
-            (weight_scale,) = consumers[cast.output[0]]
-            output = weight_scale.output[0]
-            weight_scale.output[0] = f"{output}_before_row_scale"
-            rescale_after.setdefault(weight_scale.name, []).append(helper.make_node(
-                "Mul", [f"{output}_before_row_scale", row_scale], [output], name=f"{weight_scale.name}_row_scale"))
-    if rescale_after:
-        raise ValueError(f"{path.name}: quantized products not in the expected MatMulInteger → Cast → Mul form")
+            (rescale,) = consumers[cast.output[0]]
+            both_scales = producer[next(name for name in rescale.input if name != cast.output[0])]
+            weight_scales = next(name for name in both_scales.input if name != node.output[1])
+            output = rescale.output[0]
+            replaced[product.name] = [
+                helper.make_node("MatMulIntegerToFloat", [quantized, product.input[1], "row_scale_one", weight_scales,
+                                                          "row_zero_point_uint8", product.input[3]],
+                                 [f"{output}_unscaled"], name=f"{product.name}_to_float", domain="com.microsoft"),
+                helper.make_node("Mul", [f"{output}_unscaled", row_scale], [output], name=f"{product.name}_row_scale")]
+            replaced.update({cast.name: [], rescale.name: [], both_scales.name: []})
+    nodes = [new for node in model.graph.node for new in replaced.get(node.name, [node])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
