@@ -28,6 +28,17 @@ def fp32(tiny_packages) -> Translator:
 
 
 @pytest.fixture(scope="module")
+def int8_row_scales(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> Translator:
+    """int8 with a scale per row (`python -m export --row-scales`): no sentence depends on its batch."""
+    from export.package import build_package
+
+    out = tmp_path_factory.mktemp("int8_row_scales")
+    build_package(tiny_checkpoint, out, "int8", max_source_tokens=64, per_channel=True, row_scales=True,
+                  fp32_dir=tiny_fp32_graphs)
+    return Translator(out, ONE_THREAD, require_parity=False)
+
+
+@pytest.fixture(scope="module")
 def torch_model(tiny_checkpoint):
     return load_model(tiny_checkpoint)[0]
 
@@ -148,14 +159,16 @@ def test_onnx_search_equals_pytorch_search(fp32, torch_model, beam_size, n_best,
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
-def test_sentences_joining_a_running_batch_get_what_they_get_alone(fp32, beam_size):
+@pytest.mark.parametrize("package", ["fp32", "int8_row_scales"])
+def test_sentences_joining_a_running_batch_get_what_they_get_alone(request, package, beam_size):
     """Continuous batching: sentences join mid-decode (one or two at a time, longer sources than the running
     ones, more steps than the running batch has room for: the buffers grow and the history moves to the
-    front); each gets exactly the hypotheses and scores it gets decoded alone."""
-    options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
-    ids = fp32.tokenize([SENTENCES[2], SENTENCES[1], *BATCH_32[:4], BATCH_32[7], SENTENCES[3]])
-    alone = [fp32.translate_ids([row], options)[0] for row in ids]
-    results = decode_with_joins(fp32, ids, options)
+    front); each gets exactly the hypotheses and scores it gets decoded alone (int8 too, with row scales)."""
+    translator = request.getfixturevalue(package)
+    options = translator.search_options(beam_size=beam_size, n_best=beam_size)
+    ids = translator.tokenize([SENTENCES[2], SENTENCES[1], *BATCH_32[:4], BATCH_32[7], SENTENCES[3]])
+    alone = [translator.translate_ids([row], options)[0] for row in ids]
+    results = decode_with_joins(translator, ids, options)
     assert sorted(results) == list(range(len(ids)))
     assert_as_alone(results, alone)
 
