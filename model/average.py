@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from model.checkpoint import load_model, save_weights, weights_counters
 from model.data import source_column
 from model.evaluate import domain_files
+from model.grow import grown_weights, parse_growth
 from model.train import TrainConfig, bf16_autocast, load_split, validate
 from model.transformer import TransformerConfig
 
@@ -53,10 +54,14 @@ def newest_snapshots(directory: Path, last: int) -> list[Path]:
     return sorted((directory / "snapshots").glob("step-*.safetensors"))[-last:]
 
 
-def check_same_model(directory: Path, other: Path) -> None:
-    """Refuse to average runs whose weights do not mean the same thing (architecture or tokenizer differ)."""
-    mine, theirs = (TransformerConfig.from_dict(json.loads((d / "config.json").read_text())["model"]).architecture()
-                    for d in (directory, other))
+def model_config(directory: Path) -> TransformerConfig:
+    return TransformerConfig.from_dict(json.loads((directory / "config.json").read_text())["model"])
+
+
+def check_same_model(directory: Path, other: Path, grow: str = "") -> None:
+    """Refuse to average runs whose weights do not mean the same thing (architecture or tokenizer differ);
+    `grow`: `other` is the checkpoint the run grew from (its architecture grown by `grow` must be the run's)."""
+    mine, theirs = model_config(directory).architecture(), parse_growth(grow, model_config(other)).architecture()
     # spm.vocab (pieces and scores), not spm.model: the model file also records where it was trained.
     if mine != theirs or (directory / "spm.vocab").read_bytes() != (other / "spm.vocab").read_bytes():
         raise SystemExit(f"{other}: another model config or tokenizer than {directory}; "
@@ -117,12 +122,15 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
 
 def with_start_weights(directory: Path, config: dict, averaged: dict[str, torch.Tensor],
                        share: float) -> tuple[dict[str, torch.Tensor], str]:
-    """→ share × the run's `--init-from` weights + (1 − share) × `averaged`, and a label naming them."""
-    start = Path(config["train"].get("init_from") or "")
+    """→ share × the run's `--init-from` weights + (1 − share) × `averaged`, and a label naming them. A run that
+    grew its checkpoint (`--grow`) started from the grown weights: grown again here the same way, with its seed."""
+    start, grow = Path(config["train"].get("init_from") or ""), config["train"].get("grow") or ""
     if not (start / "model.safetensors").is_file():
         raise SystemExit(f"{directory}: the run did not start from a checkpoint (--init-from) that is still there")
-    check_same_model(directory, start)
+    check_same_model(directory, start, grow)
     weights = load_file(str(start / "model.safetensors"))
+    if grow:
+        weights = grown_weights(weights, model_config(start), model_config(directory), config["train"]["seed"])
     if weights.keys() != averaged.keys():
         raise SystemExit(f"{start}: its weights name other tensors than the run's snapshots")
     mixed = {name: (share * weights[name].float() + (1 - share) * tensor).contiguous()

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from model.tokenizer import Tokenizer, train_tokenizer
 from model.evaluate import domain_files
+from model.average import with_start_weights
 from model.grow import parse_growth
 from model.train import load_training_files, parse_weights, train
 from model.transformer import Transformer, TransformerConfig
@@ -110,6 +111,11 @@ def test_grown_model_computes_what_the_checkpoint_computes_and_then_trains(domai
     src, tgt = torch.randint(4, 50, (3, 7)), torch.randint(4, 50, (3, 5))
     with torch.no_grad():
         torch.testing.assert_close(large(src, tgt), small(src, tgt))
+    # model.average --start-share grows the start the same way (same seed): the run's own step 0 (lr 0 here).
+    step_zero = load_file(str(second / "resume" / "weights.safetensors"))
+    zeros = {name: torch.zeros_like(tensor) for name, tensor in step_zero.items()}
+    mixed, _ = with_start_weights(second, json.loads((second / "config.json").read_text()), zeros, 0.5)
+    assert all(torch.equal(mixed[name], 0.5 * step_zero[name]) for name in step_zero)
     # The zero matrices are not a fixed point: one step with a learning rate moves the new units' outputs.
     third = tmp_path / "trained"
     train(tiny_config(domains_corpus, third, max_steps=1, eval_every=1000, lr=0.01, warmup_steps=1,
