@@ -95,7 +95,9 @@ class CheckpointConverter(ctranslate2.converters.Converter):
         import sentencepiece as spm
 
         config = json.loads((self.checkpoint / "config.json").read_text())
-        weights = load_file(str(self.checkpoint / "model.safetensors"))
+        # float32 whatever the checkpoint stores (model.average --half writes float16), like our own export
+        stored = load_file(str(self.checkpoint / "model.safetensors"))
+        weights = {name: array.astype("float32") for name, array in stored.items()}
         processor = spm.SentencePieceProcessor(model_file=str(self.checkpoint / "spm.model"))
         pieces = [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
         return build_spec(config, weights, pieces)

@@ -69,11 +69,11 @@ def check_same_model(directory: Path, other: Path, grow: str = "") -> None:
 
 
 def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[Path, ...] = (),
-                out: Path | None = None, start_share: float = 0.0) -> dict:
+                out: Path | None = None, start_share: float = 0.0, half: bool = False) -> dict:
     """Average the newest `last` snapshots under `directory/snapshots` (and under each of `other_runs`; with
-    `start_share`, the run's starting weights too, as that share of the mean), validate the average and the best
-    weights alike, and keep the average if it is better (with `out`: write it to `out` either way). → a report of
-    both scores."""
+    `start_share`, the run's starting weights too, as that share of the mean; with `half`, rounded to float16 as
+    they are then stored), validate the average and the best weights alike, and keep the average if it is better
+    (with `out`: write it to `out` either way). → a report of both scores."""
     if not 0 <= start_share < 1:
         raise SystemExit(f"--start-share {start_share}: a share of the mean, from 0 (none) up to but not 1")
     if threads:
@@ -100,6 +100,8 @@ def average_run(directory: Path, last: int, threads: int = 0, other_runs: tuple[
     if start_share:
         averaged, label = with_start_weights(directory, config, averaged, start_share)
         labels.append(label)
+    if half:  # stored in float16: what is validated is what is stored
+        averaged = {name: tensor.half().contiguous() for name, tensor in averaged.items()}
     model.load_state_dict(averaged, strict=False)  # same keys as the snapshots' source, the run's own model
     averaged_scores = validate(model, valid, tokenizer, train_config, autocast)
     better = averaged_scores["bleu"] > best_scores["bleu"]
@@ -148,9 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the mean to this new checkpoint directory instead")
     parser.add_argument("--start-share", type=float, default=0.0,
                         help="the run's starting (--init-from) weights join the mean as this share of it, e.g. 0.5")
+    parser.add_argument("--half", action="store_true",
+                        help="store the mean in float16: half the file (a grown model's fp32 weights pass 50 MiB), "
+                             "validated as stored; the packages are exported from it as from any checkpoint")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    report = average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs), args.out, args.start_share)
+    report = average_run(args.model_dir, args.last, args.threads, tuple(args.other_runs), args.out, args.start_share,
+                         args.half)
     print(json.dumps(report, indent=2))
 
 

@@ -165,6 +165,13 @@ def test_averaging_can_give_the_runs_starting_weights_a_share_of_the_mean(tmp_pa
     mixed = load_file(str(tmp_path / "mixed" / "model.safetensors"))
     assert all(torch.allclose(mixed[k], 0.25 * started[k] + 0.75 * mean[k]) for k in mean)
     assert report["snapshots"] == [p.name for p in snapshots] + [f"{start}/model.safetensors (share 0.25)"]
+    # --half: stored in float16 (half the file), and what was validated is what load_model gives back.
+    report = average_run(run, last=2, threads=1, out=tmp_path / "half", start_share=0.25, half=True)
+    stored = load_file(str(tmp_path / "half" / "model.safetensors"))
+    assert all(stored[k].dtype == torch.float16 and torch.equal(stored[k], mixed[k].half()) for k in mean)
+    model = load_model(tmp_path / "half")[0]
+    assert all(torch.equal(model.state_dict()[k], mixed[k].half().float()) for k in mean)
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "mixed" / "model.safetensors").stat().st_size
     with pytest.raises(SystemExit, match="up to but not 1"):
         average_run(run, last=2, threads=1, out=tmp_path / "bad", start_share=1.5)
     with pytest.raises(SystemExit, match="did not start from a checkpoint"):
