@@ -18,9 +18,10 @@ model.evaluate DIR --split valid --domain all --beam 4`); the run's own files ar
 
     python -m model.average /work/runs/en-de-b --last 3 --start-share 0.5 --out DIR
 
-puts the weights the run started from (its `--init-from` checkpoint) into the mean with that share of the whole
-(here: half the start, half the mean of the snapshots): a short continuation run moves little from its start,
-and the midpoint of the two can validate better than either.
+puts the weights the run started from (its `--init-from` checkpoint, grown as the run grew it when it ran with
+`--grow`) into the mean with that share of the whole (here: half the start, half the mean of the snapshots): a
+short continuation run moves little from its start, and the midpoint of the two can validate better than either.
+`--half` stores the mean in float16.
 """
 
 from __future__ import annotations

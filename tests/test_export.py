@@ -143,7 +143,8 @@ def test_int8_with_row_scales_gives_each_sentence_what_it_gets_alone(tiny_checkp
         ids, options = translator.tokenize([pair[0] for pair in pairs]), translator.search_options(beam)
         together = translator.translate_ids(ids, options)
         alone = [translator.translate_ids([row], options)[0] for row in ids]
-        return ([(r.hypotheses[0].tokens, r.hypotheses[0].score) for r in results] for results in (together, alone))
+        return tuple([(r.hypotheses[0].tokens, r.hypotheses[0].score) for r in results]
+                     for results in (together, alone))
 
     for beam in (1, 4):  # tokens and scores alike: nothing of a neighbour reaches a sentence
         together, alone = batched_and_alone(out, beam)
