@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reduce-range", action="store_true", help="int8: 7-bit weights (avoids u8s8 saturation on AVX2 without VNNI)")
     parser.add_argument("--row-scales", action="store_true",
                         help="int8: quantize activations with a scale per row instead of one per batch, so that no "
-                             "sentence's output depends on its batch (12-22%% more CPU time at batch 32, a third at batch 1; README, Export)")
+                             "sentence's output depends on its batch (12-22%% more CPU time at batch 32, a third at "
+                             "batch 1; README, Export)")
     parser.add_argument("--threads", type=int, default=1, help="threads for the parity run")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="parity run on: cuda = PyTorch on the GPU against ONNX Runtime's CUDA provider (fp16 packages)")
