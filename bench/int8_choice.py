@@ -103,10 +103,6 @@ def float_except(select: Callable[[Path], list[str]] | None):
     return quantize
 
 
-def per_row(source: Path, target: Path) -> None:
-    quantize_int8(source, target, per_channel=True, row_scales=True)
-
-
 VARIANTS = {
     "dynamic_tensor": lambda source, target: quantize_int8(source, target),
     "dynamic_channel": lambda source, target: quantize_int8(source, target, per_channel=True),
@@ -118,7 +114,7 @@ VARIANTS = {
     "float32_vocabulary": float_except(lambda graph: vocabulary_nodes(graph) if graph.name == "decoder.onnx" else []),
     "float32_ffn_down": float_except(ffn_down_nodes),
     "float32_encoder": float_except(lambda graph: matmul_nodes(graph) if graph.name == "encoder.onnx" else []),
-    "per_row": per_row,
+    "per_row": lambda source, target: quantize_int8(source, target, per_channel=True, row_scales=True),
 }
 
 

@@ -57,10 +57,9 @@ def record_choice(directory: Path, rows: list[dict], beam_size: int, data: Path)
     choice = {"length_penalty": best["length_penalty"],
               "chosen_on": f"mean BLEU of the validation splits of {data}, beam {beam_size}",
               "candidates": {str(row["length_penalty"]): row["mean_bleu"] for row in rows}}
-    path = Path(directory) / "config.json"
-    config = json.loads(path.read_text())
+    config = load_config(directory)
     config[DECODING] = choice
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    (Path(directory) / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return choice
 
 

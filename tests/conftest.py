@@ -37,3 +37,15 @@ def tiny_packages(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> dict[s
 
     return checked_packages(tiny_checkpoint, lambda precision: tmp_path_factory.mktemp(f"package_{precision}"),
                             ("fp32", "int8", "fp16"), fp32_dir=tiny_fp32_graphs)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_row_scales(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> Path:
+    """An int8 package of the tiny model with a scale per row (`python -m export --row-scales`), without its
+    parity report (tests/test_export.py checks parity)."""
+    from export.package import build_package
+
+    out = tmp_path_factory.mktemp("int8_row_scales")
+    build_package(tiny_checkpoint, out, "int8", max_source_tokens=64, per_channel=True, row_scales=True,
+                  fp32_dir=tiny_fp32_graphs)
+    return out

@@ -18,7 +18,7 @@ from export.quantize import check_fp16, quantize_int8
 from model.checkpoint import load_model
 from model.tokenizer import read_tsv_pairs
 from engine.search import SearchOptions
-from engine.package import PackageError, load_package, sha256_of
+from engine.package import PackageError, load_package, read_manifest, sha256_of
 from engine.translator import Translator
 from engine.sessions import RuntimeOptions
 
@@ -127,14 +127,13 @@ def test_int8_can_leave_chosen_matmuls_in_float_the_vocabulary_projection_too(ti
         quantize_int8(source, tmp_path / "other.onnx", excluded=["nothing"])
 
 
-def test_int8_with_row_scales_gives_each_sentence_what_it_gets_alone(tiny_checkpoint, tiny_fp32_graphs, tiny_packages,
-                                                                      tmp_path):
-    out = tmp_path / "row-scales"
-    model, manifest, _ = build_package(tiny_checkpoint, out, "int8", max_source_tokens=64, per_channel=True,
-                                       row_scales=True, fp32_dir=tiny_fp32_graphs)
-    assert manifest.export_options["row_scales"] is True
+def test_int8_with_row_scales_gives_each_sentence_what_it_gets_alone(tiny_checkpoint, tiny_int8_row_scales,
+                                                                      tiny_packages):
+    out = tiny_int8_row_scales
+    assert read_manifest(out).export_options["row_scales"] is True
     ops = {n.op_type for name in ("encoder.onnx", "decoder.onnx") for n in onnx.load(str(out / name)).graph.node}
     assert "MatMulIntegerToFloat" in ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger"}
+    model = load_model(tiny_checkpoint)[0]
     assert check_parity(model, out, tiny_checkpoint.parent / "data" / "test.tsv", sample_size=20)["passed"]
     pairs = read_tsv_pairs(tiny_checkpoint.parent / "data" / "test.tsv")[:12]
 

@@ -28,14 +28,9 @@ def fp32(tiny_packages) -> Translator:
 
 
 @pytest.fixture(scope="module")
-def int8_row_scales(tiny_checkpoint, tiny_fp32_graphs, tmp_path_factory) -> Translator:
+def int8_row_scales(tiny_int8_row_scales) -> Translator:
     """int8 with a scale per row (`python -m export --row-scales`): no sentence depends on its batch."""
-    from export.package import build_package
-
-    out = tmp_path_factory.mktemp("int8_row_scales")
-    build_package(tiny_checkpoint, out, "int8", max_source_tokens=64, per_channel=True, row_scales=True,
-                  fp32_dir=tiny_fp32_graphs)
-    return Translator(out, ONE_THREAD, require_parity=False)
+    return Translator(tiny_int8_row_scales, ONE_THREAD, require_parity=False)
 
 
 @pytest.fixture(scope="module")
