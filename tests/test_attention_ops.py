@@ -1,0 +1,19 @@
+"""`bench.attention_ops`: the decoder's attention operators timed alone, at a step's shapes, on ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+from bench.attention_ops import main
+
+
+def test_times_each_operator_and_checks_the_cross_attention_forms_agree(tmp_path, capsys):
+    out = tmp_path / "attention.json"
+    main(["--batch", "3", "--beams", "2", "--capacity", "12", "--histories", "1,6", "--source", "5", "--repeats", "3",
+          "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [row["history"] for row in result["self_attention"]] == [1, 6]
+    assert all(row["us"] > 0 and row["us_per_slot"] > 0 for row in result["self_attention"])
+    assert result["cross_attention"]["multi_head_attention_us"] > 0  # both forms ran and agreed (else it raises)
+    assert result["cross_attention"]["matmul_softmax_matmul_us"] > 0
+    assert "| 6 |" in capsys.readouterr().out
