@@ -15,8 +15,9 @@ start outnumber those after it, the live rows' history is moved to the front.
 The caches are allocated for the batch's step limit but not initialised: memory a step never writes
 is never touched, so it costs address space, not resident memory. Copies happen only when the batch
 changes: finished sentences leave lazily (their rows keep being computed and ignored until a quarter
-of the batch has finished, then the live rows are compacted to the front of the same buffers and the
-memory behind them goes back to the operating system), and joining sentences may need larger buffers.
+of the batch has finished, then the live sentences from past the first n places, n the live count, move into
+finished ones' places in the same buffers, and the memory behind them goes back to the operating system), and
+joining sentences may need larger buffers.
 The encoder runs in slices of at most ENCODER_TOKENS padded tokens (on the CPU; more on a GPU, which wants
 large batches), which bounds the largest activations ONNX Runtime's arena ever grows to.
 
@@ -295,18 +296,24 @@ class OnnxStepModel:
 
     # --- moving rows ---------------------------------------------------------------------------
     def compact(self, state: DecodeState) -> None:
-        """Move the live sentences' rows to the front of every buffer; later steps compute only those."""
+        """Move the rows of the live sentences that lie past the first n places (n: live sentences) into the places of
+        finished ones, so that later steps compute only the first n: the fewest rows move (the search's order of
+        sentences is kept by `alive`, which then need not be ascending)."""
         self.to_host(state)
-        alive, length, width = state.alive, state.length, state.beam_width
-        rows = state.alive_rows()
-        moved = alive != np.arange(len(alive))
-        first = int(np.argmax(moved)) if moved.any() else len(alive)  # sentences before the first gap stay put
+        alive, length, width, count = state.alive.copy(), state.length, state.beam_width, len(state.alive)
+        movers = np.flatnonzero(alive >= count)  # search indices of the live sentences to move
+        if len(movers):
+            sources, holes = alive[movers], np.setdiff1d(np.arange(count), alive)  # as many holes as movers
+            offsets = np.arange(width)
+            source_rows, hole_rows = ((places[:, None] * width + offsets).reshape(-1) for places in (sources, holes))
+            for cache in state.caches:
+                cache[hole_rows, :, :length] = cache[source_rows, :, :length]
+            for array in (*state.cross, state.source_mask, state.indirection, state.start):
+                array[holes] = array[sources]
+            alive[movers] = holes
         for cache in state.caches:
-            cache[first * width : len(rows), :, :length] = cache[rows[first * width :], :, :length]
-            release_rows(cache, len(rows))
-        for array in (*state.cross, state.source_mask, state.indirection, state.start):
-            array[first : len(alive)] = array[alive[first:]]
-        state.set_alive(np.arange(len(alive)), len(alive))
+            release_rows(cache, count * width)
+        state.set_alive(alive, count)
         state.bound = None
 
     def rebase(self, state: DecodeState) -> None:

@@ -215,6 +215,31 @@ def test_a_withdrawn_sentence_leaves_the_running_batch(fp32):
     assert results["a"].hypotheses[0].tokens == alone[0] and results["c"].hypotheses[0].tokens == alone[2]
 
 
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_compaction_moves_only_the_sentences_past_the_live_count(fp32, beam_size, monkeypatch):
+    """Finished sentences' places are filled by the live sentences from past the first n places (n: live
+    sentences), which then sit out of order; the others stay put. Sentences that join afterwards take free places,
+    and everyone still gets exactly what they get alone."""
+    options = fp32.search_options(beam_size=beam_size, n_best=beam_size)
+    ids = fp32.tokenize([*BATCH_32[:12], SENTENCES[3], BATCH_32[5]])
+    alone = [fp32.translate_ids([row], options)[0] for row in ids]
+    moves, compact = [], fp32.step_model.compact
+
+    def compact_and_record(state):
+        before = state.alive.copy()
+        compact(state)
+        moves.append((before, state.alive.copy()))
+
+    monkeypatch.setattr(fp32.step_model, "compact", compact_and_record)
+    results = decode_joining_at(fp32, ids, options, {0: list(range(12)), 6: [12], 7: [13]})
+    for before, after in moves:
+        assert (after < len(after)).all()  # every live sentence within the first n places
+        stayed = before < len(before)
+        assert (after[stayed] == before[stayed]).all() and len(set(after.tolist())) == len(after)
+    assert any((np.diff(after) < 0).any() for _, after in moves)  # some sentence was moved into an earlier place
+    assert_as_alone(results, alone)
+
+
 def test_decoder_writes_its_caches_in_place(fp32):
     """The caches bound to the decoder are the state's own arrays: steps write slots, nobody copies them."""
     model = fp32.step_model
