@@ -29,6 +29,14 @@ MS_DOMAIN = "com.microsoft"
 FLOAT, INT32, INT64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
 
 
+def int64s(name: str, values: list[int]) -> TensorProto:
+    return helper.make_tensor(name, INT64, [len(values)], values)
+
+
+def float_scalar(name: str, value: float) -> TensorProto:
+    return helper.make_tensor(name, FLOAT, [], [value])
+
+
 def session(nodes: list, inputs: list, outputs: list, initializers: tuple = ()) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
@@ -63,6 +71,7 @@ def self_attention(batch: int, beams: int, heads: int, head_dim: int, capacity: 
         vi("past_length", INT32, [1]), vi("beam_width", INT32, [1]), vi("indirection", INT32, [batch, beams, capacity])],
         [vi("out", FLOAT, [rows, 1, width]), vi("key_cache_out", FLOAT, cache), vi("value_cache_out", FLOAT, cache)])
     binding = sess.io_binding()
+    # A binding does not keep its arrays alive: they stay in `held` while the session runs.
     held = {n: rng.standard_normal((rows, 1, width), dtype=np.float32) for n in "qkv"} | {
         "mask": np.ones((rows, history + 1), np.int32), "past_length": np.array([history], np.int32),
         "beam_width": np.array([beams], np.int32),
@@ -88,8 +97,6 @@ def cross_attention(batch: int, beams: int, heads: int, head_dim: int, source: i
                        [vi("query", FLOAT, query), vi("key", FLOAT, [batch, heads, source, head_dim]),
                         vi("value", FLOAT, [batch, heads, source, head_dim]), vi("mask", INT32, mask)],
                        [vi("out", FLOAT, query)])
-    ints = lambda name, values: helper.make_tensor(name, INT64, [len(values)], values)  # noqa: E731
-    floats = lambda name, value: helper.make_tensor(name, FLOAT, [], [value])  # noqa: E731
     node = helper.make_node
     matmuls = session([
         node("Reshape", ["query", "by_head"], ["q4"]), node("Transpose", ["q4"], ["q"], perm=[0, 2, 1, 3]),  # [B, H, W, K]
@@ -101,8 +108,8 @@ def cross_attention(batch: int, beams: int, heads: int, head_dim: int, source: i
         node("Reshape", ["o", "by_row"], ["out"])],
         [vi("query", FLOAT, query), vi("key_t", FLOAT, [batch, heads, head_dim, source]),
          vi("value", FLOAT, [batch, heads, source, head_dim]), vi("mask", INT32, mask)], [vi("out", FLOAT, query)],
-        (ints("by_head", [batch, beams, heads, head_dim]), ints("by_row", query), ints("axes12", [1, 2]),
-         floats("one", 1.0), floats("large", 1e4), floats("scale", float(1 / np.sqrt(head_dim)))))
+        (int64s("by_head", [batch, beams, heads, head_dim]), int64s("by_row", query), int64s("axes12", [1, 2]),
+         float_scalar("one", 1.0), float_scalar("large", 1e4), float_scalar("scale", float(1 / np.sqrt(head_dim)))))
     q = rng.standard_normal(query, dtype=np.float32)
     key, value = (rng.standard_normal((batch, heads, source, head_dim), dtype=np.float32) for _ in range(2))
     padding = np.ones(mask, np.int32)

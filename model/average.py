@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import load_model, save_weights, weights_counters
+from model.checkpoint import load_config, load_model, save_weights, weights_counters
 from model.data import source_column
 from model.evaluate import domain_files
 from model.grow import grown_weights, parse_growth
@@ -56,7 +56,7 @@ def newest_snapshots(directory: Path, last: int) -> list[Path]:
 
 
 def model_config(directory: Path) -> TransformerConfig:
-    return TransformerConfig.from_dict(json.loads((directory / "config.json").read_text())["model"])
+    return TransformerConfig.from_dict(load_config(directory)["model"])
 
 
 def check_same_model(directory: Path, other: Path, grow: str = "") -> None:
