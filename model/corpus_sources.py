@@ -9,6 +9,7 @@ from __future__ import annotations
 import gettext
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -198,7 +199,7 @@ def clean_ding_piece(piece: str) -> str:
     return close_gaps(SHORTHAND.sub(lambda m: DING_SHORTHAND[m.group(1)], text))
 
 
-def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
+def ding_pieces(path: Path) -> Iterator[tuple[str, str]]:
     """Lines `de | de2 :: en | en2`: sub-entries align one to one; notes stripped, first `;` alternative kept."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -210,10 +211,39 @@ def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
                 continue
             for de, en in zip(german_parts, english_parts):
                 de, en = clean_ding_piece(de), clean_ding_piece(en)
-                if "~" in de + en:  # "eugenicist ~ eugenics": a list of related words, not a phrase
-                    continue
-                if len(en.split()) >= min_words and len(de.split()) >= min_words:
+                if "~" not in de + en:  # "eugenicist ~ eugenics": a list of related words, not a phrase
                     yield en, de
+
+
+def ding_pairs(path: Path, min_words: int = 3) -> Iterator[tuple[str, str]]:
+    """The dictionary's phrases: pieces of min_words or more words on both sides."""
+    return ((en, de) for en, de in ding_pieces(path) if min(len(en.split()), len(de.split())) >= min_words)
+
+
+def ding_word_pairs(path: Path, max_words: int = 2) -> Iterator[tuple[str, str]]:
+    """The dictionary's word entries (up to max_words words a side), one English per German and one German per
+    English: the senses that occur together most in the dictionary's phrases win ("fox" and "Fuchs" share dozens
+    of phrases, "fox" and "Vulpecula" one; "dog" → "Hund", not the first listed, "Bandhaken"). Strongest first."""
+    pieces = list(ding_pieces(path))
+    postings: tuple[dict[str, set[int]], dict[str, set[int]]] = ({}, {})  # word → the pieces holding it, per side
+    for number, piece in enumerate(pieces):
+        for side in (0, 1):
+            for word in set(piece[side].split()):
+                postings[side].setdefault(word, set()).add(number)
+
+    def together(en: str, de: str) -> int:
+        """How many pieces hold all of en's words on the English side and all of de's on the German side."""
+        sets = sorted((postings[side][word] for side, text in ((0, en), (1, de)) for word in text.split()), key=len)
+        return sum(all(number in other for other in sets[1:]) for number in sets[0])
+
+    entries = {(en, de) for en, de in pieces if 0 < len(en.split()) <= max_words and 0 < len(de.split()) <= max_words}
+    scored = sorted(((together(en, de), en, de) for en, de in entries), key=lambda item: (-item[0], item[1], item[2]))
+    taken: tuple[set[str], set[str]] = (set(), set())
+    for _, en, de in scored:
+        if en not in taken[0] and de not in taken[1]:
+            taken[0].add(en)
+            taken[1].add(de)
+            yield en, de
 
 
 # `~` (LibreOffice), `_` (GTK) and `&` (Qt) mark the accelerator letter; `&name;` is an entity, not a marker.

@@ -65,8 +65,9 @@ def letters(text: str, placeholder: re.Pattern = PLACEHOLDER) -> int:
     return sum(ch.isalpha() for ch in placeholder.sub("", text))
 
 
-def rejection(en: str, de: str, placeholder: re.Pattern = PLACEHOLDER) -> str | None:
-    """The name of the first filter a normalised pair fails, or None if it is kept."""
+def rejection(en: str, de: str, placeholder: re.Pattern = PLACEHOLDER, min_words: int = MIN_WORDS) -> str | None:
+    """The name of the first filter a normalised pair fails, or None if it is kept. `min_words` is lowered only for
+    a dictionary's word entries, where a one-word pair is the point rather than a stray UI label."""
     longer, shorter = max(len(en), len(de)), min(len(en), len(de))
     checks = (
         ("empty side", not en or not de),
@@ -77,7 +78,7 @@ def rejection(en: str, de: str, placeholder: re.Pattern = PLACEHOLDER) -> str | 
         ("only numbers, punctuation or placeholders", letters(en, placeholder) < 2 or letters(de, placeholder) < 2),
         ("markup left in the text", bool(MARKUP.search(en) or MARKUP.search(de))),
         ("placeholders differ between sides", Counter(placeholder.findall(en)) != Counter(placeholder.findall(de))),
-        (f"fewer than {MIN_WORDS} words", len(en.split()) < MIN_WORDS),
+        (f"fewer than {MIN_WORDS} words", len(en.split()) < min_words),
         (CLI_HELP, bool(COMMAND_LINE_HELP.search(en) or COMMAND_LINE_HELP.search(de))),
         ("verb conjugation table", bool(CONJUGATION.search(en) or CONJUGATION.search(de))),
     )
@@ -207,7 +208,8 @@ FILTERS = f"""## Normalisation and filters (first column = English for the Debia
   character-length ratio over {MAX_RATIO} (when the longer side exceeds {RATIO_ALLOWANCE} characters); fewer than two
   letters outside placeholders; leftover markup; printf/brace/shell placeholders (`%s`, `%1$d`, `{{0}}`, `$(ARG1)`)
   whose multiset differs between the sides (identical ones are kept, so the model learns to copy them); a first
-  column of fewer than {MIN_WORDS} words (single-word UI labels and function names); command-line help (a side
+  column of fewer than {MIN_WORDS} words (single-word UI labels and function names; not in the dictionary's word
+  entries, the lexicon domain below); command-line help (a side
   starting with `-x`/`--xyz`, `Usage:` or `|`, or with `. . . .` leaders); verb-conjugation rows
   (`he/she has/had …`).
 - Deduplication on both sides: a pair whose first- or second-column sentence was already taken is dropped (so

@@ -12,10 +12,10 @@ from model.corpus.general import (
     TEMPLATE_FILTER, GeneralCorpus, dedupe_key, general_rejection, is_general_test_grade,
 )
 from model.corpus.sources import (
-    DIALOGUE, HELD_OUT_DOMAINS, MANUALS, RESERVED_PACKAGES, SOURCES, UI, Source, _files,
+    DIALOGUE, HELD_OUT_DOMAINS, LEXICON, MANUALS, RESERVED_PACKAGES, SOURCES, UI, Source, _files,
 )
 from model.corpus_sources import Package
-from model.data import DING, HELP, TEST_BUCKETS, Corpus, bucket
+from model.data import DING, HELP, MIN_WORDS, TEST_BUCKETS, Corpus, bucket
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "en-de"
 # The original splits as shipped before the general-language sources were added (data/en-de/DATA_CARD.md).
@@ -74,6 +74,18 @@ def test_test_grade_means_one_real_sentence_a_side():
 
 def source(name, domain):
     return Source(name, domain, (), lambda packages: [], "test")
+
+
+def test_a_dictionary_source_keeps_single_words_that_every_other_source_drops():
+    corpus = GeneralCorpus(Corpus())
+    words = [("fox", "Fuchs"), ("lazy", "faul"), ("tonight", "heute Abend"), ("Hotel", "Hotel")]
+    corpus.add(source("labels", UI), words)
+    corpus.add(Source("words", LEXICON, (), lambda packages: [], "test", min_words=1), words)
+    assert corpus.removed["labels"] == {"identical sides": 1, f"fewer than {MIN_WORDS} words": 3}
+    assert corpus.removed["words"] == {"identical sides": 1}
+    corpus.split()
+    assert sorted(corpus.splits) == ["train.lexicon"]  # a lexicon is never held out
+    assert [p[:2] for p in corpus.splits["train.lexicon"]] == words[:3]
 
 
 def test_dedupe_against_the_original_corpus_and_per_domain_splits_without_leakage():

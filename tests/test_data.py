@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from model.corpus_sources import (
-    ding_pairs, fetch_package, gettext_pairs, help_pairs, package_licence, split_sentences, strip_accelerators,
+    ding_pairs, ding_word_pairs, fetch_package, gettext_pairs, help_pairs, package_licence, split_sentences,
+    strip_accelerators,
 )
 from model.data import (
     DING, GETTEXT, HELP, TEST_BUCKETS, VALID_BUCKETS, Corpus, bucket, is_test_grade, main, normalise, rejection,
@@ -70,6 +71,10 @@ def test_ding_sub_entries_align_and_notes_and_shorthand_are_cleaned(tmp_path):
         ("to give somebody something", "jemandem etwas geben"),
         ("an acute myocardial infarction", "ein akuter Herzinfarkt"),
     ]
+    # The word entries (the lexicon domain of model.corpus.sources), one to one: "house" and "Haus" share three
+    # pieces, "house" and "Gebäude" one, so "Gebäude" goes; the strongest pair first.
+    dictionary.write_text(dictionary.read_text() + "Gebäude {n} :: house\nHauses :: house's\n", encoding="utf-8")
+    assert list(ding_word_pairs(dictionary)) == [("house", "Haus"), ("house's", "Hauses"), ("houses", "Häuser")]
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")

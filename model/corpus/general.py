@@ -20,7 +20,8 @@ from tqdm import tqdm
 from engine.segmentation import split_sentences
 from model.corpus.sources import DOMAINS, HELD_OUT_DOMAINS, Source
 from model.data import (
-    DUPLICATE, FILTER_ORDER, MARKUP, PLACEHOLDER, TEST_BUCKETS, Corpus, bucket, letters, normalise, rejection,
+    DUPLICATE, FILTER_ORDER, MARKUP, MIN_WORDS, PLACEHOLDER, TEST_BUCKETS, Corpus, bucket, letters, normalise,
+    rejection,
 )
 
 # Placeholders of the new sources on top of printf/brace/shell ones: Wesnoth's `$unit.name|`, MediaWiki's `$1`,
@@ -68,8 +69,8 @@ def wrong_language(en: str, de: str) -> bool:
     return False
 
 
-def general_rejection(en: str, de: str) -> str | None:
-    reason = rejection(en, de, GENERAL_PLACEHOLDER)
+def general_rejection(en: str, de: str, min_words: int = MIN_WORDS) -> str | None:
+    reason = rejection(en, de, GENERAL_PLACEHOLDER, min_words)
     if reason is not None:
         return reason
     if EMAIL.search(en + " " + de) or CREDITS.search(en + " " + de):
@@ -128,7 +129,7 @@ class GeneralCorpus:
         for en, de in tqdm(pairs, desc=source.name, unit=" pairs", disable=None, leave=False):
             self.raw[source.name] += 1
             en, de = normalise(en), normalise(de)
-            reason = general_rejection(en, de)
+            reason = general_rejection(en, de, source.min_words)
             if reason is None and (en in self.seen_en or de in self.seen_de):
                 reason = DUPLICATE
             keys = (dedupe_key(en), dedupe_key(de))

@@ -21,19 +21,20 @@ from model.corpus.mozilla import firefox_pairs
 from model.corpus.qm import read_qm
 from model.corpus.roff import man_page_pairs
 from model.corpus.text import markup_to_text, split_paragraphs
-from model.corpus_sources import Package
+from model.corpus_sources import DING_FILE, DING_PACKAGE, Package, ding_word_pairs
+from model.data import MIN_WORDS
 
 # Never read, never train, tune or evaluate on these (shared/notes/data-sources.md).
 RESERVED_PACKAGES = ("wesnoth-1.16-utbs",)
 RESERVED_TEXT_DOMAINS = ("wesnoth-utbs",)  # the same campaign's catalog, wherever it might ship
 RESERVED_PATH_PARTS = ("Translation-",)  # apt's description indexes (DDTP)
 
-DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI = (
-    "dialogue", "games", "manuals", "desktop-help", "documentation", "ui")
+DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI, LEXICON = (
+    "dialogue", "games", "manuals", "desktop-help", "documentation", "ui", "lexicon")
 HELD_OUT_DOMAINS = (DIALOGUE, MANUALS, DESKTOP_HELP, DOCUMENTATION)
 # train.backtranslated.tsv (model/backtranslate.py): real German, machine-made English. It trains en→de only.
 BACKTRANSLATED = "backtranslated"
-DOMAINS = (DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI)
+DOMAINS = (DIALOGUE, GAMES, MANUALS, DESKTOP_HELP, DOCUMENTATION, UI, LEXICON)
 
 Reader = Callable[[dict[str, Package]], Iterable[tuple[str, str]]]
 
@@ -45,6 +46,7 @@ class Source:
     packages: tuple[str, ...]
     read: Reader
     note: str  # how it is read, for the data card
+    min_words: int = MIN_WORDS  # of the English side; 1 only for a dictionary's word entries
 
 
 def _files(packages: dict[str, Package], pattern: str) -> list[Path]:
@@ -133,6 +135,10 @@ def _mediawiki(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
     yield from json_pairs(directories)
 
 
+def _ding_words(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    return ding_word_pairs(packages[DING_PACKAGE].root / DING_FILE)
+
+
 # Large applications' German UI catalogs (calibre's ship inside a zip archive and are not read).
 APP_CATALOGUES = ("blender-data", "inkscape", "digikam-data", "gramps", "gimp-data", "kstars-data", "krita-l10n",
                   "kmymoney-common", "labplot-data")
@@ -203,4 +209,9 @@ SOURCES: tuple[Source, ...] = (
     Source("firefox", UI, ("firefox-esr", "firefox-esr-l10n-de"), _firefox,
            "Fluent messages (fluent.syntax) and .properties strings of omni.ja vs the German language pack, by "
            "file path and message id; selector (plural) messages skipped, variables kept as `{name}`"),
+    # Everyday words the sentence sources lack ("fox", "lazy", "tonight" are on a few dozen German sides at most).
+    Source("ding-words", LEXICON, (DING_PACKAGE,), _ding_words,
+           "the Ding dictionary's word entries (one or two words a side; the original corpus takes its phrases of "
+           "three or more), cleaned as the phrases are, one German per English word and one English per German "
+           "word: of an entry's senses, the pair that occurs together in the most dictionary phrases wins", min_words=1),
 )
