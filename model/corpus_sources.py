@@ -9,7 +9,6 @@ from __future__ import annotations
 import gettext
 import re
 import subprocess
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
