@@ -213,5 +213,6 @@ SOURCES: tuple[Source, ...] = (
     Source("ding-words", LEXICON, (DING_PACKAGE,), _ding_words,
            "the Ding dictionary's word entries (one or two words a side; the original corpus takes its phrases of "
            "three or more), cleaned as the phrases are, one German per English word and one English per German "
-           "word: of an entry's senses, the pair that occurs together in the most dictionary phrases wins", min_words=1),
+           "word: of an entry's senses, the pair that occurs together in the most dictionary phrases wins",
+           min_words=1),
 )
