@@ -14,7 +14,7 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (tenth general-language run, 12M parameters) mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (fourteenth general-language run, 12M parameters) mistranslates this"
 KNOWN_WRONG_DE_EN = "the shipped de-en model (seventh general-language run, 12M parameters) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
@@ -61,7 +61,8 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
     # served at beam 4: "Ich möchte einen Tisch für zwei Personen heute nachdenken." (no evening, no booking)
     "I would like to book a table for two people tonight.",
-    # "Die schnelle braune Nebel springt über den finsteren Hund." (no fox, no laziness)
+    # "Der schnelle Braunefx springt über den verdammten Hund." (no fox, no laziness; the tenth run's "Die schnelle
+    # braune Nebel springt über den finsteren Hund.")
     "The quick brown fox jumps over the lazy dog.",
     # "My brother works as a doctor in a hospital." passes since the sixth run: the fifth had "funktioniert"
     # (a machine works).
