@@ -25,8 +25,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-MS_DOMAIN = "com.microsoft"
-FLOAT, INT32, INT64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+from export.graph_builder import FLOAT, INT32, INT64, MS_DOMAIN, OPSET
 
 
 def int64s(name: str, values: list[int]) -> TensorProto:
@@ -38,8 +37,9 @@ def float_scalar(name: str, value: float) -> TensorProto:
 
 
 def session(nodes: list, inputs: list, outputs: list, initializers: tuple = ()) -> ort.InferenceSession:
+    """A session of these nodes as the export writes them (its opsets), on one thread."""
     graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

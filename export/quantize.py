@@ -65,8 +65,9 @@ def scale_rows(path: Path) -> None:
     DynamicQuantizeLinear (asymmetric, one scale for the whole batch) becomes max |x| / 127 per row around zero
     point 128, as CTranslate2 does, so that no sentence's output depends on the others in its batch. uint8
     around 128, not int8 around 0: ONNX Runtime's u8 × s8 products are fast and its s8 × s8 ones about 13 times
-    slower here (a 128 × 2,048 × 256 product with its quantization: 5.2 against 0.41 ms). Each product the quantizer wrote (MatMulInteger → Cast → Mul by "x scale × weight scales")
-    becomes one MatMulIntegerToFloat with the weight scales, then a Mul by the row's scale."""
+    slower here (a 128 × 2,048 × 256 product with its quantization: 5.2 against 0.41 ms). Each product the
+    quantizer wrote (MatMulInteger → Cast → Mul by "x scale × weight scales") becomes one MatMulIntegerToFloat
+    with the weight scales, then a Mul by the row's scale."""
     model = onnx.load(str(path))
     producer = {output: node for node in model.graph.node for output in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
