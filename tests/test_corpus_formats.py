@@ -1,5 +1,5 @@
 """The general-language readers (model/corpus/) on small fixtures in the real formats (tests/fixtures/corpus/):
-a .mo made by msgfmt, a .qm made by lrelease, a roff man page pair, Mallard, DocBook and HTML page pairs, and a
+a .mo made by msgfmt, a .qm made by lrelease, lines of Hedgewars' Lua locale table, a roff man page pair, Mallard, DocBook and HTML page pairs, and a
 MediaWiki JSON pair. No network."""
 
 import gzip
@@ -13,6 +13,7 @@ from model.corpus.blocks import (
 )
 from model.corpus.gettext_mo import mo_pairs
 from model.corpus.json_i18n import json_pairs
+from model.corpus.lua_locale import lua_locale_pairs
 from model.corpus.qm import QmError, read_qm
 from model.corpus.roff import man_blocks, man_page_pairs, unescape
 from model.corpus.text import consistent, markup_to_text, sentence_pairs, split_paragraphs
@@ -212,3 +213,14 @@ def test_firefox_fluent_and_properties_pair_by_path_and_id(tmp_path):
         ("Restart to update Firefox", "Neu starten, um Firefox zu aktualisieren"),
         ("R", "N"),  # access keys: dropped later by model.data's filters
     ]  # the plural selector message and the semicolon plural string are skipped
+
+
+def test_lua_locale_table_unescapes_and_joins_line_breaks_and_skips_comments():
+    pairs = list(lua_locale_pairs(FIXTURES / "hedgewars-de.lua"))
+    assert pairs[0] == ("...", "…")  # kept here; the corpus filters drop it (too few words)
+    assert ("If you can get that crate fast enough, your beloved \"princess\" may go free.",
+            "Wenn du diese Kiste schnell genug einsammelst, darfst du deine geliebte »Prinzessin« befreien.") in pairs
+    assert ("As long you don't touch the ground, you can re-use the same rope as often as you like.",
+            "So lange du den Boden nicht berührst, kannst du das selbe Seil wiederverwenden, so oft du willst.") in pairs
+    assert ("What a strange cave!", "Was für eine seltsame Höhle!") in pairs
+    assert not any("Commented" in english for english, _ in pairs) and len(pairs) == 5

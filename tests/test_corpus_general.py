@@ -148,3 +148,13 @@ def test_shipped_domain_splits_are_disjoint_from_every_training_file():
             en, de = line.split("\t")
             if path.name != "test.tsv":  # the original split's own rule is the exact/alnum one (test_data.py)
                 assert dedupe_key(en) not in train_keys and dedupe_key(de) not in train_keys, (path.name, en)
+
+
+def test_a_game_that_splits_dialogue_lines_gives_only_its_whole_sentences():
+    from model.corpus.sources import _whole_sentences
+
+    entries = [("They're planning to attack during the parade.", "Sie planen während der Parade anzugreifen."),
+               ('"I told you he had the makings of a hero!"', '„Ich hab euch gesagt, dass er das Zeug zum Helden hat!“'),
+               ("how some of them can handle the stress of not eating", "mich wie einige von ihnen es aushalten"),
+               ("Be rude to Nadine", "Sei unhöflich zu Nadine")]
+    assert list(_whole_sentences(lambda packages: entries)({})) == entries[:2]

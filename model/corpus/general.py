@@ -207,9 +207,12 @@ SKIPPED = """## Sources looked at and not used (yet)
 - KDE handbooks are read from the rendered `index.cache.bz2` of the 93 bookworm packages found to ship both
   languages (see the list in model/corpus/sources.py), not from `index.docbook`, whose `&entities;` need KDE's
   DocBook customisation; other packages with handbooks were not searched for.
-- Firefox (omni.ja Fluent/.properties vs `firefox-esr-l10n-de`'s language pack), Stellarium, hedgewars (Lua
-  tables and Qt catalogs) and calibre (its catalogs ship inside a zip archive): UI strings, the lowest value for
-  general language; not read in this round.
+- Stellarium (Qt catalogs: UI and star names), hedgewars' Qt catalog and weapon texts, and calibre (its catalogs
+  ship inside a zip archive): UI strings, the lowest value for general language; not read in this round.
+- Probed for story and everyday text and not read: adonthell-data and lugaru-data (no German); flare-game,
+  pingus-data, supertux-data, lincity-ng-data and megaglest-data (.po or .lng files, a few hundred pairs each,
+  mostly item names and UI); openttd-data (compiled .lng, UI), minetest-data (UI); tuxpaint-stamps-default (about
+  500 one-line descriptions, a 160 MB download).
 - 0ad-data (a 1.4 GB download for 4.7k pairs) and dict-freedict-eng-deu (repeats Ding).
 - Reserved for independent evaluation and never read: the package `wesnoth-1.16-utbs` (and its catalog
   `wesnoth-utbs.mo` wherever it ships) and apt's `Translation-*` description indexes.

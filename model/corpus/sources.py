@@ -8,6 +8,7 @@ description indexes) are never read: they are kept for independent evaluation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from model.corpus.blocks import (
 )
 from model.corpus.gettext_mo import mo_pairs
 from model.corpus.json_i18n import json_pairs
+from model.corpus.lua_locale import lua_locale_pairs
 from model.corpus.mozilla import firefox_pairs
 from model.corpus.qm import read_qm
 from model.corpus.roff import man_page_pairs
@@ -135,6 +137,31 @@ def _mediawiki(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
     yield from json_pairs(directories)
 
 
+def _hedgewars(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    locale = packages["hedgewars-data"].root / "usr/share/games/hedgewars/Data/Locale/de.lua"
+    yield from split_paragraphs(lua_locale_pairs(locale))
+
+
+NAEV_COLOUR = re.compile(r"\x07(%[a-z]|.)")  # Naev's colour codes: BEL and a colour letter or a placeholder
+
+
+def _naev(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+    pairs = mo_pairs(_files(packages, "usr/share/naev/dat/gettext/de/LC_MESSAGES/*.mo"))
+    yield from split_paragraphs((markup_to_text(NAEV_COLOUR.sub("", english)),
+                                 markup_to_text(NAEV_COLOUR.sub("", german))) for english, german in pairs)
+
+
+def _whole_sentences(reader: Reader) -> Reader:
+    """Only entries that are whole sentences on the English side (a capital first and end punctuation last, quotes
+    aside): a game that splits its dialogue lines into fragments for the screen translates the fragments out of step."""
+    def read(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
+        for english, german in reader(packages):
+            starts, ends = english.lstrip("\"'„“«»(")[:1], english.rstrip("\"'»”)")
+            if starts.isupper() and ends.endswith((".", "!", "?", "…")):
+                yield english, german
+    return read
+
+
 def _ding_words(packages: dict[str, Package]) -> Iterator[tuple[str, str]]:
     return ding_word_pairs(packages[DING_PACKAGE].root / DING_FILE)
 
@@ -215,4 +242,16 @@ SOURCES: tuple[Source, ...] = (
            "three or more), cleaned as the phrases are, one German per English word and one English per German "
            "word: of an entry's senses, the pair that occurs together in the most dictionary phrases wins",
            min_words=1),
+    # Story and everyday text of more games; train only (GAMES), so the held-out dialogue splits stay as they were.
+    Source("naev", GAMES, ("naev-data",), _naev,
+           ".mo catalog (mission dialogue, bar and planet descriptions, UI); colour codes removed"),
+    Source("freedink", GAMES, ("freedink-data",),
+           _whole_sentences(_mo("usr/share/games/dink/dink/l10n/de/LC_MESSAGES/*.mo")),
+           ".mo catalog (Dink Smallwood's dialogue); only entries that are whole English sentences (the game splits "
+           "long lines into fragments, translated out of step)"),
+    Source("hedgewars", GAMES, ("hedgewars-data",), _hedgewars,
+           "Lua locale table Data/Locale/de.lua (mission and campaign dialogue, instructions), read by "
+           "model/corpus/lua_locale.py; `|` line breaks joined"),
+    Source("tuxpaint", GAMES, ("tuxpaint-data",), _mo(LOCALE_MO),
+           ".mo catalog (tool tips and instructions for children)"),
 )
