@@ -14,7 +14,7 @@ import pytest
 from tests.service_support import models_dir, needs_shipped_model, serving, translators  # noqa: F401 - fixtures
 
 pytestmark = needs_shipped_model
-KNOWN_WRONG = "the shipped en-de model (fourteenth general-language run, 12M parameters) mistranslates this"
+KNOWN_WRONG = "the shipped en-de model (fifteenth general-language run, 12M parameters) mistranslates this"
 KNOWN_WRONG_DE_EN = "the shipped de-en model (seventh general-language run, 12M parameters) mistranslates this"
 
 # sentence → alternatives for each word its translation needs (any one alternative, case-insensitive)
@@ -59,10 +59,11 @@ def known_wrong(*sentences: str, reason: str = KNOWN_WRONG) -> dict:
 
 
 @pytest.mark.parametrize("sentence", list(({s: s for s in SENTENCES} | known_wrong(
-    # served at beam 4: "Ich möchte einen Tisch für zwei Personen heute nachdenken." (no evening, no booking)
+    # served at beam 4: "Ich würde gerne einen Tisch für zwei Personen heute." (no evening, no booking; the
+    # fourteenth run's "... heute nachdenken.")
     "I would like to book a table for two people tonight.",
-    # "Der schnelle Braunefx springt über den verdammten Hund." (no fox, no laziness; the tenth run's "Die schnelle
-    # braune Nebel springt über den finsteren Hund.")
+    # "Die schnelle braune Nebel springt über den finsteren Hund." (no fox, no laziness; the fourteenth run's "Der
+    # schnelle Braunefx springt über den verdammten Hund.")
     "The quick brown fox jumps over the lazy dog.",
     # "My brother works as a doctor in a hospital." passes since the sixth run: the fifth had "funktioniert"
     # (a machine works).
