@@ -1,6 +1,6 @@
 """The general-language readers (model/corpus/) on small fixtures in the real formats (tests/fixtures/corpus/):
-a .mo made by msgfmt, a .qm made by lrelease, lines of Hedgewars' Lua locale table, a roff man page pair, Mallard, DocBook and HTML page pairs, and a
-MediaWiki JSON pair. No network."""
+a .mo made by msgfmt, a .qm made by lrelease, lines of Hedgewars' Lua locale table, a roff man page pair, Mallard,
+DocBook and HTML page pairs, and a MediaWiki JSON pair. No network."""
 
 import gzip
 import shutil
@@ -221,6 +221,7 @@ def test_lua_locale_table_unescapes_and_joins_line_breaks_and_skips_comments():
     assert ("If you can get that crate fast enough, your beloved \"princess\" may go free.",
             "Wenn du diese Kiste schnell genug einsammelst, darfst du deine geliebte »Prinzessin« befreien.") in pairs
     assert ("As long you don't touch the ground, you can re-use the same rope as often as you like.",
-            "So lange du den Boden nicht berührst, kannst du das selbe Seil wiederverwenden, so oft du willst.") in pairs
+            "So lange du den Boden nicht berührst, kannst du das selbe Seil wiederverwenden, so oft du willst.") \
+        in pairs  # `|` line breaks joined
     assert ("What a strange cave!", "Was für eine seltsame Höhle!") in pairs
     assert not any("Commented" in english for english, _ in pairs) and len(pairs) == 5

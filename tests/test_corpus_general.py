@@ -154,7 +154,8 @@ def test_a_game_that_splits_dialogue_lines_gives_only_its_whole_sentences():
     from model.corpus.sources import _whole_sentences
 
     entries = [("They're planning to attack during the parade.", "Sie planen während der Parade anzugreifen."),
-               ('"I told you he had the makings of a hero!"', '„Ich hab euch gesagt, dass er das Zeug zum Helden hat!“'),
+               ('"I told you he had the makings of a hero!"',
+                '„Ich hab euch gesagt, dass er das Zeug zum Helden hat!“'),
                ("how some of them can handle the stress of not eating", "mich wie einige von ihnen es aushalten"),
                ("Be rude to Nadine", "Sei unhöflich zu Nadine")]
     assert list(_whole_sentences(lambda packages: entries)({})) == entries[:2]
