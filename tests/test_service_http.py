@@ -126,7 +126,7 @@ def test_libretranslate_translate_shapes(server):
     native_list = [t["text"] for t in translate(server, texts)["translations"]]
     listed = post(server, "/translate", json={"q": texts, "source": "en", "target": "de"}).json()
     assert listed["translatedText"] == native_list
-    repeated_form = post(server, "/translate", data={"q": ["Open the file.", "Close it."], "source": "en", "target": "de"})
+    repeated_form = post(server, "/translate", data={"q": texts, "source": "en", "target": "de"})
     assert repeated_form.json() == {"translatedText": native}  # a repeated form field: its first value, as in Flask
     auto = post(server, "/translate", data={"q": "Open the file.", "source": "auto", "target": "de"}).json()
     assert auto["translatedText"] == native
