@@ -165,15 +165,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/bench_engines.json"))
     args = parser.parse_args(argv)
 
+    from model.checkpoint import chosen_length_penalty, data_dir
+
     config = json.loads((args.checkpoint / "config.json").read_text())
-    data = args.data or Path(config["train"]["data"]) / "test.tsv"
+    data = args.data or data_dir(config) / "test.tsv"
     sources, references = load_test_set(data, config["src_lang"], config["tgt_lang"], args.checkpoint / "spm.model", args.limit)
     engines = [e for e in args.engines.split(",") if e]
     packages = {"fp32": args.fp32_package, "int8": args.int8_package, "fp16": args.fp16_package}
     check_packages_match(args.checkpoint, [package for precision, package in packages.items() if f"ort-{precision}" in engines])
     length_penalty = args.length_penalty
     if length_penalty is None:
-        from model.checkpoint import chosen_length_penalty
         length_penalty = chosen_length_penalty(config)
     worker_config = {
         "checkpoint": str(args.checkpoint), "spm": str(args.checkpoint / "spm.model"), "threads": args.threads,

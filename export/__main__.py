@@ -19,12 +19,11 @@ from pathlib import Path
 
 from export.package import build_package
 from export.parity import ParityError, check_parity
-from model.checkpoint import load_config
+from model.checkpoint import data_dir, load_config
 
 
 def default_parity_data(checkpoint: Path) -> Path:
-    config = load_config(checkpoint)
-    return Path(config.get("train", {}).get("data", f"data/{config['src_lang']}-{config['tgt_lang']}")) / "test.tsv"
+    return data_dir(load_config(checkpoint)) / "test.tsv"
 
 
 def main(argv: list[str] | None = None) -> int:

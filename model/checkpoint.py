@@ -24,6 +24,18 @@ def load_config(directory: Path) -> dict:
     return json.loads((Path(directory) / "config.json").read_text())
 
 
+def data_dir(config: dict) -> Path:
+    """Where a checkpoint's held-out splits are: the data directory it trained on, or, where that is not on this
+    machine (a shipped checkpoint in a fresh clone: runs train on files rebuilt outside the repository), the
+    repository's copy of the same valid and test files (committed; the training files are not): data/<src>-<tgt>,
+    or data/<tgt>-<src>, whose columns.json says which column is which (de→en trains on data/en-de)."""
+    trained_on = config.get("train", {}).get("data")
+    if trained_on and Path(trained_on).is_dir():
+        return Path(trained_on)
+    pairs = (f"{config['src_lang']}-{config['tgt_lang']}", f"{config['tgt_lang']}-{config['src_lang']}")
+    return next((Path("data") / pair for pair in pairs if (Path("data") / pair).is_dir()), Path("data") / pairs[0])
+
+
 DECODING = "decoding"  # config.json's section of search settings chosen for the weights (model.choose_decoding)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import DECODING, load_config
+from model.checkpoint import DECODING, data_dir, load_config
 from model.data import source_column
 from model.evaluate import domain_files, evaluate
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--penalties: one or more numbers from 0 to 4")
     if args.beam < 2:
         parser.error("--beam: the length penalty only acts in beam search (2 or more)")
-    data = args.data or Path(load_config(args.model_dir)["train"]["data"])
+    data = args.data or data_dir(load_config(args.model_dir))
     rows = sweep(args.model_dir, data, penalties, args.beam, args.workers)
     domains = list(rows[0]["domains"])
     print("| length penalty | mean BLEU | " + " | ".join(domains) + " | outputs repeating a word thrice |")

@@ -18,7 +18,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from model.checkpoint import chosen_length_penalty, load_model
+from model.checkpoint import chosen_length_penalty, data_dir, load_model
 from model.search import translate_ids
 from model.data import source_column
 from model.tokenizer import BOS_ID, EOS_ID, read_tsv_pairs
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         tsv, src_column = args.tsv, 0 if args.src_column is None else args.src_column
         result = evaluate(args.model_dir, tsv, src_column, args.beam, args.length_penalty, args.limit)
     else:
-        data = args.data or Path(config["train"]["data"])
+        data = args.data or data_dir(config)
         src_column = source_column(data, config["src_lang"], config["tgt_lang"])
         if args.domain:
             domains = None if args.domain == "all" else [d.strip() for d in args.domain.split(",")]

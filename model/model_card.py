@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from model.checkpoint import DECODING, load_config  # noqa: E402
+from model.checkpoint import DECODING, data_dir, load_config  # noqa: E402
 from model.evaluate import domain_files, evaluate, evaluate_domains  # noqa: E402
 from model.data import source_column  # noqa: E402
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-domains", action="store_true", help="only test.tsv, not the test.<domain>.tsv files")
     args = parser.parse_args(argv)
     config = load_config(args.model_dir)
-    data = args.data or Path(config["train"]["data"])
+    data = args.data or data_dir(config)
     src_column = source_column(data, config["src_lang"], config["tgt_lang"])
     scores = [evaluate(args.model_dir, data / "test.tsv", src_column, beam, None, args.limit) for beam in (1, 4)]
     (args.model_dir / "test_scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")

@@ -2,7 +2,9 @@
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
+from model.checkpoint import data_dir, load_config
 from model.evaluate import domain_files, main as evaluate_main
 from model.model_card import main as card_main
 from model.train import TrainConfig
@@ -53,3 +55,17 @@ def test_model_card_has_a_per_domain_table_and_the_data_mix(tiny_checkpoint, tmp
     scores = json.loads((checkpoint / "test_scores_domains.json").read_text())
     assert set(scores) == {"original", "dialogue", "manuals"}
     assert [s["search"] for s in scores["dialogue"]] == ["greedy", "beam 4, length penalty 1.0"]
+
+
+def test_held_out_data_falls_back_to_the_repository_splits(tiny_checkpoint, tmp_path):
+    """A shipped checkpoint names the directory it trained on, which a fresh clone does not have: its evaluation,
+    model card, export parity and benchmark then read the committed splits in data/<src>-<tgt>."""
+    checkpoint, data = checkpoint_with_domains(tiny_checkpoint, tmp_path)
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert data_dir(config) == data
+    config["train"]["data"] = str(tmp_path / "rebuilt-elsewhere")
+    assert data_dir(config) == Path("data/en-de")
+    config |= {"src_lang": "de", "tgt_lang": "en"}  # de→en reads the en-de splits through their columns.json
+    assert data_dir(config) == Path("data/en-de")
+    for pair in ("en-de", "de-en"):
+        assert (data_dir(load_config(Path("checkpoints") / pair)) / "test.tsv").is_file()
