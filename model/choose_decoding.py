@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="directory with config.json, model.safetensors, spm.model")
     parser.add_argument("--data", type=Path, help="data directory with the validation splits "
-                        "(default: the one the checkpoint was trained on)")
+                        "(default: the one it trained on, else the repository's data/ splits)")
     parser.add_argument("--penalties", default="0.6,1.0,1.3,1.6,2.0", help="comma-separated length penalties to try")
     parser.add_argument("--beam", type=int, default=4, help="the beam size the choice is made for (the service's default)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes, one thread each")
