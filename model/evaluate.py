@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test", help="split name under --data (ignored with --tsv)")
     parser.add_argument("--domain", help="a domain's split (<split>.<domain>.tsv; 'original' is <split>.tsv), "
                         "several comma-separated, or 'all'")
-    parser.add_argument("--data", type=Path, help="data directory (default: the one it trained on, else the repository's data/ splits)")
+    parser.add_argument("--data", type=Path,
+                        help="data directory (default: the one it trained on, else the repository's data/ splits)")
     parser.add_argument("--tsv", type=Path, help="any TSV of source<TAB>target (see --src-column)")
     parser.add_argument("--src-column", type=int, help="0 or 1; default from the model's source language")
     parser.add_argument("--beam", type=int, default=1)

@@ -181,7 +181,8 @@ def write_card(directory: Path, data: Path, scores: list[dict], domain_scores: d
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Score a trained model on the test split and write its model card.")
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--data", type=Path, help="data directory (default: the one it trained on, else the repository's data/ splits)")
+    parser.add_argument("--data", type=Path,
+                        help="data directory (default: the one it trained on, else the repository's data/ splits)")
     parser.add_argument("--limit", type=int, help="score only the first N test pairs (of each domain)")
     parser.add_argument("--no-domains", action="store_true", help="only test.tsv, not the test.<domain>.tsv files")
     args = parser.parse_args(argv)
