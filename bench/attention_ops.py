@@ -8,10 +8,13 @@ one-node (or few-node) graph on one intra-op thread, with the caches bound in pl
 
 - self-attention, `com.microsoft.DecoderMaskedMultiHeadAttention` over a cache of `--capacity` slots
   through a cache-indirection table, at several history lengths: its cost per slot of history;
+- the same at one beam (greedy search) with the cache-indirection input, as exported, and without it, which
+  takes ONNX Runtime's CPU kernel down its other path (checked to agree);
 - cross-attention, `com.microsoft.MultiHeadAttention` with the beams as the query axis, against the same
   computed with MatMul, Softmax and MatMul on keys stored transposed (what the graph could use instead).
 
-Inputs are random; only the time is measured, after a check that both cross-attention forms agree.
+Inputs are random; only the time is measured, after a check that both cross-attention forms, and both
+self-attention paths, agree.
 """
 
 from __future__ import annotations
@@ -57,34 +60,58 @@ def micros_per_run(run, repeats: int) -> float:
 
 
 def self_attention(batch: int, beams: int, heads: int, head_dim: int, capacity: int, history: int, repeats: int,
-                   rng: np.random.Generator) -> float:
-    """µs per DecoderMaskedMultiHeadAttention call: batch·beams rows, `history` slots written before this step."""
+                   rng: np.random.Generator, indirection: bool = True) -> tuple[float, np.ndarray]:
+    """µs per DecoderMaskedMultiHeadAttention call: batch·beams rows, `history` slots written before this step;
+    and the call's output. Without `indirection` (one beam only) the node has no cache-indirection input, which
+    sends ONNX Runtime's CPU kernel down its other path (the one for decoding without beams)."""
     rows, width = batch * beams, heads * head_dim
     vi = helper.make_tensor_value_info
+    table = ["indirection"] if indirection else []
     node = helper.make_node("DecoderMaskedMultiHeadAttention",
-                            ["q", "k", "v", "mask", "", "key_cache", "value_cache", "past_length", "beam_width", "indirection"],
+                            ["q", "k", "v", "mask", "", "key_cache", "value_cache", "past_length", "beam_width",
+                             *table],
                             ["out", "key_cache_out", "value_cache_out"], domain=MS_DOMAIN, num_heads=heads,
                             past_present_share_buffer=1, scale=float(1 / np.sqrt(head_dim)))
     cache = [rows, heads, capacity, head_dim]
     sess = session([node], [vi(n, FLOAT, [rows, 1, width]) for n in "qkv"] + [
         vi("mask", INT32, [rows, history + 1]), vi("key_cache", FLOAT, cache), vi("value_cache", FLOAT, cache),
-        vi("past_length", INT32, [1]), vi("beam_width", INT32, [1]), vi("indirection", INT32, [batch, beams, capacity])],
+        vi("past_length", INT32, [1]), vi("beam_width", INT32, [1]),
+        *[vi(n, INT32, [batch, beams, capacity]) for n in table]],
         [vi("out", FLOAT, [rows, 1, width]), vi("key_cache_out", FLOAT, cache), vi("value_cache_out", FLOAT, cache)])
     binding = sess.io_binding()
     # A binding does not keep its arrays alive: they stay in `held` while the session runs.
     held = {n: rng.standard_normal((rows, 1, width), dtype=np.float32) for n in "qkv"} | {
         "mask": np.ones((rows, history + 1), np.int32), "past_length": np.array([history], np.int32),
-        "beam_width": np.array([beams], np.int32),
-        "indirection": rng.integers(0, beams, (batch, beams, capacity)).astype(np.int32)}
+        "beam_width": np.array([beams], np.int32)}
+    caches = {name: ort.OrtValue.ortvalue_from_numpy(rng.standard_normal(cache, dtype=np.float32))
+              for name in ("key_cache", "value_cache")}  # drawn before the table: the same seed, the same caches
+    if indirection:
+        held["indirection"] = rng.integers(0, beams, (batch, beams, capacity)).astype(np.int32)
     for name, array in held.items():
         binding.bind_cpu_input(name, array)
-    for name in ("key_cache", "value_cache"):  # bound as input and output at once, as the engine binds them
-        value = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal(cache, dtype=np.float32))
+    for name, value in caches.items():  # bound as input and output at once, as the engine binds them
         held[name] = value
         binding.bind_ortvalue_input(name, value)
         binding.bind_ortvalue_output(name + "_out", value)
     binding.bind_output("out")
-    return micros_per_run(lambda: sess.run_with_iobinding(binding), repeats)
+    sess.run_with_iobinding(binding)  # the slot `history` is written now; later runs write the same values again
+    output = binding.copy_outputs_to_cpu()[0].copy()
+    return micros_per_run(lambda: sess.run_with_iobinding(binding), repeats), output
+
+
+def greedy_self_attention(batch: int, heads: int, head_dim: int, capacity: int, history: int, repeats: int,
+                          seed: int) -> dict[str, float]:
+    """One beam: µs per call with the cache-indirection input (what the exported graph has) and without it, on the
+    same inputs; raises if the two paths' outputs differ."""
+    shape = dict(batch=batch, beams=1, heads=heads, head_dim=head_dim, capacity=capacity, history=history,
+                 repeats=repeats)
+    with_table, out_with = self_attention(**shape, rng=np.random.default_rng(seed))
+    without, out_without = self_attention(**shape, rng=np.random.default_rng(seed), indirection=False)
+    difference = float(np.abs(out_with - out_without).max())
+    if difference > 1e-4:
+        raise AssertionError(f"the two self-attention paths disagree by {difference}")
+    return {"history": history, "with_indirection_us": round(with_table, 1),
+            "without_indirection_us": round(without, 1)}
 
 
 def cross_attention(batch: int, beams: int, heads: int, head_dim: int, source: int, repeats: int,
@@ -139,16 +166,23 @@ def main(argv: list[str] | None = None) -> None:
     shape = dict(batch=args.batch, beams=args.beams, heads=args.heads, head_dim=args.head_dim)
     histories = [int(h) for h in args.histories.split(",")]
     self_rows = [{"history": h, "us": round(self_attention(**shape, capacity=args.capacity, history=h,
-                                                           repeats=args.repeats, rng=rng), 1)} for h in histories]
+                                                           repeats=args.repeats, rng=rng)[0], 1)} for h in histories]
+    greedy_rows = [greedy_self_attention(args.batch, args.heads, args.head_dim, args.capacity, h, args.repeats, seed=h)
+                   for h in histories]
     for row in self_rows:
         row["us_per_slot"] = round(row["us"] / (row["history"] + 1), 1)
     cross = {k: round(v, 1) for k, v in cross_attention(**shape, source=args.source, repeats=args.repeats, rng=rng).items()}
     result = {"shape": shape | {"capacity": args.capacity, "source": args.source}, "threads": 1,
-              "onnxruntime": ort.__version__, "self_attention": self_rows, "cross_attention": cross}
+              "onnxruntime": ort.__version__, "self_attention": self_rows, "greedy_self_attention": greedy_rows,
+              "cross_attention": cross}
     print(f"batch {args.batch} × beam {args.beams}, {args.heads} heads of {args.head_dim}, one thread")
     print("| history slots | DecoderMaskedMultiHeadAttention µs | µs per slot |\n|---|---|---|")
     for row in self_rows:
         print(f"| {row['history']} | {row['us']} | {row['us_per_slot']} |")
+    print(f"one beam, batch {args.batch}: with the cache-indirection input (as exported) and without it (the kernel's "
+          "other path)\n| history slots | with µs | without µs |\n|---|---|---|")
+    for row in greedy_rows:
+        print(f"| {row['history']} | {row['with_indirection_us']} | {row['without_indirection_us']} |")
     print(f"cross-attention over {args.source} source tokens: MultiHeadAttention {cross['multi_head_attention_us']} µs, "
           f"MatMul·Softmax·MatMul {cross['matmul_softmax_matmul_us']} µs")
     if args.out:

@@ -14,6 +14,10 @@ def test_times_each_operator_and_checks_the_cross_attention_forms_agree(tmp_path
     result = json.loads(out.read_text())
     assert [row["history"] for row in result["self_attention"]] == [1, 6]
     assert all(row["us"] > 0 and row["us_per_slot"] > 0 for row in result["self_attention"])
+    # one beam: both kernel paths ran on the same inputs and agreed (else it raises)
+    assert [row["history"] for row in result["greedy_self_attention"]] == [1, 6]
+    assert all(row["with_indirection_us"] > 0 and row["without_indirection_us"] > 0
+               for row in result["greedy_self_attention"])
     assert result["cross_attention"]["multi_head_attention_us"] > 0  # both forms ran and agreed (else it raises)
     assert result["cross_attention"]["matmul_softmax_matmul_us"] > 0
     assert "| 6 |" in capsys.readouterr().out
