@@ -70,6 +70,18 @@ def package_test_set(data: Path, package: Path, limit: int | None) -> tuple[list
     return load_test_set(data, manifest.source_language, manifest.target_language, package / manifest.tokenizer, limit)
 
 
+def prepare_package(checkpoint: Path, package: Path, precision: str, device: str) -> None:
+    """Export a package the benchmark needs and does not find: the fp32 and fp16 packages are build outputs (under
+    build/), not shipped, so a fresh clone has none. The export checks parity, as every export does."""
+    if (package / "package.json").is_file():
+        return
+    print(f"{package} not found: exporting it from {checkpoint} ({precision})", file=sys.stderr)
+    done = subprocess.run([sys.executable, "-m", "export", "--checkpoint", str(checkpoint), "--out", str(package),
+                           "--precision", precision, "--device", device])
+    if done.returncode:
+        sys.exit(f"could not export {package} (above); the benchmark needs it for ort-{precision}")
+
+
 def check_packages_match(checkpoint: Path, packages: list[Path]) -> None:
     """A package exported from another checkpoint would be benchmarked against the wrong weights: refuse."""
     digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
@@ -172,7 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     sources, references = load_test_set(data, config["src_lang"], config["tgt_lang"], args.checkpoint / "spm.model", args.limit)
     engines = [e for e in args.engines.split(",") if e]
     packages = {"fp32": args.fp32_package, "int8": args.int8_package, "fp16": args.fp16_package}
-    check_packages_match(args.checkpoint, [package for precision, package in packages.items() if f"ort-{precision}" in engines])
+    needed = {precision: package for precision, package in packages.items() if f"ort-{precision}" in engines}
+    for precision, package in needed.items():
+        prepare_package(args.checkpoint, package, precision, args.device)
+    check_packages_match(args.checkpoint, list(needed.values()))
     length_penalty = args.length_penalty
     if length_penalty is None:
         length_penalty = chosen_length_penalty(config)
