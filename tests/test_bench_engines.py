@@ -18,5 +18,8 @@ def test_exports_a_missing_package_and_writes_tokens_per_second_per_setting(tiny
     engine = json.loads(out.read_text())["engines"]["ort-fp32"]
     assert sorted((s["search"], s["batch_size"]) for s in engine["settings"]) == [
         ("beam2", 1), ("beam2", 4), ("greedy", 1), ("greedy", 4)]
-    assert all(s["tokens_per_second"] > 0 and 0 <= s["bleu"] <= 100 for s in engine["settings"])
+    assert all(s["tokens_per_second"] > 0 for s in engine["settings"])
+    bleu = {(s["search"], s["batch_size"]): s["bleu"] for s in engine["settings"]}
+    # fp32 outputs do not depend on the batch (the engine's parity tests): the same BLEU alone and in batches of 4
+    assert bleu[("greedy", 1)] == bleu[("greedy", 4)] and bleu[("beam2", 1)] == bleu[("beam2", 4)]
     assert engine["peak_rss_mb"] > 0
