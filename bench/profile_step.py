@@ -4,7 +4,7 @@
 
 Translates the first `--limit` test sentences in length-sorted batches with the package's own engine
 (one intra-op thread by default), with ONNX Runtime's profiler on, and splits the wall time into
-the decoder's kernels by operator type, the encoder, ORT's own overhead around kernels, and the
+the decoder's and the encoder's kernels by operator type, ORT's own overhead around each graph's kernels, and the
 Python of the search between steps. Profiling adds a little time per node: compare shares.
 """
 
@@ -44,14 +44,16 @@ def profile(package: Path, sources: list[list[int]], beam: int, batch: int, thre
         steps += times.steps
     wall = (time.perf_counter() - started) * 1e6
     decoder, calls, decoder_runs = kernel_times(translator.decoder_session.end_profiling())
-    _, _, encoder_runs = kernel_times(translator.encoder_session.end_profiling())
-    kernels = sum(decoder.values())
-    rows = [{"part": f"decoder {op}", "share": micros / wall, "us_per_step": micros / steps, "calls": calls[op]}
-            for op, micros in decoder.most_common()]
+    encoder, encoder_calls, encoder_runs = kernel_times(translator.encoder_session.end_profiling())
+    rows = []
+    for graph, micros_by_op, calls_by_op, runs in (("decoder", decoder, calls, decoder_runs),
+                                                   ("encoder", encoder, encoder_calls, encoder_runs)):
+        rows += [{"part": f"{graph} {op}", "share": micros / wall, "us_per_step": micros / steps, "calls": calls_by_op[op]}
+                 for op, micros in micros_by_op.most_common()]
+        kernels = sum(micros_by_op.values())
+        rows.append({"part": f"{graph}: ORT around kernels", "share": (runs - kernels) / wall,
+                     "us_per_step": (runs - kernels) / steps})
     rows += [
-        {"part": "decoder: ORT around kernels", "share": (decoder_runs - kernels) / wall,
-         "us_per_step": (decoder_runs - kernels) / steps},
-        {"part": "encoder", "share": encoder_runs / wall, "us_per_step": encoder_runs / steps},
         {"part": "Python: search and buffers", "share": (wall - decoder_runs - encoder_runs) / wall,
          "us_per_step": (wall - decoder_runs - encoder_runs) / steps},
     ]
