@@ -119,8 +119,11 @@ def measure(url: str, bodies: list[str], connections: int, seconds: float, warmu
         "requests_per_second": round(run.ok / run.elapsed_s, 1),
         "tokens_per_second": round(view.generated_tokens / run.elapsed_s, 1), "generated_tokens": view.generated_tokens,
         "latency_p50_ms": lat.p50_ms if lat else None, "latency_p99_ms": lat.p99_ms if lat else None,
+        "latency_mean_ms": lat.mean_ms if lat else None,
         "server_responses": view.translate_responses, "mean_batch_size": view.mean_batch_size,
         "mean_queue_wait_ms": view.mean_queue_wait_ms, "client_cpu_cores": round(run.cpu_s / run.elapsed_s, 3),
+        # where a request's time goes, by the server's own histograms (means: the stages do not add up to a p50)
+        "server_request_ms": view.mean_request_ms, "encode_ms": view.mean_encode_ms, "decode_ms": view.mean_decode_ms,
     }
 
 
@@ -226,7 +229,11 @@ def report(summary: dict) -> str:
         parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
                      f"(ort-int8, the variant's server's threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
                      + table(single, ["variant", "search", "engine_threads", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms",
-                                      "bound_ms", "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms"]))
+                                      "bound_ms", "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms",
+                                      "encode_ms", "decode_ms", "server_request_ms", "latency_mean_ms"])
+                     + "\nencode_ms, decode_ms, server_request_ms: means by the server's histograms (a request's encoder "
+                       "pass, its decoder steps, the whole request inside the server); latency_mean_ms (wrk's) less "
+                       "server_request_ms is HTTP outside the app")
     if ref:
         parts.append("CTranslate2 int8, batches of 32, target tokens/s by threads: " + "; ".join(
             f"{search} " + ", ".join(f"{t} thread(s) {tps}" for t, tps in r["all_threads"].items())

@@ -45,9 +45,9 @@ class MetricsSnapshot:
                 values[found[label]] = values.get(found[label], 0.0) + value
         return values
 
-    def mean(self, histogram: str) -> float | None:
-        count = self.total(histogram + "_count")
-        return self.total(histogram + "_sum") / count if count else None
+    def mean(self, histogram: str, **labels: str) -> float | None:
+        count = self.total(histogram + "_count", **labels)
+        return self.total(histogram + "_sum", **labels) / count if count else None
 
     def bucket_counts(self, histogram: str) -> list[tuple[str, int]]:
         """(upper edge as text, "+Inf" last; observations in that bucket alone), from the cumulative `le`
@@ -80,6 +80,10 @@ class ServerView(BaseModel):
     mean_batch_tokens: float | None = Field(description="padded source tokens per batch")
     mean_padding_ratio: float | None
     mean_queue_wait_ms: float | None
+    mean_request_ms: float | None = Field(None, description="a /v1/translate request, as the server timed it")
+    mean_encode_ms: float | None = Field(None, description="an encoder pass (translator_inference_duration_seconds)")
+    mean_decode_ms: float | None = Field(None, description=(
+        "a batch's decoder step loop (batch scheduler) or one step of the running batch (continuous scheduler)"))
     sentences: int = Field(description="sentences batched (translator_input_tokens_count)")
     input_tokens: int = Field(description="source tokens batched, EOS included")
     generated_tokens: int
@@ -104,6 +108,9 @@ def server_view(before: MetricsSnapshot, after: MetricsSnapshot) -> ServerView:
         mean_batch_tokens=rounded(delta.mean("translator_batch_tokens"), digits=1),
         mean_padding_ratio=rounded(delta.mean("translator_padding_ratio")),
         mean_queue_wait_ms=rounded(delta.mean("translator_queue_wait_seconds"), 1000, 2),
+        mean_request_ms=rounded(delta.mean("translator_request_duration_seconds", route="/v1/translate"), 1000, 2),
+        mean_encode_ms=rounded(delta.mean("translator_inference_duration_seconds", stage="encode"), 1000, 2),
+        mean_decode_ms=rounded(delta.mean("translator_inference_duration_seconds", stage="decode"), 1000, 2),
         sentences=round(delta.total("translator_input_tokens_count")),
         input_tokens=round(delta.total("translator_input_tokens_sum")),
         generated_tokens=round(delta.total("translator_generated_tokens_total")),

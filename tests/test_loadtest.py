@@ -60,6 +60,10 @@ def test_closed_loop_counts_agree_with_the_servers_own_metrics(server, sentences
     assert 1 <= view.mean_batch_size <= 3  # one text per request, three clients: never more than three per batch
     assert sum(n for _, n in view.batch_size_buckets) == view.batches > 0
     lat = result.latency
+    # the server's stages: a request holds its sentence's encoder pass and decoder steps, and the client waits longer
+    assert 0 < view.mean_encode_ms and 0 < view.mean_decode_ms
+    assert view.mean_encode_ms + view.mean_decode_ms < view.mean_request_ms
+    assert view.mean_request_ms < lat.mean_ms
     assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
     client = result.client  # its CPU is measured; without a ceiling there is no verdict
     assert client.generator.startswith("aiohttp") and 0 < client.cpu_s and client.cpu_cores < 2 and client.limited is None
@@ -168,5 +172,6 @@ def test_bench_http_measures_a_running_server(server, tmp_path):
         assert saturated["ok"] > 0 and saturated["non_2xx"] == {} and saturated["generated_tokens"] > 0
         assert single["ok"] == 8 == single["server_responses"]["200"]  # exactly one pass over the sentences
         assert single["latency_p50_ms"] <= single["latency_p99_ms"]
+        assert 0 < single["encode_ms"] + single["decode_ms"] < single["server_request_ms"] < single["latency_mean_ms"]
     assert summary["client"]["ceiling"]["requests_per_s"] > 1000 and summary["source"]["commit"]
     assert "one connection, one pass over the 8 sentences" in out.with_suffix(".txt").read_text()
