@@ -60,10 +60,9 @@ def test_closed_loop_counts_agree_with_the_servers_own_metrics(server, sentences
     assert 1 <= view.mean_batch_size <= 3  # one text per request, three clients: never more than three per batch
     assert sum(n for _, n in view.batch_size_buckets) == view.batches > 0
     lat = result.latency
-    # the server's stages: a request holds its sentence's encoder pass and decoder steps, and the client waits longer
-    assert 0 < view.mean_encode_ms and 0 < view.mean_decode_ms
-    assert view.mean_encode_ms + view.mean_decode_ms < view.mean_request_ms
-    assert view.mean_request_ms < lat.mean_ms
+    # the server's stages (a request answered as its sentence ends may take less than its batch's decoder loop, so the
+    # stages are checked against a request's time only at one connection: test_bench_http_measures_a_running_server)
+    assert 0 < view.mean_encode_ms and 0 < view.mean_decode_ms and 0 < view.mean_request_ms < lat.mean_ms
     assert 0 < lat.p50_ms <= lat.p90_ms <= lat.p95_ms <= lat.p99_ms <= lat.max_ms
     client = result.client  # its CPU is measured; without a ceiling there is no verdict
     assert client.generator.startswith("aiohttp") and 0 < client.cpu_s and client.cpu_cores < 2 and client.limited is None
