@@ -43,10 +43,10 @@ def profile(package: Path, sources: list[list[int]], beam: int, batch: int, thre
         translator.translate_ids([sources[i] for i in indices], options, times)
         steps += times.steps
     wall = (time.perf_counter() - started) * 1e6
-    decoder, calls, decoder_runs = kernel_times(translator.decoder_session.end_profiling())
+    decoder, decoder_calls, decoder_runs = kernel_times(translator.decoder_session.end_profiling())
     encoder, encoder_calls, encoder_runs = kernel_times(translator.encoder_session.end_profiling())
     rows = []
-    for graph, micros_by_op, calls_by_op, runs in (("decoder", decoder, calls, decoder_runs),
+    for graph, micros_by_op, calls_by_op, runs in (("decoder", decoder, decoder_calls, decoder_runs),
                                                    ("encoder", encoder, encoder_calls, encoder_runs)):
         rows += [{"part": f"{graph} {op}", "share": micros / wall, "us_per_step": micros / steps, "calls": calls_by_op[op]}
                  for op, micros in micros_by_op.most_common()]
