@@ -13,7 +13,9 @@ in turn, --seconds (20) after --warmup (3) unmeasured seconds. Target tokens com
 counter (`translator_generated_tokens_total` deltas), answers by HTTP status from wrk (non-2xx
 reported), p50/p99 latency from wrk. Then one connection, one pass over the same sentences (after a
 short warm-up): its p50 against the engine's own batch-1 p50 on them (bench.engines, ort-int8, that
-server's thread count): the serving overhead, which should stay within 1.2 x the engine + 2 ms.
+server's thread count, on the server's CPUs while the server idles, just before and just after the pass:
+this machine's speed drifts by a third within minutes, so a reference taken minutes away says little):
+the serving overhead, which should stay within 1.2 x the engine + 2 ms.
 
 Offline, once per run: bench.engines' CTranslate2 int8 worker on the same sentences in batches of 32,
 with 1 and with 2 threads, the best of the two; the table gives service tokens/s over it. wrk's own
@@ -141,10 +143,7 @@ def run_variant(args: argparse.Namespace, name: str, environment: dict[str, str]
             result["saturated"][search] = measure(url, requests, args.connections, args.seconds, args.warmup, args.timeout,
                                                   args.client_cpus)
         for search, requests in bodies.items() if args.one_connection else ():
-            print(f"{name}: {search}, 1 connection, {len(requests)} requests ...", file=sys.stderr, flush=True)
-            run_wrk(url, requests, 1, 600, max_requests=ONE_CONNECTION_WARMUP, timeout_s=args.timeout, cpus=args.client_cpus)
-            result["one_connection"][search] = measure(url, requests, 1, 600, 0, args.timeout, args.client_cpus,
-                                                       max_requests=len(requests))
+            result["one_connection"][search] = one_connection(args, url, result["engine_threads"], search, requests)
         if server:
             result["server_peak_rss_mb"] = round((server.peak_rss_bytes() or 0) / 2**20, 1)
         return result
@@ -153,44 +152,60 @@ def run_variant(args: argparse.Namespace, name: str, environment: dict[str, str]
             server.stop(120)
 
 
-def engines(args: argparse.Namespace, engine: str, batch_size: int, threads: int) -> dict:
-    """bench.engines for one engine and batch size on the same sentences, in its own processes."""
+def engines(args: argparse.Namespace, engine: str, batch_size: int, threads: int,
+            beams: tuple[int, ...] = tuple(SEARCHES.values())) -> dict:
+    """bench.engines for one engine and batch size on the same sentences, in its own processes → its settings by
+    search name."""
     with tempfile.TemporaryDirectory(prefix="bench-http-") as scratch:
         out = Path(scratch) / "engines.json"
         command = [sys.executable, "-m", "bench.engines", "--limit", str(args.limit), "--engines", engine,
-                   "--batch-sizes", str(batch_size), "--beam-sizes", ",".join(str(b) for b in SEARCHES.values()),
+                   "--batch-sizes", str(batch_size), "--beam-sizes", ",".join(str(b) for b in beams),
                    "--threads", str(threads), "--lengths", "8", "--out", str(out)]
-        print(f"offline: {engine}, batch {batch_size}, {threads} thread(s) ...", file=sys.stderr, flush=True)
+        print(f"offline: {engine}, batch {batch_size}, beam {'/'.join(map(str, beams))}, {threads} thread(s) ...",
+              file=sys.stderr, flush=True)
         pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
         subprocess.run(pin + command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         summary = json.loads(out.read_text())
     return {s["search"]: s for s in summary["engines"][engine]["settings"]}
 
 
-def offline(args: argparse.Namespace, variants: list[dict]) -> dict:
+def offline(args: argparse.Namespace) -> dict:
     ct2 = {threads: engines(args, "ct2-int8", 32, threads) for threads in args.ct2_threads}
     best = {search: max(({"threads": t, **by_search[search]} for t, by_search in ct2.items()),
                         key=lambda s: s["tokens_per_second"]) for search in SEARCHES}
-    ours = {threads: engines(args, "ort-int8", 1, threads) for threads in sorted({v["engine_threads"] for v in variants})}
     return {"ct2_int8_batch32": {search: {"tokens_per_second": s["tokens_per_second"], "threads": s["threads"],
                                           "all_threads": {t: ct2[t][search]["tokens_per_second"] for t in ct2}}
-                                 for search, s in best.items()},
-            "engine_batch1": {threads: {search: {"latency_p50_ms": s["latency_p50_ms"], "tokens_per_second": s["tokens_per_second"]}
-                                        for search, s in by_search.items()} for threads, by_search in ours.items()}}
+                                 for search, s in best.items()}}
+
+
+def engine_batch1_p50_ms(args: argparse.Namespace, threads: int, search: str) -> float:
+    """The engine's own batch-1 p50 on the same sentences (ort-int8, `threads`), measured now."""
+    return engines(args, "ort-int8", 1, threads, (SEARCHES[search],))[search]["latency_p50_ms"]
+
+
+def one_connection(args: argparse.Namespace, url: str, threads: int, search: str, requests: list[str]) -> dict:
+    """One pass over the sentences at one connection, with the engine's batch-1 p50 just before and just after it
+    (unless --no-offline) and the latency bound against their mean."""
+    print(f"{search}: 1 connection, {len(requests)} requests ...", file=sys.stderr, flush=True)
+    run_wrk(url, requests, 1, 600, max_requests=ONE_CONNECTION_WARMUP, timeout_s=args.timeout, cpus=args.client_cpus)
+    before = None if args.no_offline else engine_batch1_p50_ms(args, threads, search)
+    row = measure(url, requests, 1, 600, 0, args.timeout, args.client_cpus, max_requests=len(requests))
+    if before is not None:
+        after = engine_batch1_p50_ms(args, threads, search)
+        engine = round((before + after) / 2, 2)
+        bound = LATENCY_BOUND[0] * engine + LATENCY_BOUND[1]
+        row.update(engine_batch1_p50_ms=engine, engine_before_after_ms=[before, after], bound_ms=round(bound, 2),
+                   within_bound=row["latency_p50_ms"] <= bound, over_engine_ms=round(row["latency_p50_ms"] - engine, 2))
+    return row
 
 
 def compare(variants: list[dict], reference: dict | None) -> None:
-    """Ratios to CTranslate2 offline and the one-connection latency check, written into each variant."""
+    """Ratios to CTranslate2 offline, written into each variant's saturated rows."""
     if not reference:
         return
     for variant in variants:
         for search, row in variant["saturated"].items():
             row["vs_ct2_int8_batch32"] = round(row["tokens_per_second"] / reference["ct2_int8_batch32"][search]["tokens_per_second"], 3)
-        for search, row in variant["one_connection"].items():
-            engine = reference["engine_batch1"][variant["engine_threads"]][search]["latency_p50_ms"]
-            bound = LATENCY_BOUND[0] * engine + LATENCY_BOUND[1]
-            row.update(engine_batch1_p50_ms=engine, bound_ms=round(bound, 2), within_bound=row["latency_p50_ms"] <= bound,
-                       over_engine_ms=round(row["latency_p50_ms"] - engine, 2))
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -229,9 +244,11 @@ def report(summary: dict) -> str:
         parts.append(f"one connection, one pass over the {summary['sentences']} sentences: p50 against the engine's batch-1 p50 "
                      f"(ort-int8, the variant's server's threads); bound = {LATENCY_BOUND[0]:g} x engine + {LATENCY_BOUND[1]:g} ms\n"
                      + table(single, ["variant", "search", "engine_threads", "ok", "non_2xx", "latency_p50_ms", "engine_batch1_p50_ms",
-                                      "bound_ms", "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms",
+                                      "engine_before_after_ms", "bound_ms", "within_bound", "over_engine_ms", "latency_p99_ms", "mean_queue_wait_ms",
                                       "encode_ms", "decode_ms", "server_request_ms", "latency_mean_ms"])
-                     + "\nencode_ms, decode_ms, server_request_ms: means by the server's histograms (a request's encoder "
+                     + "\nengine_batch1_p50_ms: the mean of the engine's batch-1 p50 just before and just after the pass "
+                       "(engine_before_after_ms), on the server's CPUs while it idles"
+                       "\nencode_ms, decode_ms, server_request_ms: means by the server's histograms (a request's encoder "
                        "pass, its decoder steps, the whole request inside the server); latency_mean_ms (wrk's) less "
                        "server_request_ms is HTTP outside the app")
     if ref:
@@ -306,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = round(os.getloadavg()[0], 2)
     ceiling = wrk_ceiling(bodies["greedy"], args.connections, cpus=args.client_cpus)
     variants = [run_variant(args, name, environment, bodies) for name, environment in variants_of(args)]
-    reference = None if args.no_offline else offline(args, variants)
+    reference = None if args.no_offline else offline(args)
     compare(variants, reference)
     summary = {
         "data": str(args.data), "sentences": len(sentences), "connections": args.connections, "seconds": args.seconds,

@@ -67,7 +67,7 @@ async def start_workers(translators: dict[str, Translator], settings: Settings) 
 
     def workers_of(translator: Translator) -> list[ModelCopy]:
         if settings.worker_processes():
-            return [WorkerProcess(translator) for _ in range(count)]
+            return [WorkerProcess(translator, settings.worker_awake_ms / 1000) for _ in range(count)]
         return [translator, *(translator.copy() for _ in range(count - 1))]
 
     started = await asyncio.gather(*(asyncio.to_thread(workers_of, t) for t in translators.values()))

@@ -329,7 +329,7 @@ class Batcher:
                 answer_finished = functools.partial(loop.call_soon_threadsafe, self._answer_finished, batch)
                 times = StageTimes()
                 outcome = await loop.run_in_executor(worker.executor, self._translate, worker.model, sources,
-                                                     key.options, times, answer_finished)
+                                                     key.options, times, answer_finished, self._quiet())
                 # Model time only (the engine's stage times): a test holding the model's lock does not skew it.
                 lane.note_batch(sum(len(job.ids) for job in batch), times.encode_seconds + times.decode_seconds)
             else:
@@ -339,6 +339,12 @@ class Batcher:
             outcome = error
         finally:
             self._answer(batch, outcome, name)
+
+    def _quiet(self) -> bool:
+        """Nothing queued in any lane and no worker busy but the one just given a batch: a lone client's request (a
+        worker process then stays awake for the next one: service/worker_process.py)."""
+        busy = sum(len(lane.workers) - len(lane.idle) for lane in self.lanes.values())
+        return busy <= 1 and not any(lane.groups for lane in self.lanes.values())
 
     @staticmethod
     def _answer_finished(batch: list[Job], ended: list[tuple[int, SearchResult]]) -> None:
@@ -360,9 +366,12 @@ class Batcher:
 
     # --- in the model's inference thread --------------------------------------------------------
     def _translate(self, translator: ModelCopy, sources: list[list[int]], options: SearchOptions, times: StageTimes,
-                   on_finished: FinishedHook | None) -> list[SearchResult]:
+                   on_finished: FinishedHook | None, quiet: bool = False) -> list[SearchResult]:
         name, m = translator.name, self.metrics
-        results = translator.translate_ids(sources, options, times, on_finished)
+        if isinstance(translator, WorkerProcess):
+            results = translator.translate_ids(sources, options, times, on_finished, awake=quiet)
+        else:
+            results = translator.translate_ids(sources, options, times, on_finished)
         m.inference_duration.labels(model=name, stage="encode").observe(times.encode_seconds)
         m.inference_duration.labels(model=name, stage="decode").observe(times.decode_seconds)
         generated = [len(r.hypotheses[0].tokens) if r.hypotheses else 0 for r in results]

@@ -12,6 +12,12 @@ memory) fails the batch it ran; the next call starts a new one.
 
 The child ignores SIGINT and SIGTERM: the server drains on them and then closes its workers; a child whose server is
 gone finds its socket closed and exits.
+
+After a batch that the server sent while nothing else waited and its other workers were idle (`awake`: a lone client),
+the child stays awake for a few milliseconds (TRANSLATOR_WORKER_AWAKE_MS), polling its socket and yielding its CPU to
+anything runnable, before it sleeps: on these virtual machines a CPU that went idle between two requests comes back
+slower (caches cold), and at one connection the next sentence's encoder and decoder ran about 1.4 ms slower (README,
+Load benchmark). Under load the next batch comes anyway, and the CPU is the server's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -43,8 +50,9 @@ class WorkerProcessFailed(RuntimeError):
 class WorkerProcess:
     """A model package in a child process, used by one thread at a time."""
 
-    def __init__(self, model: Translator):
-        self.directory, self.options = model.directory, model.options
+    def __init__(self, model: Translator, awake_s: float = 0.0):
+        """awake_s: how long the child stays awake after a small batch (module docstring)."""
+        self.directory, self.options, self.awake_s = model.directory, model.options, awake_s
         self.pair, self.require_parity = (model.source_language, model.target_language), model.require_parity
         self.name = model.name
         self.process: subprocess.Popen | None = None
@@ -67,7 +75,8 @@ class WorkerProcess:
             self.process = subprocess.Popen([sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=[theirs.fileno()],
                                             stdin=subprocess.DEVNULL, env=child_environment())
             self.connection = Connection(os.dup(ours.fileno()))  # the child's end closes with it: its exit ends our reads
-        self.connection.send((self.directory, self.options, self.pair, self.require_parity, logging.getLogger().getEffectiveLevel()))
+        self.connection.send((self.directory, self.options, self.pair, self.require_parity, logging.getLogger().getEffectiveLevel(),
+                              self.awake_s))
         self.receive()  # "ready"
 
     def close(self) -> None:
@@ -87,8 +96,9 @@ class WorkerProcess:
 
     # --- what the batcher calls ----------------------------------------------------------------
     def translate_ids(self, sources: list[list[int]], options: SearchOptions, times: StageTimes | None = None,
-                      on_finished: FinishedHook | None = None) -> list[SearchResult]:
-        encode_s, decode_s, steps, results = self.call(("translate", sources, options), on_finished)
+                      on_finished: FinishedHook | None = None, awake: bool = False) -> list[SearchResult]:
+        """Translator.translate_ids in the child; `awake`: it stays awake after this batch (module docstring)."""
+        encode_s, decode_s, steps, results = self.call(("translate", sources, options, awake), on_finished)
         if times is not None:
             times.encode_seconds += encode_s
             times.decode_seconds += decode_s
@@ -159,7 +169,7 @@ def serve(connection: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        directory, options, pair, require_parity, log_level = connection.recv()
+        directory, options, pair, require_parity, log_level, awake_s = connection.recv()
     except (EOFError, OSError):
         return
     logging.basicConfig(level=log_level, format=LOG_FORMAT)
@@ -169,8 +179,10 @@ def serve(connection: Connection) -> None:
         connection.send(("error", f"cannot load {directory}: {type(error).__name__}: {error}"))
         return
     connection.send(("ready", None))
+    awake_until = 0.0
     while True:
         try:
+            stay_awake(connection, awake_until)
             message = connection.recv()
         except (EOFError, OSError):
             return  # the server is gone
@@ -179,10 +191,12 @@ def serve(connection: Connection) -> None:
             return
         try:
             if kind == "translate":
-                _, sources, search = message
+                _, sources, search, awake = message
                 times = StageTimes()
                 results = model.translate_ids(sources, search, times, lambda ended: connection.send(("finished", ended)))
                 answer = (times.encode_seconds, times.decode_seconds, times.steps, results)
+                if awake:
+                    awake_until = time.perf_counter() + awake_s
             elif kind == "encode":
                 answer = model.encode_ids(message[1])
             elif kind == "warmup":
@@ -195,6 +209,12 @@ def serve(connection: Connection) -> None:
             connection.send(("error", f"{type(error).__name__}: {error}"))
             continue
         connection.send(("done", answer))
+
+
+def stay_awake(connection: Connection, until: float) -> None:
+    """Poll for the next call until `until` (perf_counter), yielding the CPU to whatever else may run on it."""
+    while time.perf_counter() < until and not connection.poll(0):
+        os.sched_yield()
 
 
 if __name__ == "__main__":  # python -m service.worker_process FD: the child, talking over the socket FD

@@ -77,6 +77,55 @@ def test_a_failing_finished_hook_fails_its_call_and_the_next_call_reads_its_own_
     assert as_compared(worker.translate_ids(sources[:1], options)) == as_compared(en_de.translate_ids(sources[:1], options))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_stays_awake_after_a_batch_sent_awake_only(en_de):
+    worker = WorkerProcess(en_de, awake_s=0.5)
+    try:
+        options, sources = en_de.search_options(), en_de.tokenize(["Open the file."])
+
+        def cpu_while_waiting(awake: bool) -> float:
+            results = worker.translate_ids(sources, options, awake=awake)
+            assert as_compared(results) == as_compared(en_de.translate_ids(sources, options))
+            before = cpu_seconds(worker.pid)
+            time.sleep(0.6)  # past its awake time: then it sleeps in its socket
+            return cpu_seconds(worker.pid) - before
+
+        assert cpu_while_waiting(awake=True) > 0.2  # it polled for its next call (yielding: it may share the CPU)
+        assert cpu_while_waiting(awake=False) < 0.05  # it went to sleep at once
+    finally:
+        worker.close()
+
+
+def test_the_batcher_keeps_a_worker_awake_for_a_lone_request_only(en_de):
+    options = en_de.search_options()
+    first, second = en_de.tokenize(["Open the file."]), en_de.tokenize(["Close the window."])
+
+    async def scenario():
+        workers = await asyncio.gather(*(asyncio.to_thread(WorkerProcess, en_de, 0.5) for _ in range(2)))
+        batcher = Batcher({"en-de": en_de}, BatchPolicy(scheduler="batch", max_sentences=1), Metrics(), {"en-de": workers})
+        batcher.start()
+
+        async def cpu_after(*requests) -> float:
+            await asyncio.gather(*(batcher.translate("en-de", sources, options) for sources in requests))
+            before = sum(cpu_seconds(w.pid) for w in workers)
+            await asyncio.sleep(0.6)
+            return sum(cpu_seconds(w.pid) for w in workers) - before
+
+        try:
+            # Alone, its worker stays awake; two at once (one queued behind the other, then both workers busy): neither.
+            return await cpu_after(first), await cpu_after(first, second)
+        finally:
+            await batcher.drain(10)
+
+    lone, together = asyncio.run(scenario())
+    assert lone > 0.2 and together < 0.05
+
+
 def test_a_worker_that_dies_fails_its_call_and_the_next_call_starts_a_new_one(en_de, worker):
     sources, options = en_de.tokenize(["Open the file."]), en_de.search_options()
     first = worker.pid
