@@ -13,7 +13,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 import torch.nn as nn
 
@@ -21,7 +20,7 @@ from export.decoder_graph import (
     DecoderLayerWeights, DecoderWeights, build_decoder_step, decoder_input_names, decoder_output_names,
 )
 from export.encoder_graph import EncoderLayerWeights, EncoderWeights, build_encoder, encoder_output_names
-from export.graph_builder import OPSET, Linear, Norm, save
+from export.graph_builder import Linear, Norm, save
 from model.transformer import Transformer
 
 log = logging.getLogger(__name__)

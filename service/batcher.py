@@ -40,7 +40,7 @@ from engine.search import FinishedHook, SearchOptions, SearchResult, StageTimes
 from engine.translator import Translator
 from service.continuous import ContinuousScheduler
 from service.lanes import (
-    ADMIT_WAIT_SHARE, BatchPolicy, BatcherError, DeadlineExceeded, Embedding, GroupKey, InferenceFailed, InferenceWorker, Job,
+    ADMIT_WAIT_SHARE, BatchPolicy, DeadlineExceeded, Embedding, GroupKey, InferenceFailed, InferenceWorker, Job,
     Lane, ModelCopy, QueueFull, ShuttingDown, Task,
 )
 from service.metrics import Metrics

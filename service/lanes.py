@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
