@@ -90,9 +90,10 @@ class Settings(BaseSettings):
         "shipped model). auto = process with the batch scheduler on the CPU (measured on 2 cores: README, Load "
         "benchmark), thread with the continuous scheduler (it decodes in the server) or CUDA first among the providers."))
     worker_awake_ms: float = Field(5.0, ge=0, le=1000, description=(
-        "After a batch of one or two sentences, an inference worker process stays awake this long for the next one "
-        "(polling, yielding its CPU to anything else runnable) before it sleeps: a CPU that went idle comes back with "
-        "cold caches (measured at one connection: README, Load benchmark). 0 = sleep at once. Worker processes only."))
+        "After a batch sent while nothing else was queued and the other workers were idle (a lone client), an inference "
+        "worker process stays awake this long for the next one (polling, yielding its CPU to anything else runnable) "
+        "before it sleeps: a CPU that went idle comes back slower (measured at one connection: README, Load benchmark). "
+        "0 = sleep at once. Worker processes only."))
     warmup: bool = Field(True, description="Run every model once at its largest shapes before /ready reports ready.")
     cpu_mem_arena: bool = Field(True, description=(
         "ONNX Runtime's CPU memory arena: keeps freed blocks for reuse (resident memory holds its peak); "

@@ -51,7 +51,7 @@ class WorkerProcess:
     """A model package in a child process, used by one thread at a time."""
 
     def __init__(self, model: Translator, awake_s: float = 0.0):
-        """awake_s: how long the child stays awake after a small batch (module docstring)."""
+        """awake_s: how long the child stays awake after a batch sent `awake` (module docstring)."""
         self.directory, self.options, self.awake_s = model.directory, model.options, awake_s
         self.pair, self.require_parity = (model.source_language, model.target_language), model.require_parity
         self.name = model.name
