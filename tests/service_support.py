@@ -4,6 +4,7 @@ serving already loaded models (so a test can hold a model's lock and decide when
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import threading
@@ -56,12 +57,23 @@ def wait_until(condition, timeout: float = 30.0, interval: float = 0.02, what: s
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (Linux): field 3 (state) first."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def running(pid: int) -> bool:
     """The process exists and has not exited (an exited child that nobody has reaped yet, a zombie, has)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return stat_fields(pid)[0] != "Z"
     except OSError:
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -19,7 +19,7 @@ from engine.translator import SessionsReleased, Translator
 from service.batcher import Batcher, BatchPolicy, InferenceFailed
 from service.metrics import Metrics
 from service.worker_process import WorkerProcess, WorkerProcessFailed
-from tests.service_support import ThreadServer, metric, models_dir, running, settings_for, translators, wait_until  # noqa: F401 - fixtures
+from tests.service_support import ThreadServer, cpu_seconds, metric, models_dir, running, settings_for, translators, wait_until  # noqa: F401 - fixtures
 
 
 @pytest.fixture()
@@ -75,12 +75,6 @@ def test_a_failing_finished_hook_fails_its_call_and_the_next_call_reads_its_own_
     with pytest.raises(RuntimeError, match="event loop is closed"):
         worker.translate_ids(sources, options, None, broken_hook)
     assert as_compared(worker.translate_ids(sources[:1], options)) == as_compared(en_de.translate_ids(sources[:1], options))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_worker_stays_awake_after_a_batch_sent_awake_only(en_de):
