@@ -107,6 +107,11 @@ def bind_host_input(binding: ort.IOBinding, name: str, array: np.ndarray) -> Non
     binding._iobinding.bind_ortvalue_input(name, ort_native.OrtValue.ortvalue_from_numpy(array, HOST))
 
 
+def bind_host_output(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
+    """Bind a host array as an output, written in place; the same native path (and caveat) as `bind_host_input`."""
+    binding._iobinding.bind_ortvalue_output(name, ort_native.OrtValue.ortvalue_from_numpy(array, HOST))
+
+
 def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, run_options: ort.RunOptions | None) -> None:
     """`session.run_with_iobinding` without the wrapper's WebGPU graph-capture checks (measured: README)."""
     session._sess.run_with_iobinding(binding._iobinding, run_options)
@@ -220,7 +225,7 @@ class OnnxStepModel:
         for first in range(0, batch, rows):
             bind_host_input(binding, "input_ids", src_ids[first : first + rows])
             for name, array in zip(self.cross_names, cross):  # rows of a C-contiguous array: contiguous
-                binding._iobinding.bind_ortvalue_output(name, ort_native.OrtValue.ortvalue_from_numpy(array[first : first + rows], HOST))
+                bind_host_output(binding, name, array[first : first + rows])
             run_bound(self.encoder, binding, self.run_options)
         return cross
 
