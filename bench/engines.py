@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ct2-cache", type=Path, default=Path("build/ct2"))
     parser.add_argument("--out", type=Path, default=Path("results/bench_engines.json"))
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats take 1 or more")
 
     from model.checkpoint import chosen_length_penalty, data_dir
 

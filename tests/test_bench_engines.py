@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench.engines import best_of_rounds, main
 
 
@@ -34,3 +36,10 @@ def test_rounds_keep_each_settings_fastest_round_and_the_highest_peak():
     merged = best_of_rounds([round_of(100.0, 60.0, 200.0), round_of(120.0, 50.0, 210.0), round_of(90.0, 55.0, 190.0)])
     assert [s["tokens_per_second"] for s in merged["settings"]] == [120.0, 60.0]  # each setting from its fastest round
     assert merged["peak_rss_mb"] == 210.0 and merged["rounds"] == 3 and merged["wall_seconds"] == 30.0
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--repeats"])
+def test_zero_rounds_or_repeats_is_refused_before_anything_runs(flag, tmp_path):
+    with pytest.raises(SystemExit) as refused:
+        main([flag, "0", "--out", str(tmp_path / "bench.json")])
+    assert refused.value.code == 2 and not (tmp_path / "bench.json").exists()
