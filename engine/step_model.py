@@ -35,15 +35,13 @@ there, and moving the caches would mean a round trip through the host. Operation
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi import _pybind_state as ort_native
 
+from engine.host_buffers import (as_ortvalue, bind_host_input, bind_host_output, lazy_zeros, release_rows,
+                                 run_bound)
 from engine.search import Candidates
 
 CANDIDATE_OUTPUTS = ("top_log_probs", "top_ids", "eos_log_probs")
@@ -51,34 +49,7 @@ COMPACT_SHARE = 0.25  # compact once this share of the batch's sentences has fin
 REBASE_SLOTS = 8  # continuous batching: least slots before the oldest live sentence's start worth moving (see `keep`)
 ENCODER_TOKENS = 512  # padded source tokens per encoder run on the CPU: less arena, no slower (measured: README)
 DEVICE_ENCODER_TOKENS = 2048  # the same on a GPU (what the CUDA check ran)
-MADV_DONTNEED = 4
 KEY_PACK = 4  # float32 values per 16 bytes: the CUDA attention kernel's key-cache tile (see `key_layout`)
-HUGE_PAGE_ADVICE_BYTES = 1 << 22  # numpy's threshold for madvise(MADV_HUGEPAGE)
-LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
-
-
-def lazy_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-    """A zeroed array whose pages become resident only when written. numpy asks for transparent huge pages
-    for arrays of 4 MB and more, which makes a cache resident in 2 MB pieces as soon as each row's first slot
-    is written: those come from an anonymous memory map instead (zeroed by the kernel, page by page)."""
-    count = int(np.prod(shape))
-    if count * np.dtype(dtype).itemsize < HUGE_PAGE_ADVICE_BYTES:
-        return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, count * np.dtype(dtype).itemsize), dtype=dtype, count=count).reshape(shape)
-
-
-def release_rows(array: np.ndarray, first: int) -> None:
-    """Give the pages of rows [first, end) of a C-contiguous array back to the operating system (Linux): they
-    read as zeros when touched again. The rows must hold nothing that is read later. Only arrays as large as
-    `lazy_zeros` maps: a smaller one goes back with its batch anyway, and the system call is not free (3.6 % of
-    an inference thread's samples under 32 greedy connections, batches of about 10, py-spy)."""
-    if LIBC is None or array.nbytes < HUGE_PAGE_ADVICE_BYTES:
-        return
-    page = mmap.PAGESIZE
-    start = -(-(array.ctypes.data + first * array.strides[0]) // page) * page  # whole pages inside the rows only:
-    end = (array.ctypes.data + array.nbytes) // page * page  # a page shared with other memory is never released
-    if end > start:
-        LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
 
 
 def key_layout(cache: np.ndarray, to_device: bool) -> np.ndarray:
@@ -90,31 +61,6 @@ def key_layout(cache: np.ndarray, to_device: bool) -> np.ndarray:
     else:
         moved = cache.reshape(rows, heads, size // KEY_PACK, capacity, KEY_PACK).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(moved).reshape(rows, heads, capacity, size)
-
-
-def as_ortvalue(array: np.ndarray) -> ort.OrtValue:
-    """Wrap a C-contiguous numpy array without a copy: the OrtValue reads and writes the array's memory."""
-    return ort.OrtValue.ortvalue_from_numpy(array)
-
-
-HOST = ort.OrtDevice.make("cpu", 0)._get_c_device()
-
-
-def bind_host_input(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
-    """Bind a host array in place through ONNX Runtime's native binding: the Python wrapper's checks (WebGPU graph
-    capture, session-scoped allocators; none apply here) cost more than the binding itself, and a step binds its
-    attention mask every time. The native value does not keep the array alive: the state holds every array bound."""
-    binding._iobinding.bind_ortvalue_input(name, ort_native.OrtValue.ortvalue_from_numpy(array, HOST))
-
-
-def bind_host_output(binding: ort.IOBinding, name: str, array: np.ndarray) -> None:
-    """Bind a host array as an output, written in place; the same native path (and caveat) as `bind_host_input`."""
-    binding._iobinding.bind_ortvalue_output(name, ort_native.OrtValue.ortvalue_from_numpy(array, HOST))
-
-
-def run_bound(session: ort.InferenceSession, binding: ort.IOBinding, run_options: ort.RunOptions | None) -> None:
-    """`session.run_with_iobinding` without the wrapper's WebGPU graph-capture checks (measured: README)."""
-    session._sess.run_with_iobinding(binding._iobinding, run_options)
 
 
 @dataclass
