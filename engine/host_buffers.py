@@ -22,11 +22,17 @@ LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 def lazy_zeros(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
     """A zeroed array whose pages become resident only when written. numpy asks for transparent huge pages
     for arrays of 4 MB and more, which makes a cache resident in 2 MB pieces as soon as each row's first slot
-    is written: those come from an anonymous memory map instead (zeroed by the kernel, page by page)."""
+    is written: those come from a private anonymous memory map instead (zeroed by the kernel, page by page), which
+    declines huge pages where the system would otherwise give them unasked. Private, not Python's default shared
+    mapping: pages of a shared one stay allocated after `release_rows` and come back with their old contents."""
     count = int(np.prod(shape))
-    if count * np.dtype(dtype).itemsize < HUGE_PAGE_ADVICE_BYTES:
+    size = count * np.dtype(dtype).itemsize
+    if size < HUGE_PAGE_ADVICE_BYTES:
         return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, count * np.dtype(dtype).itemsize), dtype=dtype, count=count).reshape(shape)
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE) if hasattr(mmap, "MAP_PRIVATE") else mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        memory.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(memory, dtype=dtype, count=count).reshape(shape)
 
 
 def release_rows(array: np.ndarray, first: int) -> None:
