@@ -133,7 +133,7 @@ class PackageManifest(Strict):
     @model_validator(mode="after")
     def consistent(self) -> "PackageManifest":
         for code in (self.source_language, self.target_language):
-            if not LANGUAGE_CODE.match(code):
+            if not LANGUAGE_CODE.fullmatch(code):  # match's $ would also take a code ending in a line break
                 raise ValueError(f"{code!r} is not a language code")
         if self.source_language == self.target_language:
             raise ValueError("source and target language are the same")
@@ -169,11 +169,12 @@ def read_manifest(directory: Path) -> PackageManifest:
         raise PackageError(f"{directory}: no {MANIFEST}; not a model package")
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PackageError(f"{path}: invalid manifest: {error}") from error
     version = values.get("format_version") if isinstance(values, dict) else None
-    if isinstance(version, int) and version < FORMAT_VERSION:
-        checkpoint = (values.get("source_checkpoint") or {}).get("path", "checkpoints/<pair>")
+    if type(version) is int and version < FORMAT_VERSION:  # not a bool, which is an int to isinstance
+        source = values.get("source_checkpoint")
+        checkpoint = source.get("path", "checkpoints/<pair>") if isinstance(source, dict) else "checkpoints/<pair>"
         raise PackageError(
             f"{directory}: package format {version} was written by an older export; this engine reads format "
             f"{FORMAT_VERSION}. Re-export it: python -m export --checkpoint {checkpoint} --out {directory} "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Protocol
 
 import sentencepiece as spm
@@ -29,8 +30,12 @@ class Tokenization(Protocol):
     def encode(self, text: str) -> list[int]:
         """One source text → its ids with EOS appended."""
 
-    def decode(self, ids: list[int]) -> str:
-        """One output's ids (without EOS) → its text."""
+    def decode(self, ids: list[int], unknowns: Sequence[str] | None = None) -> str:
+        """One output's ids (without EOS) → its text. With `unknowns` (the source's, see below), an UNK in the
+        output becomes the source span the k-th UNK of the source stood for, in order, or nothing once they run out."""
+
+    def unknowns(self, text: str) -> list[str]:
+        """The spans of a source text its vocabulary lacks (each one UNK id), in order."""
 
 
 class SentencePieceTokenization:
@@ -38,7 +43,7 @@ class SentencePieceTokenization:
 
     def __init__(self, path: Path, manifest: PackageManifest):
         self.processor = spm.SentencePieceProcessor(model_file=str(path))
-        self.eos = manifest.special_ids.eos
+        self.eos, self.unk = manifest.special_ids.eos, manifest.special_ids.unk
         ids, sp = manifest.special_ids, self.processor
         if sp.get_piece_size() != manifest.model.vocab_size:
             raise PackageError(f"{manifest.name}: tokenizer has {sp.get_piece_size()} pieces, model {manifest.model.vocab_size}")
@@ -50,8 +55,24 @@ class SentencePieceTokenization:
         # one sentence against ~4 µs; milliseconds when the cores are busy), and this runs in the event loop.
         return self.processor.encode(text, out_type=int) + [self.eos]
 
-    def decode(self, ids: list[int]) -> str:
-        return self.processor.decode(list(map(int, ids)))
+    def decode(self, ids: list[int], unknowns: Sequence[str] | None = None) -> str:
+        ids = list(map(int, ids))
+        if unknowns is None or self.unk not in ids:
+            return self.processor.decode(ids)  # an UNK reads " ⁇ ", SentencePiece's own rendering
+        spans, text = iter(unknowns), []
+        for piece in self.processor.decode(ids, return_type="proto").pieces:
+            if piece.id != self.unk:
+                text.append(piece.surface)
+                continue
+            span = next(spans, None)
+            if span is not None:
+                text.append(span)
+            elif text and text[-1] == " ":  # nothing to put back: the space piece before it goes too
+                text.pop()
+        return "".join(text)
+
+    def unknowns(self, text: str) -> list[str]:
+        return [piece.surface for piece in self.processor.encode(text, return_type="proto").pieces if piece.id == self.unk]
 
 
 class VocabularyTokenization:
@@ -77,9 +98,13 @@ class VocabularyTokenization:
         pieces = code + self.source.encode(text, out_type=str)
         return [self.piece_to_id.get(piece, self.unk) for piece in pieces] + [self.eos]
 
-    def decode(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int], unknowns: Sequence[str] | None = None) -> str:
+        """UNK is a special token here and always left out, as MarianTokenizer leaves it (`unknowns` is not used)."""
         pieces = [self.piece(int(i)) for i in ids if int(i) not in self.special]
         return self.target.decode_pieces(pieces).replace(SPIECE_UNDERLINE, " ").strip()
+
+    def unknowns(self, text: str) -> list[str]:
+        return []
 
     def piece(self, index: int) -> str:
         piece = self.id_to_piece.get(index)
@@ -101,6 +126,8 @@ def check_vocabulary(vocab: object, manifest: PackageManifest, name: str) -> dic
     if not isinstance(vocab, dict) or not all(isinstance(k, str) and type(v) is int for k, v in vocab.items()):
         raise PackageError(f"{manifest.name}: {name} must map pieces (strings) to ids (integers)")
     ids = list(vocab.values())
+    if not ids:
+        raise PackageError(f"{manifest.name}: {name} is empty")
     if len(set(ids)) != len(ids):
         raise PackageError(f"{manifest.name}: {name} gives one id to several pieces")
     if min(ids) < 0 or max(ids) >= manifest.model.vocab_size:

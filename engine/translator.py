@@ -152,8 +152,14 @@ class Translator:
         """Source ids with EOS appended, as the model was trained. Not truncated: see max_source_tokens."""
         return [self.tokenization.encode(text) for text in texts]  # one call per text: engine/tokenization.py
 
-    def detokenize(self, ids: list[list[int]]) -> list[str]:
-        return [self.tokenization.decode(row) for row in ids]
+    def detokenize(self, ids: list[list[int]], sources: list[str] | None = None) -> list[str]:
+        """Output ids → texts. Given each row's source text, a token the vocabulary lacked (UNK: an emoji, an arrow, a
+        symbol) comes back as the span of the source it stood for; without, it reads as SentencePiece renders it."""
+        if sources is None:
+            return [self.tokenization.decode(row) for row in ids]
+        unk = self.manifest.special_ids.unk
+        return [self.tokenization.decode(row, self.tokenization.unknowns(source) if unk in row else None)
+                for row, source in zip(ids, sources, strict=True)]
 
     def search_options(self, beam_size: int = 1, n_best: int = 1, max_length: int | None = None, **extra) -> SearchOptions:
         ids = self.manifest.special_ids
@@ -217,8 +223,9 @@ class Translator:
         """Texts → for each, its n best translations, best first."""
         results = self.translate_ids(self.tokenize(texts), self.search_options(beam_size, n_best, max_length))
         return [
-            [Translation(text, h.score, h.tokens) for h, text in zip(r.hypotheses, self.detokenize([h.tokens for h in r.hypotheses]))]
-            for r in results
+            [Translation(text, h.score, h.tokens)
+             for h, text in zip(r.hypotheses, self.detokenize([h.tokens for h in r.hypotheses], [source] * len(r.hypotheses)))]
+            for r, source in zip(results, texts)
         ]
 
     def encode_ids(self, sources: list[list[int]]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -81,6 +81,8 @@ def test_graph_names_must_match_the_manifest(package_copy):
 @pytest.mark.parametrize("change, message", [
     ({"target_language": "en"}, "same"),
     ({"source_language": "english"}, "not a language code"),
+    ({"source_language": "en\n", "name": "en\n-de"}, "not a language code"),
+    ({"format_version": True}, "format_version"),
     ({"precision": "int4"}, "precision"),
     ({"special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 2}}, "distinct"),
     ({"unexpected": 1}, "unexpected"),
@@ -90,6 +92,17 @@ def test_inconsistent_manifest_is_refused(package_copy, change, message):
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, **change}))
     with pytest.raises(PackageError, match=message if message != "unexpected" else "Extra inputs"):
+        load_package(package_copy)
+
+
+def test_a_manifest_that_is_not_utf8_or_from_an_old_export_with_odd_fields_is_refused_with_a_message(package_copy):
+    path = package_copy / "package.json"
+    manifest = json.loads(path.read_text())
+    path.write_bytes(json.dumps(manifest).replace('"en-de"', '"en-d\u00e9"').encode("latin-1"))
+    with pytest.raises(PackageError, match="invalid manifest"):
+        load_package(package_copy)
+    path.write_text(json.dumps({**manifest, "format_version": 1, "source_checkpoint": "ckpt"}))
+    with pytest.raises(PackageError, match="Re-export it: python -m export --checkpoint checkpoints/<pair>"):
         load_package(package_copy)
 
 
@@ -134,6 +147,17 @@ def test_tokenize_appends_eos_and_detokenize_inverts(fp32):
     ids = fp32.tokenize(SENTENCES)
     assert all(row[-1] == 3 and 3 not in row[:-1] for row in ids)
     assert fp32.detokenize([row[:-1] for row in ids]) == SENTENCES
+
+
+def test_detokenize_puts_back_what_the_vocabulary_lacks(fp32):
+    source, unk = "Click ✓ on the button ☃.", fp32.manifest.special_ids.unk
+    (ids,) = fp32.tokenize([source])
+    assert ids[:-1].count(unk) == 2  # ✓ and ☃: not in the vocabulary
+    assert "⁇" in fp32.detokenize([ids[:-1]])[0]  # without the source: SentencePiece's own rendering
+    assert fp32.detokenize([ids[:-1]], [source]) == [source]  # with it: the source's spans, in order
+    (doubled,) = fp32.tokenize(["Click ✓ on ✓ the button ☃."])
+    # more UNKs than the source had: the third leaves nothing behind, not even its space
+    assert fp32.detokenize([doubled[:-1]], [source]) == ["Click ✓ on ☃ the button."]
 
 
 # 32 sentences of different lengths: in one batch, sentences finish mid-batch and rows are compacted.

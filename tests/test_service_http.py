@@ -77,6 +77,13 @@ def test_known_sentences_translate_correctly(server, sentence, words):
     assert answer["model"] == "en-de"
 
 
+@needs_shipped_model
+def test_characters_the_vocabulary_lacks_come_back_as_they_were_sent(server):
+    text = translate(server, "I love 🍕 and ☃.", beam_size=4, alternatives=1)["translations"][0]
+    for candidate in (text["text"], *text["alternatives"]):
+        assert "⁇" not in candidate and "🍕" in candidate and "☃" in candidate, candidate
+
+
 @pytest.mark.skipif(not SHIPPED_DE_EN, reason="models/de-en is not there yet")
 @pytest.mark.parametrize("sentence, words", KNOWN_DE_EN.items())
 def test_known_german_sentences_translate_correctly_into_english(server, sentence, words):

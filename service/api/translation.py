@@ -138,24 +138,26 @@ def already_in(state: ServiceState, text: str, language: str) -> bool:
 
 
 class Sentences:
-    """The sentences of a request, as token ids, in order (a repeated sentence is sent again: the queue
-    counts what a request asks for)."""
+    """The sentences of a request, as token ids and as text, in order (a repeated sentence is sent again: the queue
+    counts what a request asks for). The text puts back what the vocabulary lacks (Translator.detokenize)."""
 
     def __init__(self, translator: Translator):
         self.translator = translator
         self.ids: list[list[int]] = []
+        self.texts: list[str] = []
 
-    def add(self, ids: list[int]) -> int:
+    def add(self, ids: list[int], text: str) -> int:
         self.ids.append(ids)
+        self.texts.append(text)
         return len(self.ids) - 1
 
-    def fit(self, sentence: str, name: str) -> list[tuple[list[int], str]]:
-        """One sentence → (token ids, whitespace after it) of pieces of at most the model's source tokens:
+    def fit(self, sentence: str, name: str) -> list[tuple[list[int], str, str]]:
+        """One sentence → (token ids, text, whitespace after it) of pieces of at most the model's source tokens:
         the sentence itself, or its clauses packed greedily; a clause over the limit is a 400."""
         limit = self.translator.max_source_tokens
         (ids,) = self.translator.tokenize([sentence])
         if len(ids) <= limit:
-            return [(ids, "")]
+            return [(ids, sentence, "")]
         clauses, position = [], 0
         for cut in CLAUSE_END.finditer(sentence):
             clauses.append((sentence[position:cut.start()], cut.group()))
@@ -173,7 +175,7 @@ class Sentences:
                 raise ApiError("invalid", f"{name} has a sentence {len(ids) - 1} tokens long; model {self.translator.name} takes at most "
                                           f"{limit - 1} per sentence, and it has no clause boundary to cut it at within that")
             pieces.append((clause, gap))
-        return [(self.translator.tokenize([piece])[0], gap) for piece, gap in pieces]
+        return [(self.translator.tokenize([piece])[0], piece, gap) for piece, gap in pieces]
 
 
 Plan = list[str | int]  # verbatim text, or the index of a sentence to translate
@@ -183,8 +185,8 @@ def plan(text: str, sentences: Sentences, name: str) -> Plan:
     pieces: Plan = []
     for sentence, space in segment(text, sentences.translator.source_language):
         if has_letters(sentence):
-            for ids, gap in sentences.fit(sentence, name):
-                pieces.extend((sentences.add(ids), gap))
+            for ids, piece, gap in sentences.fit(sentence, name):
+                pieces.extend((sentences.add(ids, piece), gap))
         else:
             pieces.append(sentence)
         pieces.append(space)
@@ -212,7 +214,8 @@ class Work:
         if pieces is None:
             return Translated.unchanged(self.texts[i])
         used = [piece for piece in pieces if isinstance(piece, int)]
-        outputs = iter(self.translator.detokenize([h.tokens for j in used for h in results[j].hypotheses]))
+        outputs = iter(self.translator.detokenize([h.tokens for j in used for h in results[j].hypotheses],
+                                                  [self.sentences.texts[j] for j in used for _ in results[j].hypotheses]))
         hypotheses = {j: [next(outputs) for _ in results[j].hypotheses] or [""] for j in used}
 
         def render(rank: int) -> str:
