@@ -80,6 +80,20 @@ def test_detect_takes_the_same_forms(server):
     assert error(post(server, "/detect"), 400) == "Invalid request: missing q parameter"
 
 
+@pytest.mark.parametrize("q", [[5], ["Hallo Welt", 5], {"text": "Hallo"}])
+def test_detect_refuses_what_is_not_a_string_or_a_list_of_strings(server, q):
+    assert error(post(server, "/detect", json={"q": q}), 400) == "Invalid request: q parameter must be a string or a list of strings"
+
+
+def test_a_multipart_boundary_that_spells_json_is_still_a_form(server, open_the_file):
+    body = ('--xXjsonXx\r\nContent-Disposition: form-data; name="q"\r\n\r\nOpen the file.\r\n'
+            '--xXjsonXx\r\nContent-Disposition: form-data; name="source"\r\n\r\nen\r\n'
+            '--xXjsonXx\r\nContent-Disposition: form-data; name="target"\r\n\r\nde\r\n--xXjsonXx--\r\n')
+    response = post(server, "/translate", content=body.encode(),
+                     headers={"content-type": "multipart/form-data; boundary=xXjsonXx"})
+    assert ok(response) == {"translatedText": open_the_file}
+
+
 def test_raw_utf8_in_an_urlencoded_body_is_read_as_utf8(server):
     raw = "q=Open the café file.&source=en&target=de".encode("utf-8")  # not percent-encoded
     encoded = ok(post(server, "/translate", data={"q": "Open the café file.", "source": "en", "target": "de"}))
@@ -243,6 +257,9 @@ def test_suggestions_are_kept_across_a_restart(models_dir, translators, tmp_path
         assert httpx.get(first.url + "/frontend/settings").json()["suggestions"] is True
         assert ok(post(first, "/suggest", data={**fields, "api_key": "key-1"})) == {"success": True}
         assert error(post(first, "/suggest", data={**fields, "s": ""}), 400) == "Invalid request: missing s parameter"
+        lone_surrogate = b'{"q": "Open.", "s": "\\ud800", "source": "en", "target": "de"}'  # JSON may spell one
+        assert error(post(first, "/suggest", content=lone_surrogate, headers={"content-type": "application/json"}),
+                     400).startswith("s is not valid Unicode: a lone surrogate")
     with pytest.raises(sqlite3.ProgrammingError):  # the app's shutdown closed the store's connection
         first.app.state.service.suggestions.all()
     with serving(models_dir, translators, suggestions=True, suggestions_db=database) as second:
@@ -368,6 +385,26 @@ def test_unsupported_or_corrupt_files_are_a_400(server, name, data, status, mess
     assert error(translate_file(server, name, data), status).startswith(message)
 
 
+@pytest.mark.parametrize("count", ["x", "10000000000", "0", "²"])
+def test_an_opendocument_text_with_a_bad_space_count_is_a_400(server, count):
+    from odf import opendocument, text
+
+    document = opendocument.OpenDocumentText()
+    paragraph = text.P(text="Open the file.")
+    paragraph.addElement(text.S(c=2))
+    document.text.addElement(paragraph)
+    buffer = io.BytesIO()
+    document.save(buffer)
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as original, zipfile.ZipFile(edited := io.BytesIO(), "w") as copy:
+        for item in original.infolist():
+            data = original.read(item.filename)
+            if item.filename == "content.xml":
+                data = data.replace(b'text:c="2"', f'text:c="{count}"'.encode())
+            copy.writestr(item, data)
+    assert error(translate_file(server, "spaces.odt", edited.getvalue()), 400).startswith(
+        "Invalid request: the file is not a valid OpenDocument text (text:s with text:c=")
+
+
 def test_file_limits_and_downloads(server, models_dir, translators, tmp_path):  # noqa: F811
     assert error(post(server, "/translate_file", data={"source": "en", "target": "de"}), 400) == "Invalid request: missing file parameter"
     assert error(httpx.get(server.url + "/download_file/0123456789abcdef0123456789abcdef.nothing.txt"), 404).startswith("File not found")
@@ -382,6 +419,8 @@ def test_file_limits_and_downloads(server, models_dir, translators, tmp_path):  
         with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("word/document.xml", b" " * 200_000)
         assert "unpacks to" in error(translate_file(small, "bomb.docx", bomb.getvalue()), 400)
+    with serving(models_dir, translators, files_dir=tmp_path, max_file_bytes=500, max_body_bytes=100_000) as strict:
+        assert error(translate_file(strict, "big.txt", b"Open the file. " * 40), 413)  # the body fits; the file does not
     with serving(models_dir, translators, files_translation=False) as off:
         assert error(translate_file(off, "a.txt", b"Open the file."), 403) == "Files translation are disabled on this server."
         assert httpx.get(off.url + "/frontend/settings").json()["supportedFilesFormat"] == []

@@ -100,3 +100,18 @@ def test_locate_is_case_insensitive_at_word_boundaries_and_fuzzy_as_a_last_resor
     assert locate("Bookmark the bookmarks", ["bookmark"], (0, 22)) == (0, 8)
     assert locate("Öffnen Sie die Dateien.", ["Datei"], (0, 23)) == (15, 22)  # fuzzy: "Dateien"
     assert locate("Öffnen Sie das Fenster.", ["Tabelle"], (0, 23)) is None
+
+
+@pytest.mark.parametrize("document, texts, translated", [
+    ("AT&T is a company.", ["AT&T is a company."], "AT&amp;T IS A COMPANY."),  # a bare "&": no ";" added
+    ("Ask AT&T", ["Ask AT&T"], "ASK AT&amp;T"),  # at the very end: the "&" is not lost
+    ("<p>Tom&Jerry &amp; &#169;&copy</p>", ["Tom&Jerry & ©©"], "<p>TOM&amp;JERRY &amp; ©©</p>"),
+])
+def test_ampersands_are_read_as_a_browser_reads_them(document, texts, translated):
+    assert [s.text for s in split_html(document, "en").sentences] == texts
+    assert run([document], upper).html == [translated]
+
+
+def test_a_cdata_section_is_kept_whole():
+    document = "<svg><![CDATA[a < b]]></svg><p>Hi.</p>"
+    assert run([document], upper).html == ["<svg><![CDATA[a < b]]></svg><p>HI.</p>"]

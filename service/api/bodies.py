@@ -51,7 +51,7 @@ async def check_body(request: Request, json_only: bool) -> None:
     if declared.isdigit() and int(declared) > body_limit(request.app.state.service.settings, request.url.path):
         raise BodyTooLarge()
     content_type = request.headers.get("content-type", "")
-    if "json" not in content_type:
+    if not is_json(mimetype(request)):  # the media type, not a substring: a multipart boundary may spell "json"
         if json_only:
             raise ApiError("invalid", f"the body must be JSON (Content-Type: application/json), not {content_type or 'untyped'}")
         return

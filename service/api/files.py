@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_EXTENSIONS = (".txt", ".html", ".htm", ".docx", ".odt")
 STORED_NAME = re.compile(r"^[0-9a-f]{32}\.[A-Za-z0-9._-]{1,200}$")
+ODF_MAX_SPACES = 10_000  # text:s's largest space count (a whole page of spaces is far less)
 MAX_UNPACKED_RATIO = 40  # a .docx/.odt may unpack to at most this times TRANSLATOR_MAX_FILE_BYTES (zip bombs)
 
 
@@ -340,6 +341,17 @@ async def translate_docx(data: bytes, translate: Translate, settings: Settings, 
     return buffer.getvalue()
 
 
+def odf_space_count(value: str | None) -> int:
+    """text:s's text:c, a positive integer (1 when absent). A file is refused over a bad one before anything is built
+    from it: a 2 KB file saying ten billion spaces would otherwise ask for that much memory."""
+    if not value:
+        return 1
+    if not (value.isascii() and value.isdigit() and len(value) <= 6 and 1 <= int(value) <= ODF_MAX_SPACES):
+        raise ApiError("invalid", f"Invalid request: the file is not a valid OpenDocument text (text:s with "
+                                  f"text:c={value[:20]!r}; a count of 1 to {ODF_MAX_SPACES} spaces)")
+    return int(value)
+
+
 # OpenDocument: text:p / text:h with text, text:span and text:a children (nested spans are flattened into
 # their outermost span); text:s is a space; anything else (tabs, line breaks, frames, notes) is an atom.
 def odf_pieces(paragraph, keep: list) -> list[Piece]:
@@ -351,7 +363,7 @@ def odf_pieces(paragraph, keep: list) -> list[Piece]:
         if node.nodeType == node.TEXT_NODE:
             return node.data
         if node.qname == (TEXTNS, "s"):
-            return " " * int(node.getAttrNS(TEXTNS, "c") or 1)
+            return " " * odf_space_count(node.getAttrNS(TEXTNS, "c"))
         if node.qname == (TEXTNS, "tab"):
             return "\t"
         if node.qname == (TEXTNS, "line-break"):

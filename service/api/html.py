@@ -16,6 +16,7 @@ and whitespace between sentences. Attribute values (`title`, `alt`) are not tran
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Literal
@@ -29,6 +30,7 @@ KEEP = {"code", "kbd", "samp", "var"}  # inline, kept untranslated (an atom)
 RAW = {"script", "style", "textarea"}  # the parser hands script/style content over unparsed; a textarea is user input
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source", "track", "wbr"}
 OPAQUE_BLOCKS = {"pre", "script", "style", "svg", "math", "template"}
+INCOMPLETE_REFERENCE = re.compile(r"&#?[0-9A-Za-z]*")  # what HTMLParser leaves unparsed at the end of its input
 
 
 def untranslatable(tag: str, attrs: list[tuple[str, str | None]]) -> bool:
@@ -87,8 +89,12 @@ Piece = Text | Tag | Other
 
 
 class _Reader(HTMLParser):
-    def __init__(self) -> None:
+    def __init__(self, markup: str) -> None:
         super().__init__(convert_charrefs=False)
+        # The parser names a character reference but not how it was written ("&T" and "&T;" both arrive as "T"):
+        # its source is read from the markup at the parser's position (line, column).
+        self.markup = markup
+        self.line_starts = [0] + [match.end() for match in re.finditer("\n", markup)]
         self.pieces: list[Piece] = []
         self.hidden: list[str] = []  # open untranslatable elements: their source is gathered into one piece
         self.hidden_source: list[str] = []
@@ -151,10 +157,18 @@ class _Reader(HTMLParser):
         self._text(data, data)
 
     def handle_entityref(self, name: str) -> None:
-        self._text(f"&{name};", html.unescape(f"&{name};"))
+        self._reference(f"&{name}")
 
     def handle_charref(self, name: str) -> None:
-        self._text(f"&#{name};", html.unescape(f"&#{name};"))
+        self._reference(f"&#{name}")
+
+    def _reference(self, written: str) -> None:
+        """A character reference as written, with its ";" if it had one; decoded as a browser would ("&copy" is ©,
+        "&T" in "AT&T" stays itself)."""
+        line, column = self.getpos()
+        start = self.line_starts[line - 1] + column
+        source = written + ";" if self.markup.startswith(written + ";", start) else written
+        self._text(source, html.unescape(source))
 
     def _other(self, source: str) -> None:
         if not self._hide(source):
@@ -170,9 +184,12 @@ class _Reader(HTMLParser):
         self._other(f"<?{data}>")
 
     def unknown_decl(self, data: str) -> None:
-        self._other(f"<![{data}]>")
+        self._other(f"<![{data}]]>" if data.startswith("CDATA[") else f"<![{data}]>")
 
     def finish(self) -> list[Piece]:
+        if INCOMPLETE_REFERENCE.fullmatch(self.rawdata):  # "… AT&T" at the very end: the parser would drop the "&"
+            self._text(self.rawdata, self.rawdata)
+            self.rawdata = ""
         self.close()
         if self.hidden:  # an untranslatable element never closed: keep what followed it as it was
             self.pieces.append(Other("".join(self.hidden_source)))
@@ -180,7 +197,7 @@ class _Reader(HTMLParser):
 
 
 def read(markup: str) -> list[Piece]:
-    reader = _Reader()
+    reader = _Reader(markup)
     reader.feed(markup)
     return reader.finish()
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from service.api.bodies import read_fields
 from service.api.deps import ServiceState, StateDep, unless_disconnected
-from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRoute, error_responses
+from service.api.errors import ApiError, BodyTooLarge, LibreTranslateError, LibreTranslateRoute, error_responses
 from service.api.files import SUPPORTED_EXTENSIONS, Translate, download_name, extension_of, translate_file
 from service.api.openapi import KEY_GATED
 from service.api.routes.libretranslate import GATE, check_language, detect, sources_to
@@ -95,6 +95,8 @@ async def translate_file_route(request: Request, state: StateDep) -> TranslatedF
         check_language(state, source)
     check_language(state, target)
     data = await upload.read()
+    if len(data) > state.settings.max_file_bytes:  # the body's limit also admits TRANSLATOR_MAX_BODY_BYTES, if larger
+        raise BodyTooLarge()
     translate = file_translator(state, source, target)
     if source == "auto":  # sentence rules of the likeliest source; translate detects the language itself from the text
         source = next(iter(sources_to(state, target)), target)

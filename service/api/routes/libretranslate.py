@@ -291,7 +291,7 @@ async def detect_language(request: Request, state: StateDep) -> list[DetectedLan
     q = fields.get("q")
     if q is None or q == "" or q == []:
         raise ApiError("invalid", "Invalid request: missing q parameter")
-    text = q if isinstance(q, str) else " ".join(item for item in q if isinstance(item, str)) if isinstance(q, list) else None
+    text = q if isinstance(q, str) else " ".join(q) if isinstance(q, list) and all(isinstance(i, str) for i in q) else None
     if text is None:
         raise ApiError("invalid", "Invalid request: q parameter must be a string or a list of strings")
     if len(text) > state.settings.max_text_chars:

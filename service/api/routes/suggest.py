@@ -14,6 +14,7 @@ from service.api.errors import ApiError, LibreTranslateError, LibreTranslateRout
 from service.api.openapi import KEY_GATED
 from service.api.routes.libretranslate import GATE, check_language, form_body
 from service.api.security import presented_key
+from service.api.translation import check_unicode
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
 DISABLED = "Suggestions are disabled on this server."
@@ -46,6 +47,7 @@ async def suggest(request: Request, state: StateDep) -> Suggested:
         check_language(state, code)
     limit = state.settings.max_text_chars
     for name, text in (("q", q), ("s", s)):
+        check_unicode(text, name)
         if len(text) > limit:
             raise ApiError("invalid", f"Invalid request: request ({len(text)}) exceeds text limit ({limit})")
     key = presented_key(request) or fields.api_key()
