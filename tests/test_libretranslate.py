@@ -236,7 +236,8 @@ def test_frontend_settings_and_spec(server):
     assert settings == {
         "charLimit": 5000, "frontendTimeout": 500, "apiKeys": False, "keyRequired": False, "suggestions": False,
         "filesTranslation": True, "supportedFilesFormat": [".txt", ".html", ".htm", ".docx", ".odt"],
-        "language": {"source": {"code": "auto", "name": "Auto Detect"}, "target": {"code": "de", "name": "German"}}}
+        "language": {"source": {"code": "auto", "name": "Auto Detect"}, "target": {"code": "de", "name": "German"}},
+        "alternativesLimit": 4}
     spec = httpx.get(server.url + "/spec").json()
     assert spec["info"]["title"] == "LibreTranslate"
     assert {"/translate", "/detect", "/languages", "/translate_file", "/suggest", "/frontend/settings"} <= set(spec["paths"])
@@ -319,6 +320,18 @@ def test_a_text_file_keeps_its_lines(server):
     text = got.content.decode("utf-8")
     assert [bool(line.strip()) for line in text.split("\n")] == [bool(line.strip()) for line in source.split("\n")]
     assert "Open" not in text and "Datei" in text
+
+
+def test_a_text_file_of_one_line_with_more_sentences_than_a_request_takes(server):
+    line = "Open the file. " * 300  # 300 sentences on one line; a request takes 8 texts and 256 sentences here
+    got = download(server, translate_file(server, "long.txt", line.encode())).text
+    assert got.count("Datei") == 300 and "\n" not in got.strip()
+
+
+@needs_de_en
+def test_a_file_already_in_the_target_language_comes_back_unchanged_with_source_auto(server):
+    got = download(server, translate_file(server, "de.txt", GERMAN.encode(), source="auto")).text
+    assert got == GERMAN
 
 
 def test_an_html_file(server):

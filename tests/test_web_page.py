@@ -90,6 +90,14 @@ def test_type_a_sentence_and_see_german(browser, server):
         browser.save_screenshot(str(Path(screenshot)))
 
 
+def test_a_server_that_allows_fewer_alternatives_still_translates(browser, models_dir, translators):  # noqa: F811
+    with serving(models_dir, translators, max_alternatives=0, frontend_timeout_ms=300) as strict:
+        open_page(browser, strict)
+        browser.find_element(By.ID, "text").send_keys("Open the file.")
+        wait(browser, lambda: "Datei" in value(browser, "translation"), what="the German translation")
+        assert not browser.find_element(By.ID, "alternatives-box").is_displayed()
+
+
 @pytest.mark.skipif(not SHIPPED_DE_EN, reason="models/de-en is not there: swapping needs a German→English model")
 def test_swap_translates_back(browser, server):
     open_page(browser, server)

@@ -107,7 +107,7 @@ async function translate() {
   form.append("source", $("source").value);
   form.append("target", $("target").value);
   form.append("format", "text");
-  form.append("alternatives", "3");
+  form.append("alternatives", String(Math.min(3, state.settings.alternativesLimit ?? 3))); // 3 as LibreTranslate's page, if allowed
   if (apiKey()) form.append("api_key", apiKey());
   output.setAttribute("aria-busy", "true");
   try {

@@ -8,13 +8,15 @@ import asyncio
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
+from engine.segmentation import segment
+from engine.translator import Translator
 from service.api.bodies import read_fields
 from service.api.deps import ServiceState, StateDep, unless_disconnected
 from service.api.errors import ApiError, BodyTooLarge, LibreTranslateError, LibreTranslateRoute, error_responses
 from service.api.files import SUPPORTED_EXTENSIONS, Translate, download_name, extension_of, translate_file
 from service.api.openapi import KEY_GATED
 from service.api.routes.libretranslate import GATE, check_language, detect, sources_to
-from service.api.translation import TooManySentences, translate_with
+from service.api.translation import TooManySentences, already_in, translate_with
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
 GROUP_CHARS = 3000  # texts of a file go to the batcher in groups of about this many characters, one group at a time
@@ -41,8 +43,10 @@ def file_translator(state: ServiceState, source: str, target: str) -> Translate:
     async def translate(texts: list[str]) -> list[str]:
         if not chosen:
             language = source
-            if source == "auto":
-                language = detect(state, " ".join(texts)[:5000], sources_to(state, target) or [target]).language
+            if source == "auto":  # a file already in the target language comes back as it is, as /translate does
+                sample = " ".join(texts)[:5000]
+                language = target if already_in(state, sample, target) else detect(
+                    state, sample, sources_to(state, target) or [target]).language
             chosen.append(language)
         if chosen[0] == target:
             return list(texts)
@@ -63,14 +67,26 @@ def file_translator(state: ServiceState, source: str, target: str) -> Translate:
             try:
                 results = await translate_with(state, translator, [texts[i] for i in group], field="file", keep_target_language=False)
             except TooManySentences:
-                if len(group) == 1:
-                    raise
+                if len(group) == 1:  # one text (a line, a paragraph) of more sentences than a request may have
+                    out[group[0]] = await translate_in_parts(texts[group[0]], translator)
+                    continue
                 half = len(group) // 2
                 groups[:0] = [group[:half], group[half:]]
                 continue
             for i, result in zip(group, results):
                 out[i] = result.text
         return out
+
+    async def translate_in_parts(text: str, translator: Translator) -> str:
+        """One text in consecutive parts of at most half a request's sentences, joined back as it was spaced."""
+        pieces = segment(text, translator.source_language)
+        most = max(1, min(state.settings.max_sentences_per_request, state.settings.queue_limit) // 2)
+        parts = ["".join(sentence + space for sentence, space in pieces[i:i + most]) for i in range(0, len(pieces), most)]
+        translated = []
+        for part in parts:
+            (result,) = await translate_with(state, translator, [part], field="file", keep_target_language=False)
+            translated.append(result.text)
+        return "".join(translated)
 
     return translate
 

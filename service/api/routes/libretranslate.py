@@ -101,6 +101,8 @@ class FrontendSettings(BaseModel):
     filesTranslation: bool = Field(description="`POST /translate_file` is enabled.")
     supportedFilesFormat: list[str] = Field(description="File name extensions `/translate_file` takes.")
     language: FrontendLanguages
+    alternativesLimit: int = Field(description="Most alternatives a request may ask for (TRANSLATOR_MAX_ALTERNATIVES; this "
+                                               "server's addition: LibreTranslate's page always asks for 3).")
 
 
 def form_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -321,7 +323,8 @@ async def frontend_settings(state: StateDep) -> FrontendSettings:
     return FrontendSettings(
         charLimit=settings.max_text_chars, frontendTimeout=settings.frontend_timeout_ms, apiKeys=state.gate.keys.required,
         keyRequired=state.gate.key_required, suggestions=settings.suggestions, filesTranslation=settings.files_translation,
-        supportedFilesFormat=list(SUPPORTED_EXTENSIONS) if settings.files_translation else [], language=frontend_languages(state))
+        supportedFilesFormat=list(SUPPORTED_EXTENSIONS) if settings.files_translation else [], language=frontend_languages(state),
+        alternativesLimit=settings.max_alternatives)
 
 
 LIBRETRANSLATE_PATHS = ("/translate", "/languages", "/detect", "/frontend/settings", "/translate_file", "/download_file/{name}",
