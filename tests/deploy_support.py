@@ -29,7 +29,7 @@ VENV_BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
 USER_ID = 10001  # the images' non-root user; the k8s securityContext must name the same
 
-METRIC_NAME = re.compile(r"\b(translator_[a-z_]+|up)\b")
+METRIC_NAME = re.compile(r"\b(translator_[a-z_]+|process_[a-z_]+|up)\b")
 
 
 def tool(name: str, why: str) -> str:

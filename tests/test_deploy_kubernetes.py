@@ -10,11 +10,19 @@ import shutil
 import pytest
 import yaml
 
+from service.config import Settings
 from tests.deploy_support import KUSTOMIZATIONS, USER_ID, adapter_rules, load_yaml, run, tool
 from tests.kustomize_render import render as render_in_python
 
 
 # === Kubernetes ======================================================================================
+BINARY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity in binary units ("160Mi") → bytes."""
+    return int(quantity[:-2]) * BINARY_UNITS[quantity[-2:]]
+
 
 @functools.cache
 def rendered(name: str) -> list[dict]:
@@ -83,7 +91,12 @@ def test_deployment_probes_resources_and_security(name):
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     [tmp] = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"]
-    assert "emptyDir" in next(volume for volume in pod["volumes"] if volume["name"] == tmp["name"])
+    volume = next(volume for volume in pod["volumes"] if volume["name"] == tmp["name"])
+    # translated files wait in /tmp (the store's default place): a full store must leave room for an upload
+    assert quantity_bytes(volume["emptyDir"]["sizeLimit"]) >= 2 * Settings().files_max_total_bytes
+    # The Service is named translator: its docker-link variables would include TRANSLATOR_PORT=tcp://…, which
+    # the service reads as its own setting and refuses (a crash loop); the pod must not get them.
+    assert pod["enableServiceLinks"] is False
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
@@ -113,4 +126,5 @@ def test_gpu_overlay_asks_for_a_gpu_and_cuda():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env["TRANSLATOR_PROVIDERS"].split(",")[0] == "CUDAExecutionProvider"
+    assert env["TRANSLATOR_INFERENCE_WORKERS"] == "1"  # one GPU: one worker (the CPU base has one per core)
     assert container["image"].endswith("-cuda")
