@@ -53,7 +53,9 @@ def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", extra="ignore", frozen=True, populate_by_name=True)
+    # No setting takes infinity or NaN: "inf" seconds or ratios pass `gt=0` and break the server later.
+    model_config = SettingsConfigDict(env_prefix="TRANSLATOR_", extra="ignore", frozen=True, populate_by_name=True,
+                                      allow_inf_nan=False)
 
     # --- serving ---------------------------------------------------------------------------------
     models_dir: Path = Field(Path("models"), description="Directory of model packages, one sub-directory per language pair (`models/en-de/`).")
@@ -144,7 +146,7 @@ class Settings(BaseSettings):
     default_beam_size: int = Field(4, ge=1, description="Beam size when a request names none (1 = greedy).")
     max_beam_size: int = Field(8, ge=1, description="Largest beam size a request may ask for.")
     max_alternatives: int = Field(4, ge=0, description="Most alternative translations a request may ask for.")
-    max_length_ratio: float = Field(1.5, gt=0, description="Output limit = ratio × source tokens + 10 (and at most a request's max_length).")
+    max_length_ratio: float = Field(1.5, gt=0, le=100, description="Output limit = ratio × source tokens + 10 (and at most a request's max_length).")
     max_output_tokens: int = Field(512, ge=1, description="Largest max_length a request may ask for (the model's position table caps it too).")
 
     # --- access -------------------------------------------------------------------------------------
@@ -216,6 +218,14 @@ class Settings(BaseSettings):
             raise ValueError("inference_worker_kind=process needs the batch scheduler: the continuous one decodes in the server")
         if self.max_alternatives + 1 > self.max_beam_size:
             raise ValueError("max_alternatives + 1 exceeds max_beam_size: alternatives come from the beam")
+        if self.max_wait_ms >= 500 * self.request_deadline_s:
+            raise ValueError("max_wait_ms is half the request deadline or more: a lone sentence waits that long for its "
+                             "batch before it starts")
+        if self.shutdown_timeout_s < self.request_deadline_s:
+            raise ValueError("shutdown_timeout_s is shorter than request_deadline_s: on SIGTERM, requests still within "
+                             "their deadline would be cut off")
+        if any(not key.get_secret_value().strip() for key in self.api_keys):
+            raise ValueError("api_keys has an empty key: it would be dropped, and with no other key the service would be open")
         return self
 
     def workers(self) -> int:

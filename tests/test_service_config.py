@@ -38,6 +38,12 @@ def test_environment_lists_and_platform_port(monkeypatch):
     ({"shrink_arena": True, "cpu_mem_arena": False}, "shrink_arena needs cpu_mem_arena"),
     ({"scheduler": "continuous", "inference_workers": 2}, "continuous one decodes in one thread"),
     ({"scheduler": "continuous", "inference_worker_kind": "process"}, "continuous one decodes in the server"),
+    ({"max_length_ratio": float("inf")}, "finite number"),  # an infinite ratio gave every output a limit of 1 token
+    ({"max_length_ratio": 1e19}, "less than or equal to 100"),
+    ({"shutdown_timeout_s": float("inf")}, "finite number"),  # crashed the start with an OverflowError
+    ({"max_wait_ms": 5000, "request_deadline_s": 2}, "half the request deadline"),  # every lone request timed out
+    ({"shutdown_timeout_s": 1, "request_deadline_s": 30}, "shorter than request_deadline_s"),
+    ({"api_keys": ("",)}, "empty key"),  # dropped silently: an open service
 ])
 def test_inconsistent_settings_are_refused(values, message):
     with pytest.raises(ValidationError, match=message):

@@ -5,11 +5,12 @@ an `error` event."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
 
-from tests.service_support import STOPPED_BY_SIGTERM, ServerProcess, models_dir  # noqa: F401 - models_dir is a fixture
+from tests.service_support import STOPPED_BY_SIGTERM, ServerProcess, metric, models_dir  # noqa: F401 - models_dir is a fixture
 
 TEXTS = ["Open the file.", "", "12 345", "Close the window. Click OK.\n\nSelect the cell range.",
          " ".join(["Choose the new green window and open the file on the table and the menu."] * 6), "Click OK."]
@@ -45,6 +46,18 @@ def test_the_stream_delivers_every_text_once_with_its_index_then_done(server):
     for i, expected in enumerate(plain):
         assert {k: v for k, v in by_index[i].items() if k != "index"} == expected
     assert by_index[texts.index("12 345")]["sentences"] == 0 and "\n\n" in by_index[texts.index(TEXTS[3])]["text"]
+
+
+def test_a_client_that_leaves_mid_stream_is_counted_as_disconnected(server):
+    before = metric(httpx.get(server.url + "/metrics").text, "translator_requests_rejected_total", reason="disconnected")
+    body = {"text": [f"Open the file number {i} and save it again." for i in range(64)], "source": "en", "target": "de",
+            "beam_size": 4, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/translate", json=body, timeout=60) as response:
+        next(response.iter_lines())  # the first event arrives; then the client goes away
+    deadline = time.monotonic() + 30
+    while metric(httpx.get(server.url + "/metrics").text, "translator_requests_rejected_total", reason="disconnected") == before:
+        assert time.monotonic() < deadline, "the disconnect was never counted"
+        time.sleep(0.2)
 
 
 def test_input_errors_are_still_plain_answers(server):

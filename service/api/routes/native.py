@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -129,6 +130,9 @@ def stream_translations(state: ServiceState, work: Work) -> StreamingResponse:
             async for index, translated in translations_as_completed(state, work, submission):
                 yield event("translation", StreamedTranslation(index=index, **item(translated).model_dump()))
             yield event("done", {"model": work.translator.name, "texts": len(work.texts)})
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream (the status was sent: 200)
+            state.metrics.reject("disconnected")
+            raise
         except Exception as raised:  # noqa: BLE001 - mid-stream errors become an event, rendered as the JSON API would
             error = as_api_error(raised, state.settings.max_body_bytes)
             status, _, reason = STATUS[error.kind]
