@@ -15,8 +15,8 @@ PackageError on any mismatch, so a package whose tokenizer does not fit its mode
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import sentencepiece as spm
