@@ -40,14 +40,13 @@ from bench.engines import machine
 from engine.sessions import CUDA
 from loadtest.corpus import read_corpus
 from loadtest.load import LoadSpec
-from loadtest.scrape import scrape, server_view
+from loadtest.scrape import scrape, server_view, settle
 from loadtest.server import ROOT, LocalServer
 from loadtest.wrk import GENERATOR, WrkRun, body, run_wrk, wrk_ceiling
 
 SEARCHES = {"greedy": 1, "beam4": 4}
 LATENCY_BOUND = (1.2, 2.0)  # p50 at one connection ≤ 1.2 × the engine's batch-1 p50 + 2 ms
 ONE_CONNECTION_WARMUP = 32  # requests before the one-connection pass
-SETTLE_S = (0.3, 10.0)  # after a warm-up: wait until no token was generated for 0.3 s (at most 10 s)
 
 
 def service_threads(environment: dict[str, str], server_cpus: str | None) -> int:
@@ -57,9 +56,8 @@ def service_threads(environment: dict[str, str], server_cpus: str | None) -> int
 
     settings = Settings(**{k.removeprefix("TRANSLATOR_").lower(): v for k, v in environment.items()
                            if k.startswith("TRANSLATOR_")})
-    if settings.intra_op_threads == -1 and server_cpus:  # what -1 resolves to inside the pinned server
-        return max(1, len(cpu_list(server_cpus)) - 1)
-    return settings.onnx_threads() or physical_cores()
+    cpus = len(cpu_list(server_cpus)) if server_cpus else None  # what the pinned server sees as its CPUs
+    return settings.onnx_threads(cpus) or physical_cores()
 
 
 def cpu_list(cpus: str) -> set[int]:
@@ -88,20 +86,6 @@ def scheduler_of(environment: dict[str, str]) -> str:
 
     default = Settings.model_fields["scheduler"].default
     return environment.get("TRANSLATOR_SCHEDULER") or os.environ.get("TRANSLATOR_SCHEDULER") or f"{default} (default)"
-
-
-def settle(url: str) -> None:
-    """Wait for the server to finish what an ended wrk run left running: wrk closes its connections with requests
-    in flight, and their sentences must not count as the next run's tokens."""
-    quiet, longest = SETTLE_S
-    deadline = time.monotonic() + longest
-    last = scrape(url).total("translator_generated_tokens_total")
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = scrape(url).total("translator_generated_tokens_total")
-        if now == last:
-            return
-        last = now
 
 
 def measure(url: str, bodies: list[str], connections: int, seconds: float, warmup: float, timeout: float,
@@ -160,7 +144,8 @@ def engines(args: argparse.Namespace, engine: str, batch_size: int, threads: int
         out = Path(scratch) / "engines.json"
         command = [sys.executable, "-m", "bench.engines", "--limit", str(args.limit), "--engines", engine,
                    "--batch-sizes", str(batch_size), "--beam-sizes", ",".join(str(b) for b in beams),
-                   "--threads", str(threads), "--lengths", "8", "--out", str(out)]
+                   "--threads", str(threads), "--lengths", "8", "--out", str(out),
+                   "--data", str(args.data), "--int8-package", str(args.models_dir / "en-de")]  # the server's sentences and package
         print(f"offline: {engine}, batch {batch_size}, beam {'/'.join(map(str, beams))}, {threads} thread(s) ...",
               file=sys.stderr, flush=True)
         pin = ["taskset", "-c", args.server_cpus] if args.server_cpus else []
@@ -169,12 +154,19 @@ def engines(args: argparse.Namespace, engine: str, batch_size: int, threads: int
     return {s["search"]: s for s in summary["engines"][engine]["settings"]}
 
 
+def counted_as_served(setting: dict) -> float:
+    """An offline setting's target tokens/s as the service's translator_generated_tokens_total counts them: the
+    translations' tokens, without the end-of-sentence step that bench.engines counts too (for every engine alike)."""
+    return round((setting["target_tokens"] - setting["sentences"]) / setting["seconds"], 1)
+
+
 def offline(args: argparse.Namespace) -> dict:
     ct2 = {threads: engines(args, "ct2-int8", 32, threads) for threads in args.ct2_threads}
-    best = {search: max(({"threads": t, **by_search[search]} for t, by_search in ct2.items()),
-                        key=lambda s: s["tokens_per_second"]) for search in SEARCHES}
-    return {"ct2_int8_batch32": {search: {"tokens_per_second": s["tokens_per_second"], "threads": s["threads"],
-                                          "all_threads": {t: ct2[t][search]["tokens_per_second"] for t in ct2}}
+    best = {search: max(({"threads": t, **by_search[search]} for t, by_search in ct2.items()), key=counted_as_served)
+            for search in SEARCHES}
+    return {"ct2_int8_batch32": {search: {"tokens_per_second": counted_as_served(s), "threads": s["threads"],
+                                          "tokens_per_second_with_eos": s["tokens_per_second"],
+                                          "all_threads": {t: counted_as_served(ct2[t][search]) for t in ct2}}
                                  for search, s in best.items()}}
 
 

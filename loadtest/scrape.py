@@ -7,12 +7,14 @@ distributions the report plots (batch sizes, padding)."""
 from __future__ import annotations
 
 import math
+import time
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, Field
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # sample name, sorted labels
+SETTLE_S = (0.3, 10.0)  # settle: how long the server must stay idle, and the longest wait
 
 
 class MetricsSnapshot:
@@ -68,6 +70,23 @@ def scrape(url: str, client: httpx.Client | None = None) -> MetricsSnapshot:
     response = get(url.rstrip("/") + "/metrics", timeout=30)
     response.raise_for_status()
     return MetricsSnapshot.parse(response.text)
+
+
+def settle(url: str) -> None:
+    """Wait for the server to finish what an ended load run left running (wrk closes its connections with requests
+    in flight, and their sentences must not count as the next run's tokens): nothing queued, no batch running (the
+    batch scheduler counts a batch's tokens only when it ends) and no token generated for SETTLE_S[0] seconds; at
+    most SETTLE_S[1] seconds."""
+    quiet, longest = SETTLE_S
+    deadline = time.monotonic() + longest
+    last = None
+    while time.monotonic() < deadline:
+        now = scrape(url)
+        tokens = now.total("translator_generated_tokens_total")
+        if tokens == last and not now.total("translator_queue_depth") and not now.total("translator_busy_inference_workers"):
+            return
+        last = tokens
+        time.sleep(quiet)
 
 
 class ServerView(BaseModel):

@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 from loadtest.ceiling import ClientCeiling, client_view
 from loadtest.corpus import SentencePicker
 from loadtest.load import REJECTED, Latency, LoadResult, LoadSpec
-from loadtest.scrape import MetricsSnapshot, scrape, server_view
+from loadtest.scrape import MetricsSnapshot, scrape, server_view, settle
 from loadtest.stub import StubServer
 
 GENERATOR = "wrk + Lua (compiled, one thread)"
@@ -192,6 +192,9 @@ def wrk_load(spec: LoadSpec, picker: SentencePicker, ceiling: ClientCeiling | No
     if spec.warmup_s:
         run_wrk(spec.url, bodies, spec.concurrency, spec.warmup_s, timeout_s=spec.timeout_s)
     before = metrics(spec.url)
+    if spec.warmup_s and before is not None:  # the warm-up's last requests must not count as the run's
+        settle(spec.url)
+        before = metrics(spec.url)
     started = time.perf_counter()
     run = run_wrk(spec.url, bodies, spec.concurrency, duration, max_requests=spec.max_requests, timeout_s=spec.timeout_s)
     time.sleep(0.1)  # the server records a request's duration just after answering it

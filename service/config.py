@@ -228,13 +228,13 @@ class Settings(BaseSettings):
             raise ValueError("api_keys has an empty key: it would be dropped, and with no other key the service would be open")
         return self
 
-    def workers(self) -> int:
-        """TRANSLATOR_INFERENCE_WORKERS, with -1 resolved."""
+    def workers(self, cpus: int | None = None) -> int:
+        """TRANSLATOR_INFERENCE_WORKERS, with -1 resolved (on `cpus` CPUs; default: this process's usable ones)."""
         if self.inference_workers >= 1:
             return self.inference_workers
         if self.scheduler == "continuous" or self.providers[:1] == ("CUDAExecutionProvider",):
             return 1
-        return min(usable_cpus(), MAX_AUTO_WORKERS)
+        return min(cpus or usable_cpus(), MAX_AUTO_WORKERS)
 
     def worker_processes(self) -> bool:
         """TRANSLATOR_INFERENCE_WORKER_KIND, with auto resolved: whether inference workers are processes."""
@@ -242,12 +242,13 @@ class Settings(BaseSettings):
             return self.inference_worker_kind == "process"
         return self.scheduler == "batch" and self.providers[:1] != ("CUDAExecutionProvider",)
 
-    def onnx_threads(self) -> int:
-        """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs less the event loop's one, shared among the
-        inference workers, at least 1."""
+    def onnx_threads(self, cpus: int | None = None) -> int:
+        """TRANSLATOR_INTRA_OP_THREADS, with -1 resolved: the usable CPUs (or `cpus`) less the event loop's one, shared
+        among the inference workers, at least 1."""
         if self.intra_op_threads >= 0:
             return self.intra_op_threads
-        return max(1, (usable_cpus() - 1) // self.workers())
+        cpus = cpus or usable_cpus()
+        return max(1, (cpus - 1) // self.workers(cpus))
 
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,

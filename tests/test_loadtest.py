@@ -174,3 +174,15 @@ def test_bench_http_measures_a_running_server(server, tmp_path):
         assert 0 < single["encode_ms"] + single["decode_ms"] < single["server_request_ms"] < single["latency_mean_ms"]
     assert summary["client"]["ceiling"]["requests_per_s"] > 1000 and summary["source"]["commit"]
     assert "one connection, one pass over the 8 sentences" in out.with_suffix(".txt").read_text()
+
+
+def test_bench_http_counts_offline_tokens_as_the_service_does_and_threads_as_the_pinned_server_would():
+    from bench import http_load
+
+    # bench.engines counts each sentence's end-of-sentence step; translator_generated_tokens_total does not
+    setting = {"target_tokens": 1100, "sentences": 100, "seconds": 2.0, "tokens_per_second": 550.0}
+    assert http_load.counted_as_served(setting) == 500.0
+    # a server pinned to 4 CPUs runs min(4, 4) workers of (4 - 1) // 4 → 1 thread each, not 3
+    assert http_load.service_threads({}, "0-3") == 1
+    assert http_load.service_threads({"TRANSLATOR_INFERENCE_WORKERS": "1"}, "0-3") == 3
+    assert http_load.service_threads({"TRANSLATOR_INTRA_OP_THREADS": "2"}, "0,1") == 2
