@@ -29,6 +29,14 @@ class Candidates:
     eos_log_probs: np.ndarray  # [N] float32: what ending now would score (a row at its length limit must end)
 
 
+def unexplained_id_differences(expected: Candidates, got: Candidates, tolerance: float) -> int:
+    """Places where two engines' candidate lists name different tokens although no near-tie explains it: ranks whose
+    expected log-prob stands more than 2 × tolerance from both neighbours must hold the same token (parity checks)."""
+    padded = np.pad(expected.log_probs, ((0, 0), (1, 1)), constant_values=(np.inf, -np.inf))
+    clear = (padded[:, :-2] - padded[:, 1:-1] > 2 * tolerance) & (padded[:, 1:-1] - padded[:, 2:] > 2 * tolerance)
+    return int(((expected.ids != got.ids) & clear).sum())
+
+
 class StepModel(Protocol):
     def start(self, src_ids: np.ndarray, beam_width: int, max_steps: int) -> State:
         """src_ids [B, S] int64, padded → a state of B·W rows (sentence-major: row b·W + w), decoding at most

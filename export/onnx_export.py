@@ -121,6 +121,7 @@ def check_graphs(
     → the largest absolute difference."""
     import onnxruntime as ort
 
+    from engine.search import unexplained_id_differences
     from engine.step_model import OnnxStepModel
     from model.search import TorchStepModel
 
@@ -158,6 +159,9 @@ def check_graphs(
                 got = onnx_model.step(onnx_state, tokens, 4)
                 worst = max(worst, compare(expected.log_probs, got.log_probs, "decoder", shape),
                             compare(expected.eos_log_probs, got.eos_log_probs, "decoder EOS", shape))
+                if unexplained_id_differences(expected, got, tolerance):  # the right values under the wrong tokens
+                    raise AssertionError(f"decoder: ORT's top tokens {got.ids[:2].tolist()} differ from PyTorch's "
+                                         f"{expected.ids[:2].tolist()} at {shape}, step {t}")
                 if width > 1:
                     parents = rng.integers(0, width, (batch, width))
                     torch_model.reorder(torch_state, parents)

@@ -23,7 +23,7 @@ from model.data import source_column
 from model.search import TorchStepModel, translate_ids
 from model.tokenizer import read_tsv_pairs
 from model.transformer import Transformer
-from engine.search import SearchOptions, pad_batch, search
+from engine.search import SearchOptions, pad_batch, search, unexplained_id_differences
 from engine.translator import Translator
 from engine.sessions import CUDA, RuntimeOptions
 
@@ -43,12 +43,13 @@ def read_sample(tsv: Path, source_language: str, target_language: str, limit: in
     return [p[src] for p in pairs], [p[1 - src] for p in pairs]
 
 
-def teacher_forced_max_diff(model: Transformer, translator: Translator, sources: list[list[int]],
-                            options: SearchOptions, batch_size: int = 16, k: int = 8) -> float:
-    """Max |log p_ORT − log p_PyTorch| over the k best tokens of every step of decoding PyTorch's greedy
-    outputs, whole batches (padded sources, rows that already ended keep being fed EOS)."""
+def teacher_forced_comparison(model: Transformer, translator: Translator, sources: list[list[int]],
+                              options: SearchOptions, tolerance: float, batch_size: int = 16, k: int = 8) -> dict:
+    """Decoding PyTorch's greedy outputs in both engines, whole batches (padded sources, rows that already ended keep
+    being fed EOS) → the max |log p_ORT − log p_PyTorch| over the k best tokens of every step, and how many of those
+    candidates name another token than PyTorch's where no near-tie (within `tolerance`) explains it."""
     torch_model, onnx_model = TorchStepModel(model), translator.step_model
-    worst = 0.0
+    worst, unexplained = 0.0, 0
     for start in range(0, len(sources), batch_size):
         chunk = sources[start : start + batch_size]
         batch = pad_batch(chunk, model.config.pad_id)
@@ -64,7 +65,8 @@ def teacher_forced_max_diff(model: Transformer, translator: Translator, sources:
             got = onnx_model.step(onnx_state, forced[:, t], k)
             worst = max(worst, float(np.abs(expected.log_probs - got.log_probs).max()),
                         float(np.abs(expected.eos_log_probs - got.eos_log_probs).max()))
-    return worst
+            unexplained += unexplained_id_differences(expected, got, tolerance)
+    return {"log_probs_max_abs_diff": worst, "top_ids_unexplained_differences": unexplained}
 
 
 def check_parity(model: Transformer, package: Path, sample_tsv: Path, sample_size: int = 200,
@@ -99,7 +101,7 @@ def check_parity(model: Transformer, package: Path, sample_tsv: Path, sample_siz
         **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {}),
         "sample": {"data": str(sample_tsv), "sentences": len(sources)},
         **(extra or {}),
-        "log_probs_max_abs_diff": teacher_forced_max_diff(model, translator, sources[:64], options),
+        **teacher_forced_comparison(model, translator, sources[:64], options, tolerance),
         "greedy_identical": same,
         "greedy_agreement": same / len(sources),
         "bleu_pytorch": round(torch_bleu, 2),
@@ -112,6 +114,8 @@ def check_parity(model: Transformer, package: Path, sample_tsv: Path, sample_siz
     if translator.precision == "fp32":
         if report["log_probs_max_abs_diff"] > tolerance:
             failures.append(f"log-probs differ by {report['log_probs_max_abs_diff']:.2e} > {tolerance:.0e}")
+        if report["top_ids_unexplained_differences"]:  # the right values under the wrong tokens (a vocabulary mix-up)
+            failures.append(f"{report['top_ids_unexplained_differences']} top candidates name other tokens than PyTorch's")
         if same != len(sources):
             failures.append(f"greedy outputs differ on {len(sources) - same} of {len(sources)} sentences")
     elif torch_bleu - onnx_bleu > max_bleu_drop:

@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import load_config, load_model, save_weights, weights_counters
+from engine.package import sha256_of
+from model.checkpoint import INIT_SHA256, load_config, load_model, save_weights, weights_counters
 from model.data import source_column
 from model.evaluate import domain_files
 from model.grow import grown_weights, parse_growth
@@ -131,6 +132,13 @@ def with_start_weights(directory: Path, config: dict, averaged: dict[str, torch.
     if not (start / "model.safetensors").is_file():
         raise SystemExit(f"{directory}: the run did not start from a checkpoint (--init-from) that is still there")
     check_same_model(directory, start, grow)
+    recorded = config.get(INIT_SHA256)
+    if recorded is None:
+        print(f"{directory}: the run did not record which weights it started from (a run from before that was "
+              f"recorded): {start}/model.safetensors is taken to be them")
+    elif sha256_of(start / "model.safetensors") != recorded:
+        raise SystemExit(f"{start}/model.safetensors is not the weights {directory} started from (their sha256 is "
+                         f"recorded in its config.json): the start's share would mix in other weights")
     weights = load_file(str(start / "model.safetensors"))
     if grow:
         weights = grown_weights(weights, model_config(start), model_config(directory), config["train"]["seed"])

@@ -36,6 +36,7 @@ def data_dir(config: dict) -> Path:
     return next((Path("data") / pair for pair in pairs if (Path("data") / pair).is_dir()), Path("data") / pairs[0])
 
 
+INIT_SHA256 = "init_from_sha256"  # config.json: sha256 of the weights a run started from (--init-from)
 DECODING = "decoding"  # config.json's section of search settings chosen for the weights (model.choose_decoding)
 
 
@@ -72,7 +73,8 @@ def save_training_state(directory: Path, model: Transformer, optimizer: torch.op
     for filename, tensors in files.items():
         save_file(tensors, str(resume / (filename + ".tmp")), metadata={"format": "pt"})
     adam_steps = {names[i]: float(s["step"]) for i, s in moments.items()}
-    state = {**counters, "adam_steps": adam_steps, "torch_rng": torch.get_rng_state().tolist()}
+    state = {**counters, "adam_steps": adam_steps, "torch_rng": torch.get_rng_state().tolist(),
+             "cuda_rng": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None}
     (resume / "state.json.tmp").write_text(json.dumps(state))
     # Rename last, state.json after the tensors: an interruption leaves the previous state whole.
     for filename in [*files, "state.json"]:
@@ -96,6 +98,9 @@ def load_training_state(directory: Path, model: Transformer, optimizer: torch.op
     }
     optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(torch.tensor(state.pop("torch_rng"), dtype=torch.uint8))
+    cuda_rng = state.pop("cuda_rng", None)  # dropout masks on a GPU come from its own generators
+    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda_rng])
     state.pop("adam_steps")
     return state
 

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path,
                         help="data directory (default: the one it trained on, else the repository's data/ splits)")
     parser.add_argument("--tsv", type=Path, help="any TSV of source<TAB>target (see --src-column)")
-    parser.add_argument("--src-column", type=int, help="0 or 1; default from the model's source language")
+    parser.add_argument("--src-column", type=int, help="0 or 1; default: the model's source language's column by the "
+                        "columns.json beside the TSV, else English first")
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--length-penalty", type=float,
                         help="beam search (default: the one recorded by model.choose_decoding, else 1.0)")
@@ -107,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     config = json.loads((args.model_dir / "config.json").read_text())
     if args.tsv:
-        tsv, src_column = args.tsv, 0 if args.src_column is None else args.src_column
+        tsv = args.tsv  # columns as the columns.json beside it names them, else en<TAB>de (model.data's order)
+        src_column = source_column(tsv.parent, config["src_lang"], config["tgt_lang"]) if args.src_column is None else args.src_column
         result = evaluate(args.model_dir, tsv, src_column, args.beam, args.length_penalty, args.limit)
     else:
         data = args.data or data_dir(config)

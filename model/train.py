@@ -45,12 +45,13 @@ from tqdm import tqdm
 from model.evaluate import corpus_scores, domain_files
 from model.corpus.sources import BACKTRANSLATED
 from model.data import source_column
-from model.checkpoint import (TIED_KEYS, load_training_state, model_weights, save_snapshot, save_training_state,
-                              save_weights, weights_counters)
+from model.checkpoint import (DECODING, INIT_SHA256, TIED_KEYS, load_training_state, model_weights, save_snapshot,
+                              save_training_state, save_weights, weights_counters)
 from model.grow import grown_weights, parse_growth
 from model.search import translate_ids
 from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, read_tsv_pairs, train_tokenizer
 from model.transformer import Transformer, TransformerConfig
+from engine.package import sha256_of
 from engine.search import SearchOptions
 
 
@@ -324,11 +325,16 @@ def train(config: TrainConfig) -> None:
         print(f"resumed at step {state['step']} (epoch {state['epoch']}, best BLEU {state['best_bleu']:.2f})")
     # model.average may have kept an average that validated above anything the run itself saw.
     state["best_bleu"] = max(state["best_bleu"], (best or {}).get("best_bleu", -1.0))
-    (out / "config.json").write_text(
-        json.dumps({"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
-                    "tgt_lang": config.tgt_lang, "parameters": model.num_parameters(), "train_files": train_files,
-                    "valid_files": {name: len(examples) for name, examples in valid.items()}}, indent=2)
-    )
+    written = {"model": model_config.to_dict(), "train": asdict(config), "src_lang": config.src_lang,
+               "tgt_lang": config.tgt_lang, "parameters": model.num_parameters(), "train_files": train_files,
+               "valid_files": {name: len(examples) for name, examples in valid.items()}}
+    earlier = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    if resumed is not None or warm is not None:  # a run going on keeps what was recorded for it
+        written |= {key: earlier[key] for key in (DECODING, INIT_SHA256) if key in earlier}
+    if config.init_from and INIT_SHA256 not in written and initial_model is not None:
+        # which weights the run started from (model.average --start-share mixes them back in: they must be these)
+        written[INIT_SHA256] = sha256_of(Path(config.init_from) / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(written, indent=2))
     files = ", ".join(f"{name}: {r['pairs']} x {r['weight']:g}" for name, r in train_files.items())
     valid_counts = ", ".join(f"{name} {len(examples)}" for name, examples in valid.items())
     print(f"{model.num_parameters() / 1e6:.2f}M parameters, {len(train_set)} training examples ({files}), "

@@ -84,3 +84,13 @@ def test_each_sentence_is_handed_over_the_step_it_ends(model, beam_size):
     if beam_size == 1:
         lengths = [max(len(results[i].hypotheses[0].tokens) for i in step) for step in steps]
         assert lengths == sorted(lengths)
+
+
+def test_parity_tells_a_wrong_token_apart_from_a_near_tie():
+    from engine.search import Candidates, unexplained_id_differences
+
+    expected = Candidates(np.array([[-0.1, -2.0, -2.0005, -5.0]], np.float32), np.array([[7, 8, 9, 10]]), np.zeros(1, np.float32))
+    tie_swapped = Candidates(expected.log_probs, np.array([[7, 9, 8, 10]]), expected.eos_log_probs)
+    renumbered = Candidates(expected.log_probs, np.array([[8, 9, 10, 11]]), expected.eos_log_probs)
+    assert unexplained_id_differences(expected, tie_swapped, 1e-3) == 0  # -2.0 and -2.0005: either order is right
+    assert unexplained_id_differences(expected, renumbered, 1e-3) == 2  # ranks 0 and 3 stand clear: wrong tokens

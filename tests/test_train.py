@@ -176,3 +176,16 @@ def test_averaging_can_give_the_runs_starting_weights_a_share_of_the_mean(tmp_pa
         average_run(run, last=2, threads=1, out=tmp_path / "bad", start_share=1.5)
     with pytest.raises(SystemExit, match="did not start from a checkpoint"):
         average_run(start, last=2, threads=1, out=tmp_path / "none", start_share=0.5)
+    # new weights installed at the start's path (as a shipped checkpoint directory is updated): not mixed in silently
+    shutil.copy(tmp_path / "mixed" / "model.safetensors", start / "model.safetensors")
+    with pytest.raises(SystemExit, match="is not the weights .* started from"):
+        average_run(run, last=2, threads=1, out=tmp_path / "stale", start_share=0.25)
+
+
+def test_resuming_keeps_the_search_settings_chosen_for_the_weights(tmp_path, corpus):
+    out = tmp_path / "run"
+    train(tiny_config(corpus, out, max_steps=3))
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "decoding": {"length_penalty": 1.6}}))
+    train(tiny_config(corpus, out, max_steps=4))
+    assert json.loads((out / "config.json").read_text())["decoding"] == {"length_penalty": 1.6}
