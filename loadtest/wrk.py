@@ -191,10 +191,9 @@ def wrk_load(spec: LoadSpec, picker: SentencePicker, ceiling: ClientCeiling | No
     duration = spec.duration_s or 3600.0
     if spec.warmup_s:
         run_wrk(spec.url, bodies, spec.concurrency, spec.warmup_s, timeout_s=spec.timeout_s)
+        if metrics(spec.url) is not None:  # the warm-up's last requests must not count as the run's
+            settle(spec.url)
     before = metrics(spec.url)
-    if spec.warmup_s and before is not None:  # the warm-up's last requests must not count as the run's
-        settle(spec.url)
-        before = metrics(spec.url)
     started = time.perf_counter()
     run = run_wrk(spec.url, bodies, spec.concurrency, duration, max_requests=spec.max_requests, timeout_s=spec.timeout_s)
     time.sleep(0.1)  # the server records a request's duration just after answering it

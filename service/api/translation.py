@@ -229,6 +229,11 @@ class Work:
                           source_tokens=sum(len(self.sentences.ids[j]) for j in used), target_tokens=tokens, sentences=len(used))
 
 
+def sentence_limit(state: ServiceState) -> int:
+    """Most sentences one request may queue: the setting, and never more than the whole queue holds."""
+    return min(state.settings.max_sentences_per_request, state.settings.queue_limit)
+
+
 def planned(state: ServiceState, translator: Translator, texts: list[str], *, beam_size: int | None = None,
             alternatives: int = 0, max_length: int | None = None, field: str = "text",
             keep_target_language: bool = True) -> Work:
@@ -239,7 +244,7 @@ def planned(state: ServiceState, translator: Translator, texts: list[str], *, be
     for i, text in enumerate(texts):
         skip = not has_letters(text) or (keep_target_language and already_in(state, text, translator.target_language))
         plans.append(None if skip else plan(text, sentences, where(field, i, len(texts))))
-    most = min(state.settings.max_sentences_per_request, state.settings.queue_limit)
+    most = sentence_limit(state)
     if len(sentences.ids) > most:
         raise TooManySentences("invalid", f"{field} has {len(sentences.ids)} sentences; at most {most} per request",
                        libretranslate=f"Invalid request: request ({len(sentences.ids)} sentences) exceeds sentence limit ({most})")

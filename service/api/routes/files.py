@@ -16,7 +16,7 @@ from service.api.errors import ApiError, BodyTooLarge, LibreTranslateError, Libr
 from service.api.files import SUPPORTED_EXTENSIONS, Translate, download_name, extension_of, translate_file
 from service.api.openapi import KEY_GATED
 from service.api.routes.libretranslate import GATE, check_language, detect, sources_to
-from service.api.translation import TooManySentences, already_in, translate_with
+from service.api.translation import TooManySentences, already_in, sentence_limit, translate_with
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreTranslateRoute)
 GROUP_CHARS = 3000  # texts of a file go to the batcher in groups of about this many characters, one group at a time
@@ -80,7 +80,7 @@ def file_translator(state: ServiceState, source: str, target: str) -> Translate:
     async def translate_in_parts(text: str, translator: Translator) -> str:
         """One text in consecutive parts of at most half a request's sentences, joined back as it was spaced."""
         pieces = segment(text, translator.source_language)
-        most = max(1, min(state.settings.max_sentences_per_request, state.settings.queue_limit) // 2)
+        most = max(1, sentence_limit(state) // 2)  # half: a long sentence may still be cut into clauses
         parts = ["".join(sentence + space for sentence, space in pieces[i:i + most]) for i in range(0, len(pieces), most)]
         translated = []
         for part in parts:
