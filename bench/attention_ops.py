@@ -14,7 +14,11 @@ one-node (or few-node) graph on one intra-op thread, with the caches bound in pl
   computed with MatMul, Softmax and MatMul on keys stored transposed (what the graph could use instead).
 
 Inputs are random; only the time is measured, after a check that both cross-attention forms, and both
-self-attention paths, agree.
+self-attention paths, agree. `--kernels engine` times the engine's own attention kernels
+(engine/kernels/attention.cc) in place of ONNX Runtime's, after checking that their self-attention outputs
+agree with ONNX Runtime's on the same inputs.
+
+    python -m bench.attention_ops --kernels engine --out results/attention_ops_engine.json
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from engine.sessions import attention_kernels_library
 from export.graph_builder import FLOAT, INT32, INT64, MS_DOMAIN, OPSET
 
 
@@ -39,12 +44,19 @@ def float_scalar(name: str, value: float) -> TensorProto:
     return helper.make_tensor(name, FLOAT, [], [value])
 
 
-def session(nodes: list, inputs: list, outputs: list, initializers: tuple = ()) -> ort.InferenceSession:
-    """A session of these nodes as the export writes them (its opsets), on one thread."""
+def session(nodes: list, inputs: list, outputs: list, initializers: tuple = (),
+            engine_kernels: bool = False) -> ort.InferenceSession:
+    """A session of these nodes as the export writes them (its opsets), on one thread; with `engine_kernels`, the
+    engine's attention kernels run the attention nodes."""
     graph = helper.make_graph(nodes, "attention", inputs, outputs, initializer=list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
+    if engine_kernels:
+        library = attention_kernels_library()
+        if library is None:
+            raise SystemExit("the engine's attention kernels are not built (pip install needs a C++ compiler)")
+        options.register_custom_ops_library(str(library))
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -60,7 +72,8 @@ def micros_per_run(run, repeats: int) -> float:
 
 
 def self_attention(batch: int, beams: int, heads: int, head_dim: int, capacity: int, history: int, repeats: int,
-                   rng: np.random.Generator, indirection: bool = True) -> tuple[float, np.ndarray]:
+                   rng: np.random.Generator, indirection: bool = True,
+                   engine_kernels: bool = False) -> tuple[float, np.ndarray]:
     """µs per DecoderMaskedMultiHeadAttention call: batch·beams rows, `history` slots written before this step;
     and the call's output. Without `indirection` (one beam only) the node has no cache-indirection input, which
     sends ONNX Runtime's CPU kernel down its other path (the one for decoding without beams)."""
@@ -77,7 +90,8 @@ def self_attention(batch: int, beams: int, heads: int, head_dim: int, capacity: 
         vi("mask", INT32, [rows, history + 1]), vi("key_cache", FLOAT, cache), vi("value_cache", FLOAT, cache),
         vi("past_length", INT32, [1]), vi("beam_width", INT32, [1]),
         *[vi(n, INT32, [batch, beams, capacity]) for n in table]],
-        [vi("out", FLOAT, [rows, 1, width]), vi("key_cache_out", FLOAT, cache), vi("value_cache_out", FLOAT, cache)])
+        [vi("out", FLOAT, [rows, 1, width]), vi("key_cache_out", FLOAT, cache), vi("value_cache_out", FLOAT, cache)],
+        engine_kernels=engine_kernels)
     binding = sess.io_binding()
     # A binding does not keep its arrays alive: they stay in `held` while the session runs.
     held = {n: rng.standard_normal((rows, 1, width), dtype=np.float32) for n in "qkv"} | {
@@ -100,11 +114,11 @@ def self_attention(batch: int, beams: int, heads: int, head_dim: int, capacity: 
 
 
 def greedy_self_attention(batch: int, heads: int, head_dim: int, capacity: int, history: int, repeats: int,
-                          seed: int) -> dict[str, float]:
+                          seed: int, engine_kernels: bool = False) -> dict[str, float]:
     """One beam: µs per call with the cache-indirection input (what the exported graph has) and without it, on the
     same inputs; raises if the two paths' outputs differ."""
     shape = dict(batch=batch, beams=1, heads=heads, head_dim=head_dim, capacity=capacity, history=history,
-                 repeats=repeats)
+                 repeats=repeats, engine_kernels=engine_kernels)
     with_table, out_with = self_attention(**shape, rng=np.random.default_rng(seed))
     without, out_without = self_attention(**shape, rng=np.random.default_rng(seed), indirection=False)
     difference = float(np.abs(out_with - out_without).max())
@@ -115,7 +129,7 @@ def greedy_self_attention(batch: int, heads: int, head_dim: int, capacity: int, 
 
 
 def cross_attention(batch: int, beams: int, heads: int, head_dim: int, source: int, repeats: int,
-                    rng: np.random.Generator) -> dict[str, float]:
+                    rng: np.random.Generator, engine_kernels: bool = False) -> dict[str, float]:
     """µs per cross-attention: the MultiHeadAttention node against MatMul · Softmax · MatMul on transposed keys."""
     width, vi = heads * head_dim, helper.make_tensor_value_info
     query, mask = [batch, beams, width], [batch, source]
@@ -123,7 +137,7 @@ def cross_attention(batch: int, beams: int, heads: int, head_dim: int, source: i
                                          domain=MS_DOMAIN, num_heads=heads, scale=float(1 / np.sqrt(head_dim)))],
                        [vi("query", FLOAT, query), vi("key", FLOAT, [batch, heads, source, head_dim]),
                         vi("value", FLOAT, [batch, heads, source, head_dim]), vi("mask", INT32, mask)],
-                       [vi("out", FLOAT, query)])
+                       [vi("out", FLOAT, query)], engine_kernels=engine_kernels)
     node = helper.make_node
     matmuls = session([
         node("Reshape", ["query", "by_head"], ["q4"]), node("Transpose", ["q4"], ["q"], perm=[0, 2, 1, 3]),  # [B, H, W, K]
@@ -150,6 +164,15 @@ def cross_attention(batch: int, beams: int, heads: int, head_dim: int, source: i
             "matmul_softmax_matmul_us": micros_per_run(lambda: matmuls.run(None, by_matmul), repeats)}
 
 
+def kernels_agree(shape: dict, seed: int) -> None:
+    """Raise unless the engine's self-attention kernel gives ONNX Runtime's outputs on the same inputs."""
+    ours = self_attention(**shape, rng=np.random.default_rng(seed), engine_kernels=True)[1]
+    theirs = self_attention(**shape, rng=np.random.default_rng(seed))[1]
+    difference = float(np.abs(ours - theirs).max())
+    if difference > 1e-4:
+        raise AssertionError(f"the engine's self-attention kernel and ONNX Runtime's disagree by {difference}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
@@ -160,22 +183,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--histories", default="5,10,20,40", help="slots written before the step")
     parser.add_argument("--source", type=int, default=26, help="padded source tokens (cross-attention)")
     parser.add_argument("--repeats", type=int, default=300, help="runs per round (best of three rounds)")
+    parser.add_argument("--kernels", choices=["onnxruntime", "engine"], default="onnxruntime",
+                        help="whose attention kernels run the operators")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
+    engine = args.kernels == "engine"
     shape = dict(batch=args.batch, beams=args.beams, heads=args.heads, head_dim=args.head_dim)
     histories = [int(h) for h in args.histories.split(",")]
+    if engine:
+        for h in histories:
+            kernels_agree(shape | dict(capacity=args.capacity, history=h, repeats=1), seed=h)
     self_rows = [{"history": h, "us": round(self_attention(**shape, capacity=args.capacity, history=h,
-                                                           repeats=args.repeats, rng=rng)[0], 1)} for h in histories]
-    greedy_rows = [greedy_self_attention(args.batch, args.heads, args.head_dim, args.capacity, h, args.repeats, seed=h)
-                   for h in histories]
+                                                           repeats=args.repeats, rng=rng, engine_kernels=engine)[0], 1)}
+                 for h in histories]
+    greedy_rows = [greedy_self_attention(args.batch, args.heads, args.head_dim, args.capacity, h, args.repeats, seed=h,
+                                         engine_kernels=engine) for h in histories]
     for row in self_rows:
         row["us_per_slot"] = round(row["us"] / (row["history"] + 1), 1)
-    cross = {k: round(v, 1) for k, v in cross_attention(**shape, source=args.source, repeats=args.repeats, rng=rng).items()}
-    result = {"shape": shape | {"capacity": args.capacity, "source": args.source}, "threads": 1,
+    cross = {k: round(v, 1) for k, v in cross_attention(**shape, source=args.source, repeats=args.repeats, rng=rng,
+                                                        engine_kernels=engine).items()}
+    result = {"shape": shape | {"capacity": args.capacity, "source": args.source}, "threads": 1, "kernels": args.kernels,
               "onnxruntime": ort.__version__, "self_attention": self_rows, "greedy_self_attention": greedy_rows,
               "cross_attention": cross}
-    print(f"batch {args.batch} × beam {args.beams}, {args.heads} heads of {args.head_dim}, one thread")
+    print(f"batch {args.batch} × beam {args.beams}, {args.heads} heads of {args.head_dim}, one thread, {args.kernels}'s kernels")
     print("| history slots | DecoderMaskedMultiHeadAttention µs | µs per slot |\n|---|---|---|")
     for row in self_rows:
         print(f"| {row['history']} | {row['us']} | {row['us_per_slot']} |")

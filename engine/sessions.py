@@ -3,12 +3,19 @@
 ONNX Runtime silently falls back to the CPU when CUDA libraries are missing (toolchain notes),
 so the provider that actually runs is read back from `session.get_providers()` and logged;
 with `strict_providers` a fallback is an error instead of a log line.
+
+On the CPU, sessions run the two attention operators of our graphs on the engine's own kernels
+(engine/kernels/attention.cc, built by `pip install` where a C++ compiler is present), registered under
+ONNX Runtime's operator names so that the graphs stay as exported: where the library is absent, or
+`attention_kernels` is off, ONNX Runtime's kernels run them, with the same outputs.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
 import logging
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
@@ -48,6 +55,7 @@ class RuntimeOptions:
     device_id: int = 0
     profile_prefix: str | None = None  # ONNX Runtime's profiler on, its JSON files named with this prefix
     cuda_options: dict = field(default_factory=dict)  # extra CUDA provider options (cudnn_conv_algo_search, ...)
+    attention_kernels: bool = True  # the engine's CPU attention kernels where built (module docstring)
 
 
 def resolve_providers(requested: tuple[str, ...] | list[str]) -> list[str]:
@@ -70,7 +78,21 @@ def provider_options(name: str, options: RuntimeOptions) -> dict:
     return {}
 
 
-def session_options(options: RuntimeOptions) -> ort.SessionOptions:
+@cache
+def attention_kernels_library() -> Path | None:
+    """The engine's compiled attention kernels (setup.py), or None where the install had no C++ compiler."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        library = Path(__file__).with_name("attention_kernels" + suffix)
+        if library.is_file():
+            return library
+    log.warning("the engine's attention kernels are not built (no C++ compiler at install time): ONNX Runtime's "
+                "slower kernels run attention")
+    return None
+
+
+def session_options(options: RuntimeOptions, on_cpu: bool = True) -> ort.SessionOptions:
+    """on_cpu: the CPU provider runs the session (the engine's attention kernels are CPU kernels: registering them
+    for a CUDA session would pull its attention onto the CPU)."""
     settings = ort.SessionOptions()
     settings.intra_op_num_threads = options.intra_op_threads
     settings.inter_op_num_threads = options.inter_op_threads
@@ -78,6 +100,8 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     settings.graph_optimization_level = OPTIMIZATION_LEVELS[options.optimization_level]
     settings.enable_cpu_mem_arena = options.enable_cpu_mem_arena
     settings.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin_wait else "0")
+    if on_cpu and options.attention_kernels and (library := attention_kernels_library()) is not None:
+        settings.register_custom_ops_library(str(library))
     if options.profile_prefix:
         settings.enable_profiling = True
         settings.profile_file_prefix = options.profile_prefix
@@ -101,7 +125,7 @@ def create_session(model: Path | bytes, options: RuntimeOptions) -> tuple[ort.In
     providers = resolve_providers(options.providers)
     session = ort.InferenceSession(
         model if isinstance(model, bytes) else str(model),
-        session_options(options),
+        session_options(options, on_cpu=providers[0] == CPU),
         providers=[(p, provider_options(p, options)) for p in providers],
     )
     active = session.get_providers()[0]

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     spin_wait: bool = Field(False, description=(
         "Let idle ONNX Runtime threads spin between calls (slightly faster decoding steps; on a few cores it starves "
         "the request-handling thread, so refusals and health checks slow down under load)."))
+    attention_kernels: bool = Field(True, description=(
+        "On the CPU, run attention on the engine's own kernels (built at install where a C++ compiler is present) "
+        "instead of ONNX Runtime's: the same outputs, beam search about 15 % faster (README, Engine)."))
     shrink_arena: bool = Field(False, description=(
         "Give unused arena memory back after every inference call (in docs/reliability.md's soak: higher and "
         "noisier resident memory than with the arena on or off)."))
@@ -253,4 +256,4 @@ class Settings(BaseSettings):
     def runtime_options(self) -> RuntimeOptions:
         return RuntimeOptions(providers=tuple(self.providers), strict_providers=self.strict_providers,
                               intra_op_threads=self.onnx_threads(), spin_wait=self.spin_wait, enable_cpu_mem_arena=self.cpu_mem_arena,
-                              shrink_arena_after_run=self.shrink_arena)
+                              shrink_arena_after_run=self.shrink_arena, attention_kernels=self.attention_kernels)

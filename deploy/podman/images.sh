@@ -31,6 +31,8 @@ WORK=build/images
 # The packages of each base. python-is-python3: deploy/Dockerfile runs `python`; passwd: useradd;
 # libstdc++6: numpy, onnxruntime and sentencepiece link it (python:3.11-slim has it through apt).
 PYTHON_PACKAGES="python3,python3-venv,python-is-python3,ca-certificates,passwd,libstdc++6"
+# The builder stage's base: the same Python and a C++ compiler for the engine's attention kernels (setup.py).
+BUILDER_PACKAGES="$PYTHON_PACKAGES,g++"
 # wget: the compose healthchecks (the official nginx and Prometheus images have busybox's);
 # gettext-base: envsubst for nginx's templates (deploy/podman/nginx-entrypoint.sh).
 NGINX_PACKAGES="nginx-light,gettext-base,wget,ca-certificates"
@@ -114,6 +116,7 @@ revision_label() {
 
 translator() {
     debian_base python "$PYTHON_PACKAGES"
+    debian_base python-build "$BUILDER_PACKAGES"
     build_context=$(context)
     pip_dir=$(mktemp -d)
     trap 'rm -rf "$pip_dir"' EXIT
@@ -123,6 +126,7 @@ translator() {
     # --format docker keeps HEALTHCHECK (the OCI image format has no field for it).
     $PODMAN build --format docker --network host \
         --build-arg PYTHON_IMAGE="localhost/translator-base-python:$SUITE" \
+        --build-arg BUILDER_IMAGE="localhost/translator-base-python-build:$SUITE" \
         -v "$pip_dir/pip.conf:/etc/pip.conf:ro" -v "$pip_dir/ca.pem:/etc/pip-ca.pem:ro" \
         --label org.opencontainers.image.revision="$(revision_label)" \
         -f "$build_context/deploy/Dockerfile" -t "$IMAGE" "$build_context"
