@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
                         "instead of one after the other (a drifting machine)")
     parser.add_argument("--length-penalty", type=float, help="beam search, every engine (default: the checkpoint's, "
                         "recorded by model.choose_decoding and served by its package)")
+    parser.add_argument("--attention-kernels", choices=["engine", "onnxruntime"], default="engine",
+                        help="whose CPU attention kernels our engine runs (engine/sessions.py)")
     parser.add_argument("--ct2-cache", type=Path, default=Path("build/ct2"))
     parser.add_argument("--out", type=Path, default=Path("results/bench_engines.json"))
     args = parser.parse_args(argv)
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                        for q in ("float32", "int8", "float16") if f"ct2-{q}" in engines},
         "settings": [(int(beam), int(batch)) for beam in args.beam_sizes.split(",") for batch in args.batch_sizes.split(",")],
         "lengths": [int(n) for n in args.lengths.split(",")], "repeats": args.repeats, "length_penalty": length_penalty,
-        "sources": sources, "references": references,
+        "sources": sources, "references": references, "attention_kernels": args.attention_kernels == "engine",
     }
     with tempfile.TemporaryDirectory() as scratch:
         config_path = Path(scratch) / "config.json"
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {
         "data": str(data), "sentences": len(sources), "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
         "length_penalty": length_penalty,
-        "cpus": args.cpus, "device": args.device, "machine": machine(args.device),
+        "cpus": args.cpus, "device": args.device, "attention_kernels": args.attention_kernels, "machine": machine(args.device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "engines": results, "ratios": ratios(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,11 @@ def kernel_times(profile_file: str) -> tuple[collections.Counter, collections.Co
     return micros, calls, runs
 
 
-def profile(package: Path, sources: list[list[int]], beam: int, batch: int, threads: int, prefix: str) -> dict:
-    translator = Translator(package, RuntimeOptions(intra_op_threads=threads, profile_prefix=prefix))
+def profile(package: Path, sources: list[list[int]], beam: int, batch: int, threads: int, prefix: str,
+            attention_kernels: bool = True) -> dict:
+    """attention_kernels: the engine's own (the attention rows are then theirs, under ONNX Runtime's operator names)."""
+    translator = Translator(package, RuntimeOptions(intra_op_threads=threads, profile_prefix=prefix,
+                                                    attention_kernels=attention_kernels))
     options = translator.search_options(beam)
     times = StageTimes()
     started = time.perf_counter()
@@ -58,7 +61,8 @@ def profile(package: Path, sources: list[list[int]], beam: int, batch: int, thre
          "us_per_step": (wall - decoder_runs - encoder_runs) / steps},
     ]
     return {"package": str(package), "precision": translator.precision, "beam": beam, "batch": batch,
-            "sentences": len(sources), "steps": steps, "threads": threads, "wall_seconds": round(wall / 1e6, 3),
+            "sentences": len(sources), "steps": steps, "threads": threads,
+            "attention_kernels": "engine" if attention_kernels else "onnxruntime", "wall_seconds": round(wall / 1e6, 3),
             "parts": [{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()} for row in rows]}
 
 
@@ -72,12 +76,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--attention-kernels", choices=["engine", "onnxruntime"], default="engine",
+                        help="whose CPU attention kernels run (engine/sessions.py)")
     parser.add_argument("--out", type=Path, help="write the profile as JSON")
     args = parser.parse_args(argv)
     sources, _ = package_test_set(args.data, args.package, args.limit)
-    result = profile(args.package, sources, args.beam, args.batch, args.threads, str(Path("/tmp") / "translator-profile"))
+    result = profile(args.package, sources, args.beam, args.batch, args.threads, str(Path("/tmp") / "translator-profile"),
+                     args.attention_kernels == "engine")
     print(f"{result['sentences']} sentences, beam {args.beam}, batch {args.batch}, {result['steps']} decoder steps, "
-          f"{result['wall_seconds']} s")
+          f"{result['wall_seconds']} s, {args.attention_kernels}'s attention kernels")
     print(table([{**row, "share": f"{100 * row['share']:.1f} %", "us_per_step": f"{row['us_per_step']:.0f}"}
                  for row in result["parts"]], ["part", "share", "us_per_step", "calls"]))
     if args.out:

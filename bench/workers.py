@@ -54,7 +54,8 @@ def ort_engine(config: dict, package: str) -> Translate:
 
     on_gpu = config.get("device") == "cuda"  # the CUDA provider required: a fallback to the CPU is an error
     translator = Translator(package, RuntimeOptions(providers=(CUDA if on_gpu else CPU,), strict_providers=on_gpu,
-                                                    intra_op_threads=config["threads"]))
+                                                    intra_op_threads=config["threads"],
+                                                    attention_kernels=config.get("attention_kernels", True)))
     translator.warmup()
 
     def translate(sources: list[list[int]], beam_size: int) -> list[list[int]]:
