@@ -43,7 +43,8 @@ def phase_image(report: Report, args) -> bool:
     probe = podman("run", "--rm", "--read-only", "--network", "none", IMAGE, "sh", "-c",
                    "id -u; for c in gcc cc c++ g++ clang; do command -v $c; done; echo --; "
                    "python -c 'import importlib.util as u; print(u.find_spec(\"torch\") is not None)'; "
-                   "python -c 'import onnxruntime, engine, service, cli; print(onnxruntime.__version__)'", timeout=120)
+                   "python -c 'import onnxruntime, engine, service, cli; print(onnxruntime.__version__)'; "
+                   "python -c 'from engine.sessions import attention_kernels_library as k; print(k())'", timeout=120)
     lines = probe.stdout.split("\n")
     uid, compilers = lines[0].strip(), lines[1:lines.index("--")] if "--" in lines else ["?"]
     after = lines[lines.index("--") + 1:] if "--" in lines else []
@@ -53,6 +54,9 @@ def phase_image(report: Report, args) -> bool:
     report.check("image.no_compiler", probe.returncode == 0 and not compilers, f"found {compilers}" if compilers else "no gcc, cc, c++, g++, clang")
     report.check("image.no_torch", after[:1] == ["False"], "torch not importable" if after[:1] == ["False"] else f"{after} {probe.stderr[-300:]}")
     report.check("image.packages_import", len(after) > 1 and bool(after[1]), f"engine, service, cli and onnxruntime {after[1:2]}")
+    # The builder stage compiled the engine's attention kernels (deploy/Dockerfile): the runtime has the library, not the compiler.
+    kernels = after[2] if len(after) > 2 else ""
+    report.check("image.attention_kernels", kernels.endswith(".so"), kernels or probe.stderr[-300:])
     healthcheck_test = config.get("Healthcheck") or config["Config"].get("Healthcheck") or {}
     report.check("image.healthcheck", "/health" in " ".join(healthcheck_test.get("Test", [])), " ".join(healthcheck_test.get("Test", [])))
     return True
