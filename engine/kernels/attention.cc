@@ -318,25 +318,41 @@ struct CachedSelfAttention {
     const int32_t* table = indirection.present && width > 1 ? indirection.as<int32_t>() : nullptr;
     const int32_t* allowed = mask.present ? mask.as<int32_t>() : nullptr;
     std::vector<float> scores(total);
-    std::vector<const float*> key_rows(total), value_rows(total);
-
-    for (int64_t n = 0; n < rows; ++n) {
+    // Each (row, head) reads its history from wherever the beam table points: the rows of the next pair are
+    // requested from memory while this pair is computed (a real batch's caches are cold between two calls).
+    std::vector<const float*> key_rows(total), value_rows(total), next_keys(total), next_values(total);
+    auto locate = [&](int64_t n, int64_t h, std::vector<const float*>& key_at, std::vector<const float*>& value_at) {
       const int64_t first_row = n - n % width;  // the sentence's first beam
       const int32_t* parents = table ? table + n * capacity : nullptr;
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t own = (n * heads + h) * capacity * size;
-        std::memcpy(keys + own + past * size, k.as<float>() + n * model + h * size, sizeof(float) * size);
-        std::memcpy(values + own + past * size, v.as<float>() + n * model + h * size, sizeof(float) * size);
-        for (int64_t t = 0; t < total; ++t) {
-          const int64_t row = (parents && t < past) ? first_row + parents[t] : n;
-          const int64_t at = ((row * heads + h) * capacity + t) * size;
-          key_rows[t] = keys + at;
-          value_rows[t] = values + at;
-        }
-        attend_row(q.as<float>() + n * model + h * size, key_rows.data(), value_rows.data(),
-                   allowed ? allowed + n * total : nullptr, total, scale, scores.data(),
-                   out.as<float>() + n * model + h * size, size);
+      for (int64_t t = 0; t < total; ++t) {
+        const int64_t row = (parents && t < past) ? first_row + parents[t] : n;
+        const int64_t at = ((row * heads + h) * capacity + t) * size;
+        key_at[t] = keys + at;
+        value_at[t] = values + at;
       }
+    };
+    for (int64_t n = 0; n < rows; ++n)  // this step's keys and values into their slots first
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t own = ((n * heads + h) * capacity + past) * size;
+        std::memcpy(keys + own, k.as<float>() + n * model + h * size, sizeof(float) * size);
+        std::memcpy(values + own, v.as<float>() + n * model + h * size, sizeof(float) * size);
+      }
+    if (rows > 0) locate(0, 0, key_rows, value_rows);
+    for (int64_t pair = 0; pair < rows * heads; ++pair) {
+      const int64_t n = pair / heads, h = pair % heads;
+      if (pair + 1 < rows * heads) {
+        locate((pair + 1) / heads, (pair + 1) % heads, next_keys, next_values);
+        for (int64_t t = 0; t < total; ++t)
+          for (int64_t line = 0; line < size; line += 16) {
+            __builtin_prefetch(next_keys[t] + line);
+            __builtin_prefetch(next_values[t] + line);
+          }
+      }
+      attend_row(q.as<float>() + n * model + h * size, key_rows.data(), value_rows.data(),
+                 allowed ? allowed + n * total : nullptr, total, scale, scores.data(),
+                 out.as<float>() + n * model + h * size, size);
+      key_rows.swap(next_keys);
+      value_rows.swap(next_values);
     }
   }
 };
