@@ -13,12 +13,12 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Serving: onnxruntime and friends only, no torch.
-$(VENV)/.serve-installed: pyproject.toml setup.py engine/kernels/attention.cc $(CONSTRAINTS) | $(VENV)/bin/python
+$(VENV)/.serve-installed: pyproject.toml setup.py $(wildcard engine/kernels/*) $(CONSTRAINTS) | $(VENV)/bin/python
 	$(PIP) install -c $(CONSTRAINTS) -e .
 	touch $@
 
 # Everything: training (torch CPU), export, benchmark, tests.
-$(VENV)/.dev-installed: pyproject.toml setup.py engine/kernels/attention.cc $(CONSTRAINTS) | $(VENV)/bin/python
+$(VENV)/.dev-installed: pyproject.toml setup.py $(wildcard engine/kernels/*) $(CONSTRAINTS) | $(VENV)/bin/python
 	$(PIP) install -c $(CONSTRAINTS) -e ".[train,bench,tune,test,import]"
 	touch $@ $(VENV)/.serve-installed
 

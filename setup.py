@@ -11,6 +11,7 @@ setup(
         Extension(
             "engine.attention_kernels",
             sources=["engine/kernels/attention.cc"],
+            depends=["engine/kernels/ort_abi.h"],
             language="c++",
             extra_compile_args=["-O3", "-std=c++17", "-fopenmp-simd", "-fvisibility=hidden", "-Wno-psabi"],
             optional=True,

@@ -5,87 +5,25 @@
 // Why: at a decoder step the attention problems are tiny (one query row per beam, 64-value heads, tens of
 // keys) and ORT's CPU kernels spend most of their time around them: a GEMM call per (row, head), a mask
 // tensor built per call, the cache read through the beam table one slot at a time. Here each (row, head)
-// is three short loops over data that stays in cache (measured: README, "Engine").
+// is three short loops with the head held in vector registers (measured: README, "Benchmark").
 //
 // Only the forms our graph builders emit are accepted (export/decoder_graph.py, export/encoder_graph.py);
 // anything else fails the run with a message naming what was unexpected.
 //
-// No ONNX Runtime header is used: its C API is a table of function pointers that only grows at the end,
-// so the few entries a custom op needs are declared here by their fixed places in API version 1, and the
-// custom-op description as it stood at version 8 (the first with optional inputs).
+// No ONNX Runtime header is used: ort_abi.h declares the few entries of its C API that a custom op needs.
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <stdexcept>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-extern "C" {
-
-struct OrtStatus;
-struct OrtValue;
-struct OrtKernelInfo;
-struct OrtKernelContext;
-struct OrtSessionOptions;
-struct OrtCustomOpDomain;
-struct OrtTensorTypeAndShapeInfo;
-struct OrtCustomOp;
-
-typedef OrtStatus* Status;
-enum { ORT_OK = 0, ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };
-enum { TENSOR_FLOAT = 1, TENSOR_INT32 = 6 };
-enum { REQUIRED = 0, OPTIONAL = 1 };
-
-// The entries of OrtApi used here, at their places in its table (API version 1, never moved since).
-struct OrtApiTable {
-  void* entries[102];
-};
-enum Entry {
-  GET_ERROR_MESSAGE = 2,
-  CREATE_CUSTOM_OP_DOMAIN = 26,
-  CUSTOM_OP_DOMAIN_ADD = 27,
-  ADD_CUSTOM_OP_DOMAIN = 28,
-  GET_TENSOR_MUTABLE_DATA = 51,
-  GET_DIMENSIONS_COUNT = 61,
-  GET_DIMENSIONS = 62,
-  GET_TENSOR_TYPE_AND_SHAPE = 65,
-  KERNEL_INFO_GET_ATTRIBUTE_FLOAT = 85,
-  KERNEL_INFO_GET_ATTRIBUTE_INT64 = 86,
-  KERNEL_CONTEXT_GET_INPUT_COUNT = 88,
-  KERNEL_CONTEXT_GET_INPUT = 90,
-  KERNEL_CONTEXT_GET_OUTPUT = 91,
-  RELEASE_STATUS = 93,
-  RELEASE_TENSOR_TYPE_AND_SHAPE_INFO = 99,
-};
-
-struct OrtApiBase {
-  const OrtApiTable* (*GetApi)(uint32_t version);
-  const char* (*GetVersionString)();
-};
-
-// OrtCustomOp as of API version 8.
-struct OrtCustomOp {
-  uint32_t version;
-  void* (*CreateKernel)(const OrtCustomOp* op, const OrtApiTable* api, const OrtKernelInfo* info);
-  const char* (*GetName)(const OrtCustomOp* op);
-  const char* (*GetExecutionProviderType)(const OrtCustomOp* op);
-  int (*GetInputType)(const OrtCustomOp* op, size_t index);
-  size_t (*GetInputTypeCount)(const OrtCustomOp* op);
-  int (*GetOutputType)(const OrtCustomOp* op, size_t index);
-  size_t (*GetOutputTypeCount)(const OrtCustomOp* op);
-  void (*KernelCompute)(void* kernel, OrtKernelContext* context);
-  void (*KernelDestroy)(void* kernel);
-  int (*GetInputCharacteristic)(const OrtCustomOp* op, size_t index);
-  int (*GetOutputCharacteristic)(const OrtCustomOp* op, size_t index);
-};
-
-}  // extern "C"
+#include "ort_abi.h"
 
 namespace {
 
-constexpr uint32_t API_VERSION = 8;
 constexpr float MASKED = -10000.0f;  // what ORT's kernels add to a masked score (mask_filter_value)
 const OrtApiTable* api = nullptr;
 
@@ -295,8 +233,9 @@ struct CachedSelfAttention {
             "DecoderMaskedMultiHeadAttention: this kernel needs past key/value caches [N, H, C, K] and past_sequence_length");
     const int64_t rows = past_key.dim(0), heads = past_key.dim(1), capacity = past_key.dim(2), size = past_key.dim(3);
     const int64_t model = heads * size, past = past_length.as<int32_t>()[0];
-    require(heads == attributes.heads && q.shape.size() == 3 && q.dim(0) == rows && q.dim(2) == model,
-            "DecoderMaskedMultiHeadAttention: query shape does not match the cache");
+    require(heads == attributes.heads && q.shape.size() == 3 && q.dim(0) == rows && q.dim(1) == 1 &&
+                q.dim(2) == model && k.shape == q.shape && v.shape == q.shape && past_value.shape == past_key.shape,
+            "DecoderMaskedMultiHeadAttention: q, k, v [N, 1, D] and the caches [N, H, C, K] do not match");
     require(past >= 0 && past < capacity, "DecoderMaskedMultiHeadAttention: past_sequence_length is outside the cache");
     const int64_t total = past + 1;
     require(!mask.present || (mask.shape.size() == 2 && mask.dim(0) == rows && mask.dim(1) == total),
@@ -325,6 +264,8 @@ struct CachedSelfAttention {
       const int64_t first_row = n - n % width;  // the sentence's first beam
       const int32_t* parents = table ? table + n * capacity : nullptr;
       for (int64_t t = 0; t < total; ++t) {
+        require(!parents || t >= past || (parents[t] >= 0 && parents[t] < width),
+                "DecoderMaskedMultiHeadAttention: cache_indirection names a beam outside beam_width");
         const int64_t row = (parents && t < past) ? first_row + parents[t] : n;
         const int64_t at = ((row * heads + h) * capacity + t) * size;
         key_at[t] = keys + at;
@@ -437,7 +378,7 @@ const int SOURCE_TYPES[] = {TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLO
 
 OrtCustomOp self_attention_op() {
   OrtCustomOp op{};
-  op.version = API_VERSION;
+  op.version = ORT_API_VERSION_USED;
   op.CreateKernel = create<CachedSelfAttention>;
   op.GetName = [](const OrtCustomOp*) { return "DecoderMaskedMultiHeadAttention"; };
   op.GetExecutionProviderType = cpu_provider;
@@ -454,7 +395,7 @@ OrtCustomOp self_attention_op() {
 
 OrtCustomOp source_attention_op() {
   OrtCustomOp op{};
-  op.version = API_VERSION;
+  op.version = ORT_API_VERSION_USED;
   op.CreateKernel = create<SourceAttention>;
   op.GetName = [](const OrtCustomOp*) { return "MultiHeadAttention"; };
   op.GetExecutionProviderType = cpu_provider;
@@ -476,7 +417,7 @@ OrtCustomOp SOURCE_ATTENTION = source_attention_op();
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
                                                                                const OrtApiBase* base) {
-  api = base->GetApi(API_VERSION);
+  api = base->GetApi(ORT_API_VERSION_USED);
   if (!api) return nullptr;  // cannot happen with any onnxruntime that has custom ops; nothing registered
   OrtCustomOpDomain* domain = nullptr;
   Status status = entry<Status (*)(const char*, OrtCustomOpDomain**)>(CREATE_CUSTOM_OP_DOMAIN)("com.microsoft", &domain);
