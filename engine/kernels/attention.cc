@@ -419,6 +419,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
                                                                                const OrtApiBase* base) {
   api = base->GetApi(ORT_API_VERSION_USED);
   if (!api) return nullptr;  // cannot happen with any onnxruntime that has custom ops; nothing registered
+  // A domain per session options, never released: ONNX Runtime needs it for as long as any session made with these
+  // options lives, and sessions are made a few times per process (one per model and worker).
   OrtCustomOpDomain* domain = nullptr;
   Status status = entry<Status (*)(const char*, OrtCustomOpDomain**)>(CREATE_CUSTOM_OP_DOMAIN)("com.microsoft", &domain);
   if (status) return status;
