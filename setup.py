@@ -1,7 +1,7 @@
 """The one compiled part: the engine's attention kernels for ONNX Runtime's CPU provider (engine/kernels/attention.cc).
 
 Optional: where no C++ compiler is present the build goes on without them and the engine runs ONNX Runtime's own
-attention kernels (same outputs, slower: README, "Engine"). Everything else is declared in pyproject.toml.
+attention kernels (same outputs, slower: README, "Benchmark"). Everything else is declared in pyproject.toml.
 """
 
 from setuptools import Extension, setup

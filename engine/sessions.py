@@ -7,7 +7,7 @@ with `strict_providers` a fallback is an error instead of a log line.
 On the CPU, sessions run the two attention operators of our graphs on the engine's own kernels
 (engine/kernels/attention.cc, built by `pip install` where a C++ compiler is present), registered under
 ONNX Runtime's operator names so that the graphs stay as exported: where the library is absent, or
-`attention_kernels` is off, ONNX Runtime's kernels run them, with the same outputs.
+`attention_kernels` is off, ONNX Runtime's kernels run them (the same results up to float rounding).
 """
 
 from __future__ import annotations

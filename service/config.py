@@ -105,7 +105,8 @@ class Settings(BaseSettings):
         "the request-handling thread, so refusals and health checks slow down under load)."))
     attention_kernels: bool = Field(True, description=(
         "On the CPU, run attention on the engine's own kernels (built at install where a C++ compiler is present) "
-        "instead of ONNX Runtime's: the same outputs, beam search about 15 % faster (README, Engine)."))
+        "instead of ONNX Runtime's: the same results up to float rounding, beam search about 10–15 % faster "
+        "(README, Benchmark)."))
     shrink_arena: bool = Field(False, description=(
         "Give unused arena memory back after every inference call (in docs/reliability.md's soak: higher and "
         "noisier resident memory than with the arena on or off)."))
