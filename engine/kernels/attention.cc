@@ -222,6 +222,11 @@ Attributes read_attributes(const OrtKernelInfo* info) {
 //   cache_indirection [B, W, C]: slot t of row b·W + w was written by row b·W + indirection[b, w, t].
 // Outputs: [N, 1, D] and the caches (bound to the same buffers as the past ones; copied otherwise).
 struct CachedSelfAttention {
+  static constexpr const char* NAME = "DecoderMaskedMultiHeadAttention";
+  // q k v mask bias past_key past_value past_sequence_length beam_width cache_indirection
+  static constexpr int INPUTS[] = {TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_INT32, TENSOR_FLOAT,
+                                   TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_INT32, TENSOR_INT32, TENSOR_INT32};
+  static constexpr size_t REQUIRED_INPUTS = 3, OUTPUTS = 3;
   Attributes attributes;
 
   void compute(OrtKernelContext* context) {
@@ -301,6 +306,10 @@ struct CachedSelfAttention {
 // MultiHeadAttention as our graphs use it: query [B, L, D]; key/value [B, S, D] or [B, H, S, K];
 // no bias; key_padding_mask [B, S] int32 (1 = a real token). Output [B, L, D].
 struct SourceAttention {
+  static constexpr const char* NAME = "MultiHeadAttention";
+  // query key value bias key_padding_mask
+  static constexpr int INPUTS[] = {TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_INT32};
+  static constexpr size_t REQUIRED_INPUTS = 1, OUTPUTS = 1;
   Attributes attributes;
 
   void compute(OrtKernelContext* context) {
@@ -368,50 +377,30 @@ void* create(const OrtCustomOp*, const OrtApiTable*, const OrtKernelInfo* info) 
 template <typename Kernel>
 void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
-const char* cpu_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
-
-// Inputs of DecoderMaskedMultiHeadAttention: q k v mask bias past_key past_value past_length beam_width indirection.
-const int SELF_TYPES[] = {TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_INT32, TENSOR_FLOAT,
-                          TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_INT32, TENSOR_INT32, TENSOR_INT32};
-// Inputs of MultiHeadAttention: query key value bias key_padding_mask.
-const int SOURCE_TYPES[] = {TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_FLOAT, TENSOR_INT32};
-
-OrtCustomOp self_attention_op() {
+// The custom-op description of a kernel, from its NAME, INPUTS (element types, in order), REQUIRED_INPUTS (how many
+// leading inputs a node must give) and OUTPUTS (how many; all float, the first required).
+template <typename Kernel>
+OrtCustomOp describe() {
   OrtCustomOp op{};
   op.version = ORT_API_VERSION_USED;
-  op.CreateKernel = create<CachedSelfAttention>;
-  op.GetName = [](const OrtCustomOp*) { return "DecoderMaskedMultiHeadAttention"; };
-  op.GetExecutionProviderType = cpu_provider;
-  op.GetInputType = [](const OrtCustomOp*, size_t i) { return SELF_TYPES[i]; };
-  op.GetInputTypeCount = [](const OrtCustomOp*) { return sizeof(SELF_TYPES) / sizeof(int); };
+  op.CreateKernel = create<Kernel>;
+  op.GetName = [](const OrtCustomOp*) { return Kernel::NAME; };
+  op.GetExecutionProviderType = [](const OrtCustomOp*) { return "CPUExecutionProvider"; };
+  op.GetInputType = [](const OrtCustomOp*, size_t i) { return Kernel::INPUTS[i]; };
+  op.GetInputTypeCount = [](const OrtCustomOp*) { return sizeof(Kernel::INPUTS) / sizeof(int); };
   op.GetOutputType = [](const OrtCustomOp*, size_t) { return int(TENSOR_FLOAT); };
-  op.GetOutputTypeCount = [](const OrtCustomOp*) { return size_t(3); };
-  op.KernelCompute = compute<CachedSelfAttention>;
-  op.KernelDestroy = destroy<CachedSelfAttention>;
-  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) { return i <= 2 ? int(REQUIRED) : int(OPTIONAL); };
+  op.GetOutputTypeCount = [](const OrtCustomOp*) { return Kernel::OUTPUTS; };
+  op.KernelCompute = compute<Kernel>;
+  op.KernelDestroy = destroy<Kernel>;
+  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) {
+    return i < Kernel::REQUIRED_INPUTS ? int(REQUIRED) : int(OPTIONAL);
+  };
   op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t i) { return i == 0 ? int(REQUIRED) : int(OPTIONAL); };
   return op;
 }
 
-OrtCustomOp source_attention_op() {
-  OrtCustomOp op{};
-  op.version = ORT_API_VERSION_USED;
-  op.CreateKernel = create<SourceAttention>;
-  op.GetName = [](const OrtCustomOp*) { return "MultiHeadAttention"; };
-  op.GetExecutionProviderType = cpu_provider;
-  op.GetInputType = [](const OrtCustomOp*, size_t i) { return SOURCE_TYPES[i]; };
-  op.GetInputTypeCount = [](const OrtCustomOp*) { return sizeof(SOURCE_TYPES) / sizeof(int); };
-  op.GetOutputType = [](const OrtCustomOp*, size_t) { return int(TENSOR_FLOAT); };
-  op.GetOutputTypeCount = [](const OrtCustomOp*) { return size_t(1); };
-  op.KernelCompute = compute<SourceAttention>;
-  op.KernelDestroy = destroy<SourceAttention>;
-  op.GetInputCharacteristic = [](const OrtCustomOp*, size_t i) { return i == 0 ? int(REQUIRED) : int(OPTIONAL); };
-  op.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return int(REQUIRED); };
-  return op;
-}
-
-OrtCustomOp SELF_ATTENTION = self_attention_op();
-OrtCustomOp SOURCE_ATTENTION = source_attention_op();
+OrtCustomOp SELF_ATTENTION = describe<CachedSelfAttention>();
+OrtCustomOp SOURCE_ATTENTION = describe<SourceAttention>();
 
 }  // namespace
 
