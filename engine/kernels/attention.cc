@@ -68,13 +68,17 @@ Tensor describe(const OrtValue* value) {
   return t;
 }
 
-Tensor input(OrtKernelContext* context, size_t index) {
+// The node's first `wanted` inputs; an input the node does not give is present = false.
+std::vector<Tensor> inputs(OrtKernelContext* context, size_t wanted) {
   size_t count = 0;
   check(entry<Status (*)(const OrtKernelContext*, size_t*)>(KERNEL_CONTEXT_GET_INPUT_COUNT)(context, &count));
-  if (index >= count) return Tensor{};
-  const OrtValue* value = nullptr;
-  check(entry<Status (*)(const OrtKernelContext*, size_t, const OrtValue**)>(KERNEL_CONTEXT_GET_INPUT)(context, index, &value));
-  return describe(value);
+  std::vector<Tensor> tensors(wanted);
+  for (size_t index = 0; index < wanted && index < count; ++index) {
+    const OrtValue* value = nullptr;
+    check(entry<Status (*)(const OrtKernelContext*, size_t, const OrtValue**)>(KERNEL_CONTEXT_GET_INPUT)(context, index, &value));
+    tensors[index] = describe(value);
+  }
+  return tensors;
 }
 
 Tensor output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape) {
@@ -230,9 +234,9 @@ struct CachedSelfAttention {
   Attributes attributes;
 
   void compute(OrtKernelContext* context) {
-    Tensor q = input(context, 0), k = input(context, 1), v = input(context, 2), mask = input(context, 3);
-    Tensor bias = input(context, 4), past_key = input(context, 5), past_value = input(context, 6);
-    Tensor past_length = input(context, 7), beam_width = input(context, 8), indirection = input(context, 9);
+    const std::vector<Tensor> in = inputs(context, 10);
+    const Tensor &q = in[0], &k = in[1], &v = in[2], &mask = in[3], &bias = in[4], &past_key = in[5], &past_value = in[6];
+    const Tensor &past_length = in[7], &beam_width = in[8], &indirection = in[9];
     require(!bias.present, "DecoderMaskedMultiHeadAttention: attention bias is not supported by this kernel");
     require(past_key.present && past_value.present && past_length.present && past_key.shape.size() == 4,
             "DecoderMaskedMultiHeadAttention: this kernel needs past key/value caches [N, H, C, K] and past_sequence_length");
@@ -313,8 +317,8 @@ struct SourceAttention {
   Attributes attributes;
 
   void compute(OrtKernelContext* context) {
-    Tensor q = input(context, 0), k = input(context, 1), v = input(context, 2), bias = input(context, 3);
-    Tensor mask = input(context, 4);
+    const std::vector<Tensor> in = inputs(context, 5);
+    const Tensor &q = in[0], &k = in[1], &v = in[2], &bias = in[3], &mask = in[4];
     require(!bias.present && q.shape.size() == 3 && k.present && v.present,
             "MultiHeadAttention: this kernel takes query [B, L, D], separate key and value, and no bias");
     const int64_t batch = q.dim(0), length = q.dim(1), model = q.dim(2), heads = attributes.heads;
