@@ -48,11 +48,18 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500  # stays 500 if the app raises before answering
+        answered: float | None = None
 
         async def send_and_note_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # The request ends as its last bytes go to the connection. Read the clock before the write:
+                # the socket write releases the GIL, and getting it back from the inference thread can take
+                # longer than the client takes to read the answer. What the app does after (dependency
+                # cleanup, background tasks) is not the request's latency either.
+                answered = time.perf_counter()
             await send(message)
 
         try:
@@ -60,7 +67,8 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else scope.get(ROUTE_TEMPLATE, "unmatched")
-            self.metrics.request_duration.labels(route=template, status=str(status)).observe(time.perf_counter() - started)
+            ended = answered if answered is not None else time.perf_counter()
+            self.metrics.request_duration.labels(route=template, status=str(status)).observe(ended - started)
 
 
 class LoadSheddingMiddleware:
