@@ -1,6 +1,7 @@
 """Every ASGI middleware of the app, outermost first as `install` adds them:
 
-- RequestMetricsMiddleware: request duration by route template (never the raw path) and status.
+- RequestMetricsMiddleware: request duration (until the answer's last bytes go out) by route template (never the raw
+  path) and status.
 - CORS (Starlette's), only for the configured origins.
 - LoadSheddingMiddleware: with the batcher saturated (queue full, or every model's backlog over the
   admission limit), a translation request is answered 503 (429 "Slowdown: …" on the LibreTranslate
@@ -50,7 +51,7 @@ class RequestMetricsMiddleware:
         started, status = time.perf_counter(), 500  # stays 500 if the app raises before answering
         answered: float | None = None
 
-        async def send_and_note_status(message: Message) -> None:
+        async def send_and_note_answer(message: Message) -> None:
             nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -63,7 +64,7 @@ class RequestMetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note_status)
+            await self.app(scope, receive, send_and_note_answer)
         finally:
             route = scope.get("route")
             template = route.path if isinstance(route, BaseRoute) and hasattr(route, "path") else scope.get(ROUTE_TEMPLATE, "unmatched")
